@@ -1,0 +1,97 @@
+"""Student backbones: what STD needs to know about a vision MLP, and the models timm lacks.
+
+A backbone is any timm model with `forward_intermediates(x, indices, output_fmt='NLC')`
+and `forward_head`, whose blocks are one of the vision-MLP blocks below. `token_dims`
+reads, for a block, the sizes a token pair attached after it must have.
+
+ResMLP-B24 as the STD paper uses it (patch 16, dim 768, depth 24: 115.7M params) is not
+timm's `resmlp_big_24_224` (patch 8); it is registered here as `resmlp_b24_224`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Optional
+
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.mlp_mixer import Affine, MixerBlock, MlpMixer, ResBlock, SpatialGatingBlock
+from timm.models.mlp_mixer import checkpoint_filter_fn as mixer_checkpoint_filter_fn
+
+from .cyclemlp import CycleBlock, CycleMLP
+
+__all__ = ['TokenDims', 'num_blocks', 'token_dims', 'patch_grid']
+
+
+@dataclass(frozen=True)
+class TokenDims:
+    """Sizes of the features Z(l) after one block, and the hidden sizes STD's token MLPs copy.
+
+    `spatial_hidden` is None where the backbone mixes positions with a single linear layer
+    (ResMLP, gMLP, CycleMLP): the spatial token MLP is then one linear map too.
+    """
+    num_positions: int
+    num_channels: int
+    spatial_hidden: Optional[int]
+    channel_hidden: int
+
+
+def _blocks(model: nn.Module) -> list:
+    if isinstance(model, MlpMixer):
+        return list(model.blocks)
+    if isinstance(model, CycleMLP):
+        return [block for stage in model.stages for block in stage.blocks]
+    raise ValueError(f'{type(model).__name__} is not a supported STD backbone '
+                     '(supported: timm MlpMixer family (Mixer, ResMLP, gMLP) and CycleMLP)')
+
+
+def num_blocks(model: nn.Module) -> int:
+    """Number of blocks token pairs can attach after."""
+    return len(_blocks(model))
+
+
+def patch_grid(model: nn.Module, index: int) -> tuple:
+    """(H, W) of the patch grid after block `index`."""
+    if isinstance(model, CycleMLP):
+        return model.block_grid_sizes[index]
+    return tuple(model.stem.grid_size)
+
+
+def token_dims(model: nn.Module, index: int) -> TokenDims:
+    """The token-pair sizes for a pair attached after block `index` (already normalised)."""
+    block = _blocks(model)[index]
+    height, width = patch_grid(model, index)
+    if isinstance(block, MixerBlock):
+        spatial, channel, dim = block.mlp_tokens.fc1.out_features, block.mlp_channels.fc1.out_features, \
+            block.mlp_channels.fc1.in_features
+    elif isinstance(block, ResBlock):
+        spatial, channel, dim = None, block.mlp_channels.fc1.out_features, block.mlp_channels.fc1.in_features
+    elif isinstance(block, SpatialGatingBlock):
+        spatial, channel, dim = None, block.mlp_channels.fc1.out_features, block.mlp_channels.fc1.in_features
+    elif isinstance(block, CycleBlock):
+        spatial, channel, dim = None, block.mlp.fc1.out_features, block.mlp.fc1.in_features
+    else:
+        raise ValueError(f'block type {type(block).__name__} is not a supported vision-MLP block')
+    return TokenDims(height * width, dim, spatial, channel)
+
+
+def _mixer_cfg(**kwargs: Any) -> dict:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.proj', 'classifier': 'head', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({'resmlp_b24_224.untrained': _mixer_cfg()})
+
+
+@register_model
+def resmlp_b24_224(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+    """ResMLP-B24/16 as in the STD paper: 115.7M params, 23.0 GMACs at 224."""
+    args = dict(patch_size=16, num_blocks=24, embed_dim=768, mlp_ratio=4,
+                block_layer=partial(ResBlock, init_values=1e-6), norm_layer=Affine)
+    return build_model_with_cfg(MlpMixer, 'resmlp_b24_224', pretrained,
+                                pretrained_filter_fn=mixer_checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=3, feature_cls='getter'), **dict(args, **kwargs))

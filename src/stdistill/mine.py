@@ -1,0 +1,125 @@
+"""Mutual information regularisation with MINE (METHOD.md section 4; Belghazi et al., 2018).
+
+    I(T_S; T_C) >= E_joint[psi(T_S, T_C)] - log E_marginal[exp(psi(T_S, T_C'))]
+
+psi is a statistics network on [T_S, T_C]. Joint pairs are the two tokens of the same image;
+marginal pairs put T_S of image i with T_C of image pi(i), pi a random derangement of the batch.
+
+One backward pass trains both sides: the tokens enter psi through a gradient-reversal layer
+scaled by lambda, so psi ascends the bound (a better estimate) while the student descends
+lambda * I. The gradient of the log term uses MINE's moving-average correction: its
+denominator E[exp(psi)] is replaced by a running average, which removes the bias that a
+mini-batch estimate of that denominator puts into the gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ['MINE', 'MINEOutput', 'MIRegularizer', 'StatisticsNetwork', 'random_derangement', 'reverse_gradient']
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; gradient multiplied by -scale on the way back."""
+    return _ReverseGradient.apply(x, scale)
+
+
+def random_derangement(n: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """A uniformly random permutation of range(n) with no fixed point (n >= 2)."""
+    if n < 2:
+        raise ValueError(f'a derangement needs at least 2 samples, got a batch of {n}')
+    while True:  # about e tries on average
+        perm = torch.randperm(n, generator=generator)
+        if not bool((perm == torch.arange(n)).any()):
+            return perm.to(device)
+
+
+class StatisticsNetwork(nn.Module):
+    """psi: 3 linear layers with GELU, hidden 512, one output."""
+
+    def __init__(self, in_features: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
+
+
+class MINEOutput(NamedTuple):
+    loss: torch.Tensor      # backpropagate this: psi ascends, the tokens descend lambda * I
+    estimate: torch.Tensor  # the MINE lower bound on I(T_S; T_C), in nats, detached, for logging
+
+
+class MINE(nn.Module):
+    def __init__(self, x_dim: int, y_dim: int, hidden: int = 512, weight: float = 0.1,
+                 ma_rate: float = 0.01) -> None:
+        """weight is lambda; ma_rate the update rate of the moving average of E[exp(psi)]."""
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f'MINE weight (lambda) must be >= 0, got {weight}')
+        self.statistics = StatisticsNetwork(x_dim + y_dim, hidden)
+        self.weight, self.ma_rate = weight, ma_rate
+        # log of the moving average of E_marginal[exp(psi)]; nan until the first step
+        self.register_buffer('log_ma', torch.tensor(float('nan')))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None) -> MINEOutput:
+        x = reverse_gradient(x.float(), self.weight)
+        y = reverse_gradient(y.float(), self.weight)
+        perm = random_derangement(x.shape[0], generator, x.device)
+        joint = self.statistics(x, y).mean()
+        marginal = self.statistics(x, y[perm])
+        # log E[exp(psi)] in a stable form
+        log_mean_exp = torch.logsumexp(marginal, dim=0) - math.log(marginal.shape[0])
+        estimate = (joint - log_mean_exp).detach()
+        if self.training:
+            with torch.no_grad():
+                current = log_mean_exp.detach()
+                if torch.isnan(self.log_ma):
+                    self.log_ma.copy_(current)
+                else:  # log((1 - r) * ma + r * current)
+                    self.log_ma.copy_(torch.logaddexp(self.log_ma + math.log1p(-self.ma_rate),
+                                                      current + math.log(self.ma_rate)))
+        # Surrogate whose gradient is grad E[exp(psi)] / moving average (MINE's bias correction);
+        # its value equals log_mean_exp's first-order term and is not the estimate.
+        log_ma = log_mean_exp.detach() if torch.isnan(self.log_ma) else self.log_ma
+        surrogate = torch.exp(log_mean_exp - log_ma)
+        loss = -(joint - surrogate)
+        return MINEOutput(loss, estimate)
+
+
+class MIRegularizer(nn.Module):
+    """One MINE per token pair of a student (pairs with both tokens), summed.
+
+    Lives beside the student, not inside it: psi is a training-time network and must be in
+    the optimizer, but never in the exported model.
+    """
+
+    def __init__(self, student: nn.Module, weight: float = 0.1, hidden: int = 512, ma_rate: float = 0.01) -> None:
+        super().__init__()
+        pairs = [p for p in student.token_pairs if p.tokens == 'both']
+        if not pairs:
+            raise ValueError('the MI regulariser needs token pairs with both a spatial and a channel token')
+        self.pair_index = [i for i, p in enumerate(student.token_pairs) if p.tokens == 'both']
+        self.mines = nn.ModuleList(
+            MINE(p.dims.num_channels, p.dims.num_positions, hidden, weight, ma_rate) for p in pairs)
+
+    def forward(self, spatial_tokens: list, channel_tokens: list) -> MINEOutput:
+        outs = [mine(spatial_tokens[i], channel_tokens[i]) for mine, i in zip(self.mines, self.pair_index)]
+        return MINEOutput(sum(o.loss for o in outs), torch.stack([o.estimate for o in outs]).mean())

@@ -1,0 +1,199 @@
+"""STD students: a vision-MLP backbone plus one token pair per teacher.
+
+    model = timm.create_model('std_mixer_s16_224', num_teachers=2, token_positions=[8, -1])
+
+In train mode the student returns an `STDOutput` (class logits, one distillation logit
+vector per teacher, and the tokens for the MI regulariser). In eval mode it returns one
+prediction, chosen by `inference_head`: 'avg' (class head averaged with the mean of the
+distillation heads, the paper's default), 'cls' or 'dist'. With 'cls' the tokens are not
+computed at all, so inference costs exactly the plain backbone.
+
+The backbone is the plain timm model, held as `model.backbone`: its weights (a timm
+checkpoint, `pretrained=True`) load unchanged.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import register_model
+
+from .backbones import num_blocks, token_dims
+from .tokens import TokenPair
+
+__all__ = ['STDStudent', 'STDOutput', 'STDFeatures', 'INFERENCE_HEADS', 'create_student', 'check_input_size',
+           'resolve_positions', 'combine_heads']
+
+INFERENCE_HEADS = ('avg', 'cls', 'dist')
+
+
+class STDOutput(NamedTuple):
+    """What a student returns in train mode; the losses and the MI regulariser read it."""
+    logits: torch.Tensor
+    dist_logits: List[torch.Tensor]
+    spatial_tokens: List[Optional[torch.Tensor]]
+    channel_tokens: List[Optional[torch.Tensor]]
+
+
+class STDFeatures(NamedTuple):
+    features: torch.Tensor          # the backbone's final (normed) features, (B, L, C)
+    token_inputs: List[torch.Tensor]  # Z(l) at each pair's attachment block, (B, P, N)
+
+
+def combine_heads(out: STDOutput, head: str = 'avg') -> torch.Tensor:
+    """One prediction from a train-mode output: 'avg' (class head averaged with the mean of the
+    distillation heads), 'cls' or 'dist' (mean of the distillation heads)."""
+    if head not in INFERENCE_HEADS:
+        raise ValueError(f'inference head must be one of {INFERENCE_HEADS}, got {head!r}')
+    if head == 'cls':
+        return out.logits
+    dist = torch.stack(out.dist_logits).mean(0)
+    return dist if head == 'dist' else (out.logits + dist) / 2
+
+
+def resolve_positions(positions: Sequence[int], depth: int) -> List[int]:
+    """Block indices (negative allowed) -> 0..depth-1, with a ValueError for any out of range."""
+    out = []
+    for p in positions:
+        if not isinstance(p, int) or not -depth <= p < depth:
+            raise ValueError(f'token position {p!r} is outside the backbone: it has {depth} blocks, '
+                             f'so positions must be integers in [{-depth}, {depth - 1}]')
+        out.append(p % depth)
+    return out
+
+
+def check_input_size(x: torch.Tensor, in_chans: int, img_size: Sequence[int], model_name: str) -> None:
+    """The token layers are sized for one input resolution: refuse any other with a clear message."""
+    if x.ndim != 4 or x.shape[1] != in_chans or tuple(x.shape[-2:]) != tuple(img_size):
+        got = 'x'.join(str(s) for s in x.shape)
+        want = f'Bx{in_chans}x{img_size[0]}x{img_size[1]}'
+        raise ValueError(f'{model_name} expects input {want}, got {got}; create the model with '
+                         f'img_size={tuple(x.shape[-2:])} (and in_chans) to train at that size')
+
+
+def _input_size(backbone: nn.Module) -> tuple:
+    if hasattr(backbone, 'stem'):
+        return tuple(backbone.stem.img_size)
+    return tuple(backbone.img_size)
+
+
+class STDStudent(nn.Module):
+    """Backbone + token pairs. See the module docstring for what forward returns."""
+
+    def __init__(
+            self,
+            backbone: nn.Module,
+            num_teachers: int = 1,
+            token_positions: Optional[Sequence[int]] = None,
+            tokens: str = 'both',
+            token_depth: int = 1,
+            inference_head: str = 'avg',
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_teachers, int) or num_teachers < 1:
+            raise ValueError(f'num_teachers must be an integer >= 1, got {num_teachers!r}')
+        if inference_head not in INFERENCE_HEADS:
+            raise ValueError(f'inference_head must be one of {INFERENCE_HEADS}, got {inference_head!r}')
+        depth = num_blocks(backbone)
+        if token_positions is None:
+            token_positions = [-1] * num_teachers
+        token_positions = list(token_positions)
+        if len(token_positions) != num_teachers:
+            raise ValueError(f'token_positions has {len(token_positions)} entries but num_teachers is '
+                             f'{num_teachers}: give one block index per teacher')
+        self.backbone = backbone
+        self.num_classes = backbone.num_classes
+        self.num_teachers = num_teachers
+        self.token_positions = resolve_positions(token_positions, depth)
+        self.inference_head = inference_head
+        self.img_size = _input_size(backbone)
+        self.in_chans = backbone.in_chans
+        self.num_features = self.head_hidden_size = backbone.num_features
+        self.pretrained_cfg = dict(getattr(backbone, 'pretrained_cfg', {}) or {})
+        self.token_pairs = nn.ModuleList(
+            TokenPair(token_dims(backbone, pos), self.num_classes, depth=token_depth, tokens=tokens)
+            for pos in self.token_positions)
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    def get_classifier(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def forward_features(self, x: torch.Tensor, with_tokens: bool = True) -> STDFeatures:
+        check_input_size(x, self.in_chans, self.img_size, type(self).__name__)
+        if not with_tokens:
+            return STDFeatures(self.backbone.forward_features(x), [])
+        indices = sorted(set(self.token_positions))
+        features, intermediates = self.backbone.forward_intermediates(x, indices=indices, output_fmt='NLC')
+        by_block = dict(zip(indices, intermediates))
+        return STDFeatures(features, [by_block[p] for p in self.token_positions])
+
+    def forward_head(self, feats: STDFeatures, pre_logits: bool = False) -> Union[STDOutput, torch.Tensor]:
+        logits = self.backbone.forward_head(feats.features, pre_logits=pre_logits)
+        if pre_logits:
+            return logits
+        pairs = [pair(z) for pair, z in zip(self.token_pairs, feats.token_inputs)]
+        return STDOutput(logits, [p.logits for p in pairs], [p.spatial for p in pairs], [p.channel for p in pairs])
+
+    def forward(self, x: torch.Tensor) -> Union[STDOutput, torch.Tensor]:
+        if self.training:
+            return self.forward_head(self.forward_features(x))
+        if self.inference_head == 'cls':
+            return self.backbone.forward_head(self.forward_features(x, with_tokens=False).features)
+        return combine_heads(self.forward_head(self.forward_features(x)), self.inference_head)
+
+
+# --- construction ---------------------------------------------------------------------------
+
+STUDENT_BASES = {
+    'std_mixer_s16_224': 'mixer_s16_224',
+    'std_mixer_b16_224': 'mixer_b16_224',
+    'std_resmlp_s24_224': 'resmlp_24_224',
+    'std_resmlp_b24_224': 'resmlp_b24_224',
+    'std_cyclemlp_b1': 'cyclemlp_b1',
+    'std_cyclemlp_b2': 'cyclemlp_b2',
+    'std_gmlp_s16_224': 'gmlp_s16_224',
+}
+
+_STD_ARGS = ('num_teachers', 'token_positions', 'tokens', 'token_depth', 'inference_head')
+
+
+def _create_std(name: str, pretrained: bool, **kwargs: Any) -> STDStudent:
+    std_args = {k: kwargs.pop(k) for k in _STD_ARGS if k in kwargs}
+    # `pretrained` (and any pretrained_cfg overlay, e.g. a local file) applies to the backbone:
+    # the token pairs have no released weights.
+    backbone = timm.create_model(STUDENT_BASES[name], pretrained=pretrained, **kwargs)
+    return STDStudent(backbone, **std_args)
+
+
+def _register(name: str) -> None:
+    def fn(pretrained: bool = False, **kwargs: Any) -> STDStudent:
+        return _create_std(name, pretrained, **kwargs)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f'STD student on timm `{STUDENT_BASES[name]}`: takes num_teachers, token_positions, ' \
+                 f'tokens, token_depth, inference_head, and any argument of the backbone.'
+    fn.__module__ = __name__
+    globals()[name] = register_model(fn)
+
+
+for _name in STUDENT_BASES:
+    _register(_name)
+
+
+def check_model_name(name: str) -> None:
+    """ValueError naming the closest registered models when `name` is not one."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown model {name!r}{hint}')
+
+
+def create_student(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """`timm.create_model` with a ValueError, not a RuntimeError, for an unknown name."""
+    check_model_name(name)
+    return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -1,0 +1,43 @@
+from functools import partial
+
+import pytest
+import timm
+import torch
+from timm.layers import GatedMlp
+from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock
+
+import stdistill  # noqa: F401  (registers the models)
+from stdistill import STDStudent
+
+# Tiny backbones of each student family: the same block types as the paper's models, a few
+# thousand parameters, so every test runs in well under a second. (timm's registered mixer
+# functions fix depth and width, so the tiny ones are built from the classes directly.)
+ISOTROPIC = dict(img_size=32, patch_size=8, num_blocks=3, embed_dim=16, num_classes=5)
+TINY_BACKBONES = {
+    'mixer': lambda: MlpMixer(**ISOTROPIC),
+    'resmlp': lambda: MlpMixer(**ISOTROPIC, mlp_ratio=4, block_layer=partial(ResBlock, init_values=1e-1),
+                               norm_layer=Affine),
+    'gmlp': lambda: MlpMixer(**ISOTROPIC, mlp_ratio=6, block_layer=SpatialGatingBlock, mlp_layer=GatedMlp),
+    'cyclemlp': lambda: timm.create_model('cyclemlp_b1', img_size=64, layers=(1, 1, 2, 1),
+                                          embed_dims=(8, 16, 24, 32), num_classes=5),
+}
+FAMILIES = sorted(TINY_BACKBONES)
+
+
+def tiny_backbone(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TINY_BACKBONES[family]()
+
+
+def tiny_student(family: str, **kwargs) -> STDStudent:
+    return STDStudent(tiny_backbone(family), **kwargs)
+
+
+def tiny_input(family: str, batch: int = 4) -> torch.Tensor:
+    size = 64 if family == 'cyclemlp' else 32
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
