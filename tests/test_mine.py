@@ -62,7 +62,6 @@ def test_one_backward_trains_psi_up_and_tokens_down():
     """psi's gradient ascends the estimate; the tokens' gradient is lambda times the gradient
     that descends it."""
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, requires_grad=True)
     y = (x.detach() + 0.1 * torch.randn(64, 3)).requires_grad_(True)
     mine = MINE(3, 3, hidden=32, weight=0.5)

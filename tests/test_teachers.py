@@ -85,3 +85,11 @@ def test_malicious_pickle_is_refused(tmp_path):
     with pytest.raises(ValueError, match='cannot load checkpoint'):
         create_teacher(ARCH, checkpoint=str(path))
     assert not marker.exists()
+
+
+def test_pretrained_download_failure_is_one_clear_error(monkeypatch):
+    """Offline (as here), timm cannot fetch weights: the message says to give a checkpoint."""
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # fail fast, no retries
+    with pytest.raises(ValueError, match='cannot fetch pretrained weights for teacher resnet10t.*local checkpoint'):
+        create_teacher(ARCH, pretrained=True)

@@ -61,17 +61,12 @@ def token_dims(model: nn.Module, index: int) -> TokenDims:
     """The token-pair sizes for a pair attached after block `index` (already normalised)."""
     block = _blocks(model)[index]
     height, width = patch_grid(model, index)
-    if isinstance(block, MixerBlock):
-        spatial, channel, dim = block.mlp_tokens.fc1.out_features, block.mlp_channels.fc1.out_features, \
-            block.mlp_channels.fc1.in_features
-    elif isinstance(block, ResBlock):
-        spatial, channel, dim = None, block.mlp_channels.fc1.out_features, block.mlp_channels.fc1.in_features
-    elif isinstance(block, SpatialGatingBlock):
-        spatial, channel, dim = None, block.mlp_channels.fc1.out_features, block.mlp_channels.fc1.in_features
-    elif isinstance(block, CycleBlock):
-        spatial, channel, dim = None, block.mlp.fc1.out_features, block.mlp.fc1.in_features
-    else:
+    if not isinstance(block, (MixerBlock, ResBlock, SpatialGatingBlock, CycleBlock)):
         raise ValueError(f'block type {type(block).__name__} is not a supported vision-MLP block')
+    # Only Mixer's token mixing has a hidden layer; the others mix positions with one linear map.
+    spatial = block.mlp_tokens.fc1.out_features if isinstance(block, MixerBlock) else None
+    channel_mlp = block.mlp if isinstance(block, CycleBlock) else block.mlp_channels
+    dim, channel = channel_mlp.fc1.in_features, channel_mlp.fc1.out_features
     return TokenDims(height * width, dim, spatial, channel)
 
 

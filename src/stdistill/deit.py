@@ -15,10 +15,9 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
-from timm.models import register_model
 from timm.models.mlp_mixer import MixerBlock, MlpMixer, ResBlock, SpatialGatingBlock
 
-from .students import INFERENCE_HEADS, STDOutput, check_input_size, combine_heads
+from .students import INFERENCE_HEADS, STDOutput, check_input_size, combine_heads, register_wrapper
 
 __all__ = ['DeiTTokenStudent', 'grow_linear', 'grow_token_mixing']
 
@@ -98,16 +97,12 @@ DEIT_BASES = {
 }
 
 
-def _register(name: str) -> None:
-    def fn(pretrained: bool = False, inference_head: str = 'avg', **kwargs: Any) -> DeiTTokenStudent:
-        # The base weights load before the token mixing grows; the extra position starts small.
-        return DeiTTokenStudent(timm.create_model(DEIT_BASES[name], pretrained=pretrained, **kwargs),
-                                inference_head=inference_head)
-    fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = f'DeiT-style distillation token on timm `{DEIT_BASES[name]}`.'
-    fn.__module__ = __name__
-    globals()[name] = register_model(fn)
+def _create_deit(name: str, pretrained: bool, inference_head: str = 'avg', **kwargs: Any) -> DeiTTokenStudent:
+    # The base weights load before the token mixing grows; the extra position starts small.
+    return DeiTTokenStudent(timm.create_model(DEIT_BASES[name], pretrained=pretrained, **kwargs),
+                            inference_head=inference_head)
 
 
-for _name in DEIT_BASES:
-    _register(_name)
+for _name, _base in DEIT_BASES.items():
+    globals()[_name] = register_wrapper(
+        _name, _create_deit, f'DeiT-style distillation token on timm `{_base}`.', __name__)

@@ -14,7 +14,7 @@ checkpoint, `pretrained=True`) load unchanged.
 from __future__ import annotations
 
 import difflib
-from typing import Any, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
 
 import timm
 import torch
@@ -171,18 +171,19 @@ def _create_std(name: str, pretrained: bool, **kwargs: Any) -> STDStudent:
     return STDStudent(backbone, **std_args)
 
 
-def _register(name: str) -> None:
-    def fn(pretrained: bool = False, **kwargs: Any) -> STDStudent:
-        return _create_std(name, pretrained, **kwargs)
+def register_wrapper(name: str, create: Callable[..., nn.Module], doc: str, module: str) -> Callable:
+    """Register `name` with timm as a model function calling create(name, pretrained, **kwargs)."""
+    def fn(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        return create(name, pretrained, **kwargs)
     fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = f'STD student on timm `{STUDENT_BASES[name]}`: takes num_teachers, token_positions, ' \
-                 f'tokens, token_depth, inference_head, and any argument of the backbone.'
-    fn.__module__ = __name__
-    globals()[name] = register_model(fn)
+    fn.__doc__, fn.__module__ = doc, module
+    return register_model(fn)
 
 
-for _name in STUDENT_BASES:
-    _register(_name)
+for _name, _base in STUDENT_BASES.items():
+    globals()[_name] = register_wrapper(
+        _name, _create_std, f'STD student on timm `{_base}`: takes num_teachers, token_positions, tokens, '
+        f'token_depth, inference_head, and any argument of the backbone.', __name__)
 
 
 def check_model_name(name: str) -> None:

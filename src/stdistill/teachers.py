@@ -91,8 +91,15 @@ def create_teacher(
         except RuntimeError as e:
             raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: '
                              f'{str(e).splitlines()[0]}') from None
+    elif pretrained:
+        try:
+            model = timm.create_model(model_name, pretrained=True, **kwargs)
+        except (OSError, RuntimeError) as e:  # offline, no weights released, hub refused
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f'cannot fetch pretrained weights for teacher {model_name} ({first}); '
+                             f'give a local checkpoint instead') from None
     else:
-        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
     if num_classes is not None:
         check_num_classes(model.num_classes, num_classes, model_name)
     return FrozenTeacher(model, model_name)
