@@ -180,3 +180,15 @@ def test_wrong_input_size(shape):
 def test_unsupported_backbone():
     with pytest.raises(ValueError, match='not a supported STD backbone'):
         STDStudent(timm.create_model('resnet18', num_classes=5))
+
+
+def test_timm_conventions_reset_classifier_and_no_weight_decay():
+    model = tiny_student('mixer', num_teachers=2)
+    assert model.no_weight_decay() == {f'token_pairs.{i}.{t}' for i in (0, 1) for t in ('spatial_token', 'channel_token')}
+    model.reset_classifier(3)
+    out = model.train()(tiny_input('mixer'))
+    assert out.logits.shape == (4, 3) and all(d.shape == (4, 3) for d in out.dist_logits)
+    from timm.optim import create_optimizer_v2
+    opt = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05)
+    no_decay = [g for g in opt.param_groups if g['weight_decay'] == 0.0]
+    assert any(p is model.token_pairs[0].spatial_token for g in no_decay for p in g['params'])

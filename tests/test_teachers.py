@@ -93,3 +93,11 @@ def test_pretrained_download_failure_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # fail fast, no retries
     with pytest.raises(ValueError, match='cannot fetch pretrained weights for teacher resnet10t.*local checkpoint'):
         create_teacher(ARCH, pretrained=True)
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnet101', 'swin_base_patch4_window7_224'])
+def test_paper_teachers_build_from_timm_names(name):
+    with torch.device('meta'):  # shapes only: no memory, no compute
+        teacher = create_teacher(name, num_classes=1000)
+        out = teacher(torch.empty(2, 3, 224, 224))
+    assert isinstance(teacher, FrozenTeacher) and out.shape == (2, 1000)

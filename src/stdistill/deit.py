@@ -73,6 +73,10 @@ class DeiTTokenStudent(nn.Module):
         trunc_normal_(self.head_dist.weight, std=.02)
         nn.init.zeros_(self.head_dist.bias)
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'dist_token'}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, self.img_size, type(self).__name__)
         x = self.backbone.stem(x)

@@ -124,6 +124,24 @@ class STDStudent(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()
 
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New class head and new distillation heads, e.g. to fine-tune on another label set."""
+        self.backbone.reset_classifier(num_classes, global_pool)
+        self.num_classes = num_classes
+        for pair in self.token_pairs:
+            pair.reset_head(num_classes)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The learned initial tokens, like DeiT's distillation token, take no weight decay."""
+        names = {n for n, _ in self.named_parameters() if n.endswith(('.spatial_token', '.channel_token'))}
+        inner = getattr(self.backbone, 'no_weight_decay', None)
+        return names | {f'backbone.{n}' for n in (inner() if inner else ())}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
     def forward_features(self, x: torch.Tensor, with_tokens: bool = True) -> STDFeatures:
         check_input_size(x, self.in_chans, self.img_size, type(self).__name__)
         if not with_tokens:

@@ -89,9 +89,14 @@ class TokenPair(nn.Module):
             self.channel_layers = nn.ModuleList(
                 ChannelTokenLayer(P, N, dims.channel_hidden) for _ in range(depth))
             head_in += P
-        self.head = nn.Linear(head_in, num_classes)
-        trunc_normal_(self.head.weight, std=.02)
-        nn.init.zeros_(self.head.bias)
+        self.head_in = head_in
+        self.reset_head(num_classes)
+
+    def reset_head(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.head_in, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=.02)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, z: torch.Tensor) -> TokenPairOutput:
         """z: features (B, P, N) after the attachment block."""
