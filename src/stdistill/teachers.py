@@ -21,6 +21,11 @@ from .students import check_model_name
 __all__ = ['FrozenTeacher', 'create_teacher', 'load_weights', 'check_num_classes']
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_weights(path: str) -> dict:
     """A state dict from safetensors or a torch file, never unpickling arbitrary objects.
 
@@ -32,8 +37,7 @@ def load_weights(path: str) -> dict:
     try:
         return load_state_dict(path, use_ema=False, weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, foreign format: one clear line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f'cannot load checkpoint {path}: {first}') from None
+        raise ValueError(f'cannot load checkpoint {path}: {_first_line(e)}') from None
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:
@@ -89,14 +93,12 @@ def create_teacher(
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: '
-                             f'{str(e).splitlines()[0]}') from None
+            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: {_first_line(e)}') from None
     elif pretrained:
         try:
             model = timm.create_model(model_name, pretrained=True, **kwargs)
         except (OSError, RuntimeError) as e:  # offline, no weights released, hub refused
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f'cannot fetch pretrained weights for teacher {model_name} ({first}); '
+            raise ValueError(f'cannot fetch pretrained weights for teacher {model_name} ({_first_line(e)}); '
                              f'give a local checkpoint instead') from None
     else:
         model = timm.create_model(model_name, pretrained=False, **kwargs)
