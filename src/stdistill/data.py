@@ -63,9 +63,8 @@ def find_fashion_mnist(data_dir: Optional[str] = None, split: str = 'train') -> 
     """Paths of the images and labels files of a split, or a ValueError saying how to get them."""
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folders = [data_dir] if data_dir else [DEBIAN_FASHION_MNIST]
-    if data_dir:
-        folders.append(os.path.join(data_dir, 'FashionMNIST', 'raw'))  # torchvision's layout
+    # a given folder, flat or in torchvision's layout; else Debian's package
+    folders = [data_dir, os.path.join(data_dir, 'FashionMNIST', 'raw')] if data_dir else [DEBIAN_FASHION_MNIST]
     for folder in folders:
         paths = [_locate(folder, name) for name in _FILES[split]]
         if all(paths):
@@ -83,9 +82,13 @@ class FashionMNIST(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: Optional[str] = None, split: str = 'train',
                  transform: Optional[Callable] = None, download: bool = False) -> None:
-        if download and data_dir and not _any_split_present(data_dir, split):
+        try:
+            images_path, labels_path = find_fashion_mnist(data_dir, split)
+        except ValueError:
+            if not (download and data_dir):
+                raise
             _download(data_dir)
-        images_path, labels_path = find_fashion_mnist(data_dir, split)
+            images_path, labels_path = find_fashion_mnist(data_dir, split)
         self.images = read_idx(images_path)
         self.targets = read_idx(labels_path).astype(np.int64)
         if self.images.ndim != 3 or len(self.images) != len(self.targets):
@@ -101,14 +104,6 @@ class FashionMNIST(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index])
-
-
-def _any_split_present(data_dir: str, split: str) -> bool:
-    try:
-        find_fashion_mnist(data_dir, split)
-        return True
-    except ValueError:
-        return False
 
 
 def _download(data_dir: str) -> None:
