@@ -20,7 +20,7 @@ from timm.models.mlp_mixer import checkpoint_filter_fn as mixer_checkpoint_filte
 
 from .cyclemlp import CycleBlock, CycleMLP
 
-__all__ = ['TokenDims', 'num_blocks', 'token_dims', 'patch_grid']
+__all__ = ['TokenDims', 'num_blocks', 'token_dims', 'patch_grid', 'mixer_t4_28', 'resmlp_b24_224']
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,16 @@ def _mixer_cfg(**kwargs: Any) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({'resmlp_b24_224.untrained': _mixer_cfg()})
+def _small_cfg() -> dict:
+    return {'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': None, 'crop_pct': 1.0,
+            'interpolation': 'bilinear', 'mean': (0.2860,), 'std': (0.3530,), 'first_conv': 'stem.proj',
+            'classifier': 'head'}
+
+
+default_cfgs = generate_default_cfgs({
+    'resmlp_b24_224.untrained': _mixer_cfg(),
+    'mixer_t4_28.untrained': _small_cfg(),
+})
 
 
 @register_model
@@ -90,3 +99,17 @@ def resmlp_b24_224(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
     return build_model_with_cfg(MlpMixer, 'resmlp_b24_224', pretrained,
                                 pretrained_filter_fn=mixer_checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=3, feature_cls='getter'), **dict(args, **kwargs))
+
+
+# --- small models for small data (Fashion-MNIST, 28x28) -----------------------------------------
+
+@register_model
+def mixer_t4_28(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+    """A tiny MLP-Mixer for 28x28 inputs: patch 4 (7x7 = 49 positions), dim 128, 6 blocks (~0.8M params).
+
+    The quickstart's student: the same block as Mixer-S16, sized for Fashion-MNIST.
+    """
+    args = dict(img_size=28, in_chans=1, num_classes=10, patch_size=4, num_blocks=6, embed_dim=128)
+    return build_model_with_cfg(MlpMixer, 'mixer_t4_28', pretrained,
+                                feature_cfg=dict(out_indices=3, feature_cls='getter'), **dict(args, **kwargs))
+

@@ -1,13 +1,20 @@
-"""Command line: `stdistill profile ...` (more subcommands come with the training pipeline).
+"""Command line: `stdistill train | eval | quickstart | profile`.
+
+    stdistill train --config recipes/fashion_mnist/std.yaml epochs=5 output=runs/std
+    torchrun --nproc_per_node 8 -m stdistill train --config recipes/imagenet/cyclemlp_b2_std.yaml data_dir=/data/imagenet
+    stdistill train --resume runs/std                # continue exactly where it stopped
+    stdistill eval runs/std                          # top-1/top-5 of runs/std/best
 
 Bad input ends with one line on stderr naming what to fix and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
+from .config import config_help, load_config
 from .profiling import GMACS_TOLERANCE, PARAMS_TOLERANCE, paper_comparison, profile_model
 
 
@@ -43,6 +50,49 @@ def _paper_table() -> int:
     return 1 if bad else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+    if args.resume:
+        saved = os.path.join(args.resume, 'config.yaml')
+        if args.config is None and not os.path.isfile(saved):
+            raise ValueError(f'nothing to resume in {args.resume}: it holds no config.yaml')
+        cfg = load_config(args.config or saved, [*args.overrides, f'output={args.resume}'])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ValueError('--stop-after must be a positive number of epochs')
+    summary = train(cfg, resume=bool(args.resume), stop_after=args.stop_after)
+    if summary['final'] is not None and 'weights_sha256_per_rank' in summary:
+        best = summary['best']
+        print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {best["top1"]:.2f} '
+              f'(epoch {best["epoch"]}), run folder {cfg.output}')
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+    target = args.target
+    checkpoint = os.path.join(target, args.which) if os.path.isfile(os.path.join(target, 'config.yaml')) else target
+    config = args.config
+    if config is None:
+        run = target if checkpoint != target else os.path.dirname(os.path.abspath(target.rstrip('/')))
+        config = os.path.join(run, 'config.yaml')
+        if not os.path.isfile(config):
+            raise ValueError(f'no config.yaml beside {target}: give the run folder, or --config')
+    cfg = load_config(config, args.overrides)
+    m = evaluate_checkpoint(cfg, checkpoint)
+    heads = ''.join(f', {k[5:]} head {m[k]:.2f}' for k in ('top1_cls', 'top1_dist', 'top1_avg') if k in m)
+    print(f'{checkpoint}: top-1 {m["top1"]:.2f}, top-5 {m["top5"]:.2f} on {m["images"]} images '
+          f'({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}')
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
+    run_quickstart(args.output, long=args.long, data_dir=args.data_dir, workers=args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='stdistill', description='Spatial-channel Token Distillation for vision MLPs')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -56,7 +106,41 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument('--token-positions', type=int, nargs='+', default=None,
                       help='block index of each teacher\'s pair (default: last block)')
     prof.set_defaults(func=_profile)
+
+    tr = sub.add_parser('train', help='train a student (with torchrun: on several processes)',
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description='Train from a YAML recipe; any key can be overridden as key=value '
+                                    '(values are YAML; teachers.0.checkpoint=... reaches into lists).',
+                        epilog='config keys (default, meaning):\n' + config_help())
+    tr.add_argument('--config', help='YAML recipe, e.g. recipes/fashion_mnist/std.yaml')
+    tr.add_argument('--resume', metavar='RUN', help='continue the run in this folder from its last checkpoint')
+    tr.add_argument('--stop-after', type=int, metavar='N', help='stop after N epochs of this process (resume later)')
+    tr.add_argument('overrides', nargs='*', metavar='key=value')
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser('eval', help='top-1/top-5 of a trained student on its validation split')
+    ev.add_argument('target', help='a run folder (evaluates its best/ checkpoint) or a checkpoint folder')
+    ev.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of a run folder')
+    ev.add_argument('--config', help='config to use instead of the run\'s config.yaml')
+    ev.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. inference_head=cls data_dir=...')
+    ev.set_defaults(func=_eval)
+
+    qs = sub.add_parser('quickstart', help='teacher, plain student and STD student on Fashion-MNIST, compared')
+    qs.add_argument('--output', default='runs/quickstart', help='folder for the three runs, table, plot and results.json')
+    qs.add_argument('--long', action='store_true', help='more data and epochs: slower, better figures')
+    qs.add_argument('--data-dir', default=None, help='folder with the Fashion-MNIST IDX files (default: Debian\'s)')
+    qs.add_argument('--workers', type=int, default=2, help='data loader processes')
+    qs.set_defaults(func=_quickstart)
     return parser
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an error; for one re-raised from a data-loader worker, the original's."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and 'Original Traceback' in str(e):  # torch's worker wrapper: "Caught X in ..."
+        last = lines[-1]
+        return last.split(': ', 1)[1] if ': ' in last else last
+    return lines[0] if lines else type(e).__name__
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -67,8 +151,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ValueError(f'--{name.replace("_", "-")} must be a positive integer')
         return args.func(args)
     except ValueError as e:
-        print(f'stdistill: error: {e}', file=sys.stderr)
+        print(f'stdistill: error: {_one_line(e)}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('stdistill: interrupted', file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

@@ -100,7 +100,9 @@ def create_teacher(
         except (OSError, RuntimeError) as e:  # offline, no weights released, hub refused
             raise ValueError(f'cannot fetch pretrained weights for teacher {model_name} ({_first_line(e)}); '
                              f'give a local checkpoint instead') from None
-    else:
+    else:  # random weights (tests, smoke runs): sized for the student's classes
+        if num_classes is not None:
+            kwargs = dict(kwargs, num_classes=kwargs.get('num_classes', num_classes))
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     if num_classes is not None:
         check_num_classes(model.num_classes, num_classes, model_name)

@@ -1,0 +1,272 @@
+"""Training configuration: one flat dataclass, read from YAML, overridden with key=value.
+
+    cfg = load_config('recipes/fashion_mnist/std.yaml', ['epochs=3', 'teachers.0.token_position=-2'])
+
+Defaults are DeiT's ImageNet recipe (the paper trains with it). Every key, its default and
+what it does are listed by `stdistill train --help` (from the field metadata below). Values
+given on the command line are parsed as YAML (`lr=1e-3`, `scale=[0.5,1]`, `mine=false`), and
+a dotted key reaches inside a list or mapping (`teachers.1.checkpoint=r101.safetensors`).
+An unknown or mistyped key is a ValueError naming the nearest known key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'METHODS']
+
+METHODS = ('none', 'kd', 'deit', 'std')
+
+
+def _f(default: Any, help: str, choices: Optional[Sequence] = None) -> Any:
+    meta = {'help': help, 'choices': tuple(choices) if choices else None}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TeacherSpec:
+    """One entry of `teachers`."""
+    model: str
+    checkpoint: Optional[str] = None     # local weights (safetensors, or torch loaded weights-only)
+    pretrained: Optional[bool] = None    # timm's weights; default: True unless a checkpoint is given
+    token_position: int = -1             # block after which this teacher's token pair reads (std)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # more arguments of timm.create_model
+
+
+@dataclass
+class TrainConfig:
+    # run
+    output: str = _f('runs/std', 'run folder: config, logs, checkpoints, plots')
+    seed: int = _f(0, 'random seed (each process adds its rank)')
+    # data
+    dataset: str = _f('', "'' or 'folder' (ImageFolder under data_dir), 'fashion-mnist', or any "
+                          "timm.data.create_dataset name ('hfds/...', 'torch/cifar10', ...)")
+    data_dir: Optional[str] = _f(None, 'dataset root (fashion-mnist: optional, Debian\'s files by default)')
+    train_split: str = _f('train', 'split (sub-folder) used for training')
+    val_split: str = _f('validation', 'split used for evaluation (fashion-mnist: validation = test)')
+    download: bool = _f(False, 'let torchvision / Hugging Face download the dataset')
+    train_samples: int = _f(0, 'train on a fixed random subset of this many images (0: all)')
+    val_samples: int = _f(0, 'evaluate on a fixed random subset of this many images (0: all)')
+    num_classes: Optional[int] = _f(None, 'class count; null: read from the dataset')
+    img_size: int = _f(224, 'input resolution the model is built for')
+    in_chans: int = _f(3, 'input channels (1 for grayscale data)')
+    mean: Optional[List[float]] = _f(None, "normalisation mean; null: the model's pretrained cfg")
+    std: Optional[List[float]] = _f(None, "normalisation std; null: the model's pretrained cfg")
+    batch_size: int = _f(128, 'images per process and step')
+    workers: int = _f(4, 'data loader processes per training process')
+    # augmentation (timm)
+    aa: Optional[str] = _f('rand-m9-mstd0.5-inc1', 'timm auto-augment spec (RandAugment); null: none')
+    scale: List[float] = _f([0.08, 1.0], 'random-resized-crop area range')
+    ratio: List[float] = _f([0.75, 4 / 3], 'random-resized-crop aspect range')
+    hflip: float = _f(0.5, 'horizontal flip probability')
+    color_jitter: float = _f(0.3, 'colour jitter strength (unused while aa is set)')
+    reprob: float = _f(0.25, 'random erasing probability')
+    remode: str = _f('pixel', 'random erasing mode', ('const', 'rand', 'pixel'))
+    recount: int = _f(1, 'random erasing count')
+    crop_pct: float = _f(0.875, 'evaluation centre-crop fraction')
+    interpolation: str = _f('bicubic', 'resize interpolation')
+    mixup: float = _f(0.8, 'mixup alpha (0: off)')
+    cutmix: float = _f(1.0, 'cutmix alpha (0: off)')
+    mixup_prob: float = _f(1.0, 'probability of applying mixup or cutmix to a batch')
+    mixup_switch_prob: float = _f(0.5, 'probability of cutmix rather than mixup when both are on')
+    mixup_mode: str = _f('batch', 'mixup granularity', ('batch', 'pair', 'elem'))
+    smoothing: float = _f(0.1, 'label smoothing')
+    repeated_aug: bool = _f(True, "DeiT's repeated augmentation sampler (3 repeats)")
+    # model
+    model: str = _f('mixer_s16_224', 'student backbone: a timm name (mixer_*, resmlp_*, gmlp_*, cyclemlp_b1/b2, ...)')
+    pretrained: bool = _f(False, "start the backbone from timm's weights")
+    model_kwargs: Dict[str, Any] = _f({}, 'more arguments of timm.create_model for the student')
+    drop_path: float = _f(0.1, 'stochastic depth rate of the student')
+    # method
+    method: str = _f('std', 'none, kd (soft KD on the class head), deit (DeiT token), std', METHODS)
+    teachers: List[Dict[str, Any]] = _f([], 'teachers: list of {model, checkpoint, pretrained, token_position, kwargs}')
+    alpha: float = _f(0.5, 'weight of the distillation loss (1 - alpha on the labels)')
+    tau: float = _f(1.0, 'temperature of soft distillation')
+    distill: str = _f('hard', 'distillation target: teacher argmax or softened distribution', ('hard', 'soft'))
+    teacher_weighting: str = _f('entropy', 'per-sample teacher weights (several teachers)', ('entropy', 'uniform'))
+    tokens: str = _f('both', 'STD tokens per pair', ('both', 'spatial', 'channel'))
+    token_depth: int = _f(1, 'token layers per pair (K)')
+    inference_head: str = _f('avg', 'prediction at evaluation: class head, distillation heads, or their mean',
+                             ('avg', 'cls', 'dist'))
+    mine: bool = _f(True, 'mutual-information regulariser between the two tokens of a pair (std, tokens=both)')
+    mine_weight: float = _f(0.1, 'lambda of the MI penalty')
+    mine_hidden: int = _f(512, 'hidden width of the MINE statistics network')
+    # optimisation (timm factories)
+    epochs: int = _f(300, 'training epochs')
+    opt: str = _f('adamw', 'timm optimizer name')
+    lr: Optional[float] = _f(None, "learning rate; null: DeiT's 5e-4 x global batch / 512")
+    weight_decay: float = _f(0.05, 'weight decay (not on biases, norms or learned tokens)')
+    momentum: float = _f(0.9, 'momentum (SGD-like optimizers)')
+    sched: str = _f('cosine', 'timm scheduler name')
+    warmup_epochs: int = _f(5, 'linear warm-up epochs')
+    warmup_lr: float = _f(1e-6, 'learning rate at the start of warm-up')
+    min_lr: float = _f(1e-5, 'final learning rate')
+    clip_grad: Optional[float] = _f(None, 'gradient clipping threshold; null: none')
+    clip_mode: str = _f('norm', 'gradient clipping mode', ('norm', 'value', 'agc'))
+    # engine
+    device: str = _f('auto', "'auto' (CUDA when present), 'cuda', 'cpu'")
+    amp: bool = _f(True, 'bf16 autocast on GPU (CPU runs stay fp32)')
+    channels_last: bool = _f(True, 'channels-last memory format on GPU')
+    compile: bool = _f(False, 'torch.compile the student')
+    model_ema: bool = _f(False, 'keep an EMA of the student and evaluate it too')
+    model_ema_decay: float = _f(0.99996, 'EMA decay per step')
+    log_interval: int = _f(50, 'steps between TensorBoard points')
+    progress: bool = _f(True, 'tqdm progress bar')
+
+
+_TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
+
+
+def _closest(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f'; did you mean {close[0]}?' if close else ''
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Return value (ints widened to float where a float is wanted) or raise a ValueError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _check_type(name, value, args[0])
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = origin or hint
+    if base is float and isinstance(value, float) or base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base in (bool, str, list, dict) and isinstance(value, base):
+        if base is list and args and args[0] is float:
+            return [_check_type(name, v, float) for v in value]
+        return value
+    kind = getattr(base, '__name__', str(base))
+    raise ValueError(f'config key {name} must be {"a list" if base is list else kind}, got {value!r}')
+
+
+def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
+    if not isinstance(teachers, list):
+        raise ValueError(f'config key teachers must be a list of mappings, got {teachers!r}')
+    out = []
+    for i, t in enumerate(teachers):
+        t = {'model': t} if isinstance(t, str) else t
+        for key in t if isinstance(t, dict) else ():
+            if key not in _TEACHER_KEYS:
+                raise ValueError(f'unknown key teachers.{i}.{key}{_closest(key, _TEACHER_KEYS)} '
+                                 f'(known: {", ".join(_TEACHER_KEYS)})')
+        if not isinstance(t, dict) or 'model' not in t:
+            raise ValueError(f'teachers.{i} must be a mapping with at least a model name, got {t!r}')
+        spec = dataclasses.asdict(TeacherSpec(**t))
+        hints = typing.get_type_hints(TeacherSpec)
+        out.append({k: _check_type(f'teachers.{i}.{k}', v, hints[k]) for k, v in spec.items()})
+    return out
+
+
+def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    hints = typing.get_type_hints(TrainConfig)
+    checked = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f'unknown config key {key!r}{_closest(key, known)} (stdistill train --help lists them)')
+        checked[key] = _check_teachers(value) if key == 'teachers' else _check_type(key, value, hints[key])
+    cfg = TrainConfig(**checked)
+    for f in dataclasses.fields(TrainConfig):
+        choices = f.metadata.get('choices')
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ValueError(f'config key {f.name} must be one of {", ".join(choices)}, got {getattr(cfg, f.name)!r}')
+    return cfg
+
+
+def _set_dotted(values: Dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split('.')
+    target: Any = values
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(target, dict):
+            if part not in target:
+                target[part] = [] if part == 'teachers' else {}
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) <= len(target):
+            if int(part) == len(target):  # teachers.N.model=... with N = current count adds one
+                target.append({})
+            target = target[int(part)]
+            if isinstance(target, str):  # a teacher given by name only
+                raise ValueError(f'{".".join(parts[:i + 1])} is a bare name; write it as a mapping to set {dotted}')
+        else:
+            raise ValueError(f'cannot set {dotted}: {".".join(parts[:i + 1])} does not exist')
+    last = parts[-1]
+    if isinstance(target, list):
+        if not (last.isdigit() and int(last) <= len(target)):
+            raise ValueError(f'cannot set {dotted}: index {last} is past the end of the list')
+        if int(last) == len(target):
+            target.append(value)
+        else:
+            target[int(last)] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise ValueError(f'cannot set {dotted}: {".".join(parts[:-1])} is not a list or mapping')
+
+
+def parse_override(text: str) -> tuple:
+    if '=' not in text:
+        raise ValueError(f'override {text!r} must be key=value')
+    key, raw = text.split('=', 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- key=value overrides, checked."""
+    values: Dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ValueError(f'config file not found: {path}')
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f'{path} is not valid YAML: {str(e).splitlines()[0]}') from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f'{path} must be a YAML mapping of config keys')
+        values = loaded or {}
+    values = copy.deepcopy(values)
+    for text in overrides:
+        key, value = parse_override(text)
+        top = key.split('.')[0]
+        if '.' in key and top not in ('teachers', 'model_kwargs'):
+            raise ValueError(f'unknown config key {key!r}: only teachers and model_kwargs take dotted keys')
+        if '.' in key and top not in values:
+            values[top] = dataclasses.asdict(TrainConfig())[top]
+        _set_dotted(values, key, value)
+    return config_from_dict(values)
+
+
+def save_config(cfg: TrainConfig, path: str) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def config_help() -> str:
+    """The keys with defaults and help, for `stdistill train --help`."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get('choices')
+        extra = f' [{"|".join(choices)}]' if choices else ''
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()
+        lines.append(f'  {f.name:<18} {shown:<22} '
+                     f'{f.metadata["help"]}{extra}')
+    return '\n'.join(lines)

@@ -1,0 +1,163 @@
+"""The training objective and the plain loops: one epoch of training, one pass of evaluation.
+
+`DistillObjective` holds the student, the frozen teachers, the loss and the MI regulariser,
+and maps (images, targets) to (loss, logged terms). It is the module DDP wraps, so one
+backward pass reaches the student and MINE's statistics networks alike, and MINE's moving
+average is broadcast with the other buffers.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.utils import dispatch_clip_grad
+
+from .distributed import DistInfo, all_reduce_sum
+from .losses import DistillationLoss
+from .mine import MIRegularizer
+from .students import INFERENCE_HEADS, STDOutput, combine_heads
+from .teachers import FrozenTeacher
+
+__all__ = ['DistillObjective', 'train_one_epoch', 'evaluate', 'NonFiniteLossError']
+
+
+class NonFiniteLossError(ValueError):
+    pass
+
+
+class DistillObjective(nn.Module):
+    """loss = base or distillation loss (+ lambda * MINE) for methods none | kd | deit | std."""
+
+    def __init__(self, student: nn.Module, method: str, base_criterion: nn.Module,
+                 teachers: Optional[List[FrozenTeacher]] = None, distill_loss: Optional[DistillationLoss] = None,
+                 mi: Optional[MIRegularizer] = None, teacher_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.student, self.method, self.base_criterion = student, method, base_criterion
+        self.teachers = nn.ModuleList(teachers or [])
+        self.distill_loss, self.mi, self.teacher_dtype = distill_loss, mi, teacher_dtype
+        if method != 'none' and (not self.teachers or distill_loss is None):
+            raise ValueError(f'method {method} needs at least one teacher')
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        inner = getattr(self.student, 'no_weight_decay', None)
+        return {f'student.{n}' for n in (inner() if inner else ())}
+
+    def teacher_logits(self, images: torch.Tensor) -> List[torch.Tensor]:
+        if self.teacher_dtype is not None:  # bf16 + channels-last on GPU: the teachers only infer
+            images = images.to(dtype=self.teacher_dtype, memory_format=torch.channels_last)
+        return [t(images).float() for t in self.teachers]
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        out = self.student(images)
+        if self.method == 'none':
+            loss = self.base_criterion(out, targets)
+            return loss, {'loss_cls': loss.detach()}
+        teacher_logits = self.teacher_logits(images)
+        if self.method == 'kd':  # Hinton's KD: every teacher supervises the class head itself
+            out = STDOutput(out, [out] * len(teacher_logits), [None] * len(teacher_logits), [None] * len(teacher_logits))
+        loss, terms = self.distill_loss(out, targets, teacher_logits)
+        if self.mi is not None:
+            mi = self.mi(out.spatial_tokens, out.channel_tokens)
+            loss = loss + mi.loss
+            terms['mi_estimate'] = mi.estimate
+        return loss, terms
+
+
+def train_one_epoch(
+        objective: nn.Module,
+        loader,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        device: torch.device,
+        epoch: int,
+        num_updates: int,
+        mixup: Optional[Callable] = None,
+        clip_grad: Optional[float] = None,
+        clip_mode: str = 'norm',
+        amp_dtype: Optional[torch.dtype] = None,
+        ema=None,
+        on_step: Optional[Callable[[int, Dict[str, float], int], None]] = None,
+) -> Tuple[Dict[str, float], int]:
+    """One pass over `loader`; returns the epoch's mean loss terms and the updated step count."""
+    objective.train()
+    sums: Dict[str, float] = defaultdict(float)
+    steps, images_seen, start = 0, 0, time.perf_counter()
+    params = [p for p in objective.parameters() if p.requires_grad]
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            loss, terms = objective(images, targets)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(f'loss is {loss.item()} at epoch {epoch}, step {steps}: lower lr, '
+                                     f'set clip_grad, or check the data')
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad is not None:
+            dispatch_clip_grad(params, clip_grad, mode=clip_mode)
+        optimizer.step()
+        num_updates += 1
+        scheduler.step_update(num_updates=num_updates)
+        if ema is not None:
+            ema.update(objective.module.student if hasattr(objective, 'module') else objective.student,
+                       step=num_updates)
+        values = {'loss': loss.item(), **{k: float(v) for k, v in terms.items()}}
+        for k, v in values.items():
+            sums[k] += v
+        steps += 1
+        images_seen += images.shape[0]
+        if on_step is not None:
+            values['lr'] = optimizer.param_groups[0]['lr']
+            values['img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
+            on_step(num_updates, values, images.shape[0])
+    metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+    metrics['lr'] = optimizer.param_groups[0]['lr']
+    metrics['train_img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
+    return metrics, num_updates
+
+
+def _heads(model: nn.Module, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Every prediction a model can make: for token students, each inference head in one pass."""
+    if hasattr(model, 'token_pairs') or hasattr(model, 'head_dist'):
+        out = model.forward_head(model.forward_features(images))
+        return {head: combine_heads(out, head) for head in INFERENCE_HEADS}
+    return {'cls': model(images)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
+             amp_dtype: Optional[torch.dtype] = None, head: str = 'avg') -> Dict[str, float]:
+    """Top-1/top-5 (percent) over the whole evaluation set, summed over processes.
+
+    For token students also top-1 of each inference head (cls, dist, avg): the paper's ablation.
+    """
+    model.eval()
+    counts: Dict[str, float] = defaultdict(float)
+    loss_sum, total = 0.0, 0
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            outputs = _heads(model, images)
+        main = outputs.get(head, outputs.get('cls')).float()
+        loss_sum += nn.functional.cross_entropy(main, targets, reduction='sum').item()
+        k = min(5, main.shape[1])
+        top = main.topk(k, dim=1).indices
+        counts['top1'] += (top[:, 0] == targets).sum().item()
+        counts['top5'] += (top == targets[:, None]).any(1).sum().item()
+        if len(outputs) > 1:
+            for name, logits in outputs.items():
+                counts[f'top1_{name}'] += (logits.argmax(1) == targets).sum().item()
+        total += targets.shape[0]
+    names = sorted(counts)
+    summed = all_reduce_sum([counts[n] for n in names] + [loss_sum, float(total)], device, info)
+    total = summed[-1]
+    result = {n: 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
+    result['loss'] = summed[-2] / max(total, 1)
+    result['images'] = int(total)
+    return result

@@ -1,0 +1,169 @@
+"""The data pipeline: timm datasets and transforms, DeiT's samplers, mixup.
+
+Datasets: `fashion-mnist` (our IDX reader), an ImageFolder/ImageNet layout (`dataset: ''`),
+and anything `timm.data.create_dataset` knows by a prefixed name (`hfds/...`, `torch/...`).
+Training uses DeiT's repeated-augmentation sampler (timm's `RepeatAugSampler`) or a seeded
+shuffling sampler; evaluation shards the set across processes without padding, so every
+image is counted exactly once.
+
+A corrupt image stops the run with its file name: timm's own dataset would log a warning and
+silently train on the next image instead.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import torch
+from PIL import Image
+from timm.data import Mixup, create_dataset, create_transform
+from timm.data.dataset import ImageDataset
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .config import TrainConfig
+from .data import FashionMNIST
+from .distributed import DistInfo
+from .teachers import _first_line
+
+__all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
+           'dataset_num_classes',
+           'FASHION_MNIST_NORM']
+
+FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
+_ITERABLE_PREFIXES = ('tfds/', 'wds/', 'hfids/')
+
+
+class StrictImageDataset(Dataset):
+    """timm's ImageDataset, but an unreadable image is an error naming the file, not a skip."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.reader, self.transform = dataset.reader, dataset.transform
+        self.input_img_mode = dataset.input_img_mode or 'RGB'
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        img, target, *_ = self.reader[index]
+        try:
+            img = Image.open(img).convert(self.input_img_mode)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            name = self.reader.filename(index, absolute=True)
+            raise ValueError(f'cannot read image {name} ({str(e).splitlines()[0][:120]}): remove or replace it') from None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, -1 if target is None else target
+
+
+def dataset_num_classes(dataset: Dataset) -> Optional[int]:
+    if hasattr(dataset, 'classes'):
+        return len(dataset.classes)
+    reader = getattr(dataset, 'reader', None)
+    for attr in ('class_to_idx', 'num_classes'):
+        value = getattr(reader, attr, None)
+        if value:
+            return len(value) if isinstance(value, dict) else int(value)
+    return None
+
+
+def open_dataset(cfg: TrainConfig, split: str, transform: Callable) -> Dataset:
+    name = cfg.dataset
+    if name in ('fashion-mnist', 'fashion_mnist'):
+        fm_split = {'train': 'train', 'test': 'test', 'validation': 'test', 'val': 'test'}.get(split)
+        if fm_split is None:
+            raise ValueError(f"fashion-mnist splits are train and test (or validation), got {split!r}")
+        return FashionMNIST(cfg.data_dir, fm_split, transform, download=cfg.download)
+    if name.startswith(_ITERABLE_PREFIXES):
+        raise ValueError(f'dataset {name}: streaming datasets are not supported; use a map-style one '
+                         f'(an image folder, hfds/..., torch/...)')
+    folder = name in ('', 'folder', 'imagefolder')
+    if folder and not cfg.data_dir:
+        raise ValueError('dataset is an image folder but data_dir is not set')
+    if cfg.data_dir and not cfg.download and not os.path.isdir(cfg.data_dir):
+        raise ValueError(f'data folder not found: {cfg.data_dir}')
+    mode = 'L' if cfg.in_chans == 1 else 'RGB'
+    try:
+        ds = create_dataset('' if folder else name, root=cfg.data_dir, split=split, is_training=split == cfg.train_split,
+                            download=cfg.download, input_img_mode=mode, transform=transform)
+    except (RuntimeError, AssertionError, OSError, ValueError, KeyError) as e:
+        raise ValueError(f'cannot open dataset {name or "folder"} split {split!r} in {cfg.data_dir}: '
+                         f'{_first_line(e)}') from None
+    if len(ds) == 0:
+        raise ValueError(f'dataset {name or cfg.data_dir} split {split!r} holds no images')
+    return StrictImageDataset(ds) if isinstance(ds, ImageDataset) else ds
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    return img.convert('RGB')
+
+
+def build_transforms(cfg: TrainConfig, mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tuple[Callable, Callable]:
+    size = (cfg.in_chans, cfg.img_size, cfg.img_size)
+    train = create_transform(size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
+                             color_jitter=cfg.color_jitter, auto_augment=cfg.aa, interpolation=cfg.interpolation,
+                             mean=mean, std=std, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    val = create_transform(size, is_training=False, interpolation=cfg.interpolation, mean=mean, std=std,
+                           crop_pct=cfg.crop_pct)
+    if cfg.dataset in ('fashion-mnist', 'fashion_mnist') and cfg.in_chans == 3:
+        from torchvision import transforms
+        train, val = transforms.Compose([_to_rgb, train]), transforms.Compose([_to_rgb, val])
+    return train, val
+
+
+def build_mixup(cfg: TrainConfig, num_classes: int) -> Optional[Mixup]:
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
+                 mode=cfg.mixup_mode, label_smoothing=cfg.smoothing, num_classes=num_classes)
+
+
+def _fixed_subset(ds: Dataset, count: int, seed: int) -> Dataset:
+    if count <= 0 or count >= len(ds):
+        return ds
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    return Subset(ds, sorted(order[:count].tolist()))
+
+
+class DataBundle(NamedTuple):
+    train_loader: DataLoader
+    val_loader: DataLoader
+    num_classes: int
+    loader_generator: torch.Generator  # reseeded each epoch so worker seeds depend on (seed, epoch) only
+
+
+def _val_loader(cfg: TrainConfig, info: DistInfo, transform: Callable) -> DataLoader:
+    val_set = _fixed_subset(open_dataset(cfg, cfg.val_split, transform), cfg.val_samples, cfg.seed + 1)
+    shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
+    return DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
+
+
+def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataLoader:
+    return _val_loader(cfg, info, build_transforms(cfg, mean, std)[1])
+
+
+def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataBundle:
+    train_tf, val_tf = build_transforms(cfg, mean, std)
+    train_set = open_dataset(cfg, cfg.train_split, train_tf)
+    found = dataset_num_classes(train_set)
+    num_classes = cfg.num_classes or found
+    if num_classes is None:
+        raise ValueError(f'cannot tell the class count of dataset {cfg.dataset}; set num_classes')
+    if found is not None and cfg.num_classes is not None and found != cfg.num_classes:
+        raise ValueError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
+                         f'fix num_classes (or leave it null to read it from the data)')
+    train_set = _fixed_subset(train_set, cfg.train_samples, cfg.seed)
+    if cfg.repeated_aug:
+        sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.seed)
+    generator = torch.Generator()
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator)
+    if len(train_loader) == 0:
+        raise ValueError(f'the training set ({len(train_set)} images{", repeated augmentation" if cfg.repeated_aug else ""} '
+                         f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
+                         f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
+    return DataBundle(train_loader, _val_loader(cfg, info, val_tf), num_classes, generator)

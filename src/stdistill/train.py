@@ -1,0 +1,281 @@
+"""A training run, from a config to a run folder: `stdistill train` calls `train(cfg)`.
+
+    run/config.yaml    the resolved config        run/last/, run/best/   checkpoints
+    run/log.jsonl, run/tb/, run/*.png (monitor.py)  run/summary.json   final figures
+
+Setup builds the student (method none | kd | deit | std), the frozen teachers, the loss, the
+MI regulariser, timm's optimizer and scheduler and (optionally) an EMA; each epoch trains,
+evaluates, and rank 0 writes `last/` (and `best/` when top-1 improves). `resume=run_folder`
+restores weights, optimizer, scheduler position, EMA, MINE and every RNG, and continues
+exactly where the run stopped; `stop_after=N` ends this process after N epochs (for
+time-limited jobs: resume later).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, random_seed
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, save_config
+from .deit import DeiTTokenStudent
+from .distributed import gather_objects, init_distributed, resolve_device, weights_digest
+from .engine import DistillObjective, evaluate, train_one_epoch
+from .loaders import FASHION_MNIST_NORM, build_data, build_mixup
+from .losses import DistillationLoss
+from .mine import MIRegularizer
+from .monitor import RunMonitor, write_plots
+from .students import STDStudent, check_model_name
+from .teachers import FrozenTeacher, create_teacher
+
+__all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm']
+
+
+def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple[str, ...] = ()) -> nn.Module:
+    """timm.create_model; arguments in `optional` are dropped for models that do not take them."""
+    check_model_name(name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        unused = [k for k in optional if f"'{k}'" in str(e)]
+        if not unused:
+            raise ValueError(f'cannot build {name}: {e}') from None
+        return _create(name, pretrained, {k: v for k, v in kwargs.items() if k not in unused}, optional)
+
+
+def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] = None) -> nn.Module:
+    """The backbone `cfg.model`, wrapped for the method: STD token pairs, a DeiT token, or as is."""
+    if cfg.model.startswith(('std_', 'deit_')):
+        base = cfg.model.split('_', 1)[1]
+        raise ValueError(f'model {cfg.model}: give the base model ({base}) and choose the method with '
+                         f'method: {cfg.model.split("_")[0]}')
+    kwargs = dict(num_classes=num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size, drop_path_rate=cfg.drop_path)
+    kwargs.update(cfg.model_kwargs)
+    backbone = _create(cfg.model, cfg.pretrained if pretrained is None else pretrained, kwargs,
+                       optional=('img_size',) if 'img_size' not in cfg.model_kwargs else ())
+    positions = [t['token_position'] for t in cfg.teachers]
+    if cfg.method == 'std':
+        return STDStudent(backbone, num_teachers=len(positions), token_positions=positions, tokens=cfg.tokens,
+                          token_depth=cfg.token_depth, inference_head=cfg.inference_head)
+    if cfg.method == 'deit':
+        if len(positions) != 1:
+            raise ValueError(f'method deit takes exactly one teacher, got {len(positions)}')
+        return DeiTTokenStudent(backbone, inference_head=cfg.inference_head)
+    return backbone
+
+
+def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
+                   pretrained: Optional[bool] = None) -> List[FrozenTeacher]:
+    teachers = []
+    for spec in cfg.teachers:
+        use_pretrained = spec['pretrained'] if spec['pretrained'] is not None else spec['checkpoint'] is None
+        if pretrained is not None:
+            use_pretrained = pretrained and spec['checkpoint'] is None
+        kwargs = dict(spec['kwargs'])
+        if cfg.in_chans != 3:
+            kwargs.setdefault('in_chans', cfg.in_chans)
+        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], **kwargs)
+        teacher = teacher.to(device)
+        if device.type == 'cuda':  # teachers only infer: bf16 weights, channels-last
+            teacher = teacher.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        teachers.append(teacher)
+    return teachers
+
+
+def resolve_norm(cfg: TrainConfig, student: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
+    elif cfg.dataset in ('fashion-mnist', 'fashion_mnist') and cfg.in_chans == 1:
+        mean, std = FASHION_MNIST_NORM
+    else:
+        pcfg = getattr(student, 'pretrained_cfg', None) or {}
+        mean, std = tuple(pcfg.get('mean', (0.485, 0.456, 0.406))), tuple(pcfg.get('std', (0.229, 0.224, 0.225)))
+    if len(mean) != cfg.in_chans or len(std) != cfg.in_chans:
+        raise ValueError(f'mean and std need {cfg.in_chans} values (in_chans), got {len(mean)} and {len(std)}: '
+                         f'set mean and std in the config')
+    return mean, std
+
+
+def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mixup_active: bool,
+                    pretrained: Optional[bool] = None) -> DistillObjective:
+    """Student + teachers + losses (+ MINE), on `device`. pretrained=False forces random weights."""
+    if cfg.method == 'none' and cfg.teachers:
+        raise ValueError('method none takes no teachers: remove them, or choose method kd, deit or std')
+    if cfg.method != 'none' and not cfg.teachers:
+        raise ValueError(f'method {cfg.method} needs teachers: add a list under teachers')
+    student = build_student(cfg, num_classes, pretrained).to(device)
+    teachers = build_teachers(cfg, num_classes, device, pretrained)
+    if mixup_active:
+        base = SoftTargetCrossEntropy()  # mixup/cutmix give soft targets (with the smoothing folded in)
+    elif cfg.smoothing > 0:
+        base = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        base = nn.CrossEntropyLoss()
+    distill_loss = None
+    if cfg.method != 'none':
+        distill_loss = DistillationLoss(base, alpha=cfg.alpha, tau=cfg.tau,
+                                        distill='soft' if cfg.method == 'kd' else cfg.distill,
+                                        teacher_weighting=cfg.teacher_weighting)
+    mi = None
+    if cfg.method == 'std' and cfg.mine and cfg.tokens == 'both':
+        mi = MIRegularizer(student, weight=cfg.mine_weight, hidden=cfg.mine_hidden).to(device)
+    teacher_dtype = torch.bfloat16 if device.type == 'cuda' else None
+    return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi, teacher_dtype)
+
+
+def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
+    has_run = os.path.isdir(os.path.join(cfg.output, 'last')) or os.path.isdir(os.path.join(cfg.output, 'last.old'))
+    if resume and not has_run:
+        raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ checkpoint')
+    if not resume and has_run:
+        raise ValueError(f'{cfg.output} already holds a run: continue it with --resume {cfg.output}, '
+                         f'or set output to a new folder')
+
+
+def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict], optimizer, scheduler,
+                    objective: DistillObjective, ema) -> Dict[str, Any]:
+    return {
+        'epoch': epoch, 'num_updates': num_updates, 'best': best, 'history': history,
+        'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+        'mi': objective.mi.state_dict() if objective.mi is not None else None,
+        'ema': ema.module.state_dict() if ema is not None else None,
+        'rng': rng_state(),
+    }
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = None) -> Dict[str, Any]:
+    """Run (or continue, with resume=True) the training `cfg` describes; return the summary."""
+    info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, info)
+    _check_run_folder(cfg, resume)
+    random_seed(cfg.seed, info.rank)
+    amp_dtype = torch.bfloat16 if cfg.amp and device.type == 'cuda' else None
+
+    # the student's normalisation comes from its pretrained cfg: build a throwaway one on meta
+    with torch.device('meta'):
+        probe = build_student(dataclasses.replace(cfg, method='none', teachers=[]), cfg.num_classes or 1, False)
+    data = build_data(cfg, info, *resolve_norm(cfg, probe))
+    mixup = build_mixup(cfg, data.num_classes)
+    objective = build_objective(cfg, data.num_classes, device, mixup is not None)
+    student = objective.student
+    if cfg.channels_last and device.type == 'cuda':
+        student.to(memory_format=torch.channels_last)
+
+    lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
+    optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    steps = len(data.train_loader)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=steps)
+    start_epoch, num_updates, best, history, state = 0, 0, {'top1': -1.0, 'epoch': -1}, [], None
+    if resume:
+        state = load_checkpoint(os.path.join(cfg.output, 'last'), student)
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        if objective.mi is not None:
+            objective.mi.load_state_dict(state['mi'])
+        start_epoch, num_updates = state['epoch'] + 1, state['num_updates']
+        best, history = state['best'], state['history']
+        scheduler.step_update(num_updates=num_updates)
+
+    model = objective
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == 'cuda' else None)
+    ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    if ema is not None and state is not None and state['ema'] is not None:
+        ema.module.load_state_dict(state['ema'])
+    if cfg.compile:
+        student.compile()
+    if state is not None:
+        set_rng_state(state['rng'])
+
+    monitor = None
+    if info.is_main:
+        os.makedirs(cfg.output, exist_ok=True)
+        save_config(dataclasses.replace(cfg, num_classes=data.num_classes), os.path.join(cfg.output, 'config.yaml'))
+        monitor = RunMonitor(cfg.output, history, cfg.log_interval, cfg.progress)
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    try:
+        for epoch in range(start_epoch, last_epoch):
+            data.train_loader.sampler.set_epoch(epoch)
+            data.loader_generator.manual_seed(cfg.seed * 100003 + epoch)
+            if monitor:
+                monitor.start_epoch(epoch, cfg.epochs, steps)
+            start = time.perf_counter()
+            metrics, num_updates = train_one_epoch(
+                model, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
+                clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, amp_dtype=amp_dtype, ema=ema,
+                on_step=monitor.step if monitor else None)
+            row = {'epoch': epoch, **metrics}
+            row.update({f'val_{k}': v for k, v in
+                        evaluate(student, data.val_loader, device, info, amp_dtype, cfg.inference_head).items()})
+            if ema is not None:
+                row.update({f'ema_{k}': v for k, v in
+                            evaluate(ema.module, data.val_loader, device, info, amp_dtype, cfg.inference_head).items()
+                            if k in ('top1', 'top5')})
+            row['epoch_s'] = time.perf_counter() - start
+            history.append(row)
+            improved = row['val_top1'] > best['top1']
+            if improved:
+                best = {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': epoch}
+            if info.is_main:
+                monitor.end_epoch(row)
+                state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema)
+                save_checkpoint(os.path.join(cfg.output, 'last'), student, state)
+                if improved:
+                    save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row})
+    finally:
+        if monitor:
+            monitor.close()
+    digests = gather_objects(weights_digest(student), info)
+    summary = {
+        'epochs_done': len(history), 'epochs': cfg.epochs, 'best': best,
+        'final': history[-1] if history else None,
+        'params_m': sum(p.numel() for p in student.parameters()) / 1e6,
+        'world_size': info.world_size, 'weights_sha256_per_rank': digests,
+    }
+    if info.is_main:
+        summary['plots'] = write_plots(cfg.output, history)
+        with open(os.path.join(cfg.output, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
+    """Top-1/top-5 of a saved student (a checkpoint folder or its model.safetensors) on cfg's val split."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .loaders import build_eval_loader
+
+    info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, info)
+    path = os.path.join(checkpoint, 'model.safetensors') if os.path.isdir(checkpoint) else checkpoint
+    if not os.path.isfile(path):
+        raise ValueError(f'no weights at {path}')
+    try:
+        weights = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f'cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+    if cfg.num_classes is None:
+        raise ValueError('num_classes is not set in the config')
+    student = build_student(cfg, cfg.num_classes, pretrained=False)
+    try:
+        student.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f'{path} does not fit {cfg.model} with method {cfg.method}: '
+                         f'{" ".join(str(e).split())[:300]}') from None
+    student.to(device)
+    loader = build_eval_loader(cfg, info, *resolve_norm(cfg, student))
+    amp_dtype = torch.bfloat16 if cfg.amp and device.type == 'cuda' else None
+    return evaluate(student, loader, device, info, amp_dtype, cfg.inference_head)
