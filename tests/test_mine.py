@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from stdistill.mine import MINE, MIRegularizer, random_derangement, reverse_gradient
+from stdistill.mine import MINE, MIRegularizer, random_derangement
 
 from conftest import tiny_input, tiny_student
 
@@ -52,40 +52,66 @@ def test_derangement_has_no_fixed_point():
         random_derangement(1)
 
 
-def test_gradient_reversal_scales_and_flips():
-    x = torch.ones(3, requires_grad=True)
-    reverse_gradient(x, 0.5).sum().backward()
-    assert torch.equal(x.grad, torch.full((3,), -0.5))
+def _grads(mine, x, y):
+    x.grad = y.grad = None
+    mine.zero_grad()
+    out = mine(x, y, generator=torch.Generator().manual_seed(1))
+    out.loss.backward()
+    return out, x.grad, [p.grad.clone() for p in mine.statistics.parameters()]
 
 
 def test_one_backward_trains_psi_up_and_tokens_down():
-    """psi's gradient ascends the estimate; the tokens' gradient is lambda times the gradient
-    that descends it."""
+    """psi's gradient ascends the estimate whatever lambda is; the tokens' gradient is lambda
+    times the gradient of the bound through a frozen psi (descending I), never reaching psi."""
     torch.manual_seed(0)
     x = torch.randn(64, 3, requires_grad=True)
     y = (x.detach() + 0.1 * torch.randn(64, 3)).requires_grad_(True)
+    mine = MINE(3, 3, hidden=32, weight=0.0)
+    optimizer = torch.optim.Adam(mine.parameters(), lr=1e-2)
+    for _ in range(30):  # a psi that has learned something: the estimate of correlated tokens is > 0
+        optimizer.zero_grad()
+        mine(x, y).loss.backward()
+        optimizer.step()
+    mine.weight = 0.5
+    mine.eval()  # the moving average stays put between the calls below
+    out, token_grad, psi_grad = _grads(mine, x, y)
+    assert out.estimate > 0 and out.estimate.requires_grad is False
+    mine.weight = 0.0
+    _, no_token_grad, psi_grad_alone = _grads(mine, x, y)
+    assert no_token_grad is None  # psi's part never reaches the tokens
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(psi_grad, psi_grad_alone))
+    # the tokens' part by hand: lambda * d(joint - log mean exp marginal)/dx with psi fixed
+    perm = random_derangement(64, torch.Generator().manual_seed(1))
+    joint = mine.statistics(x, y).mean()
+    marginal = mine.statistics(x, y[perm])
+    bound = joint - (torch.logsumexp(marginal, 0) - torch.log(torch.tensor(64.0)))
+    (expected,) = torch.autograd.grad(0.5 * bound, x)
+    assert torch.allclose(token_grad, expected, atol=1e-6)
+
+
+def test_student_is_not_rewarded_for_a_negative_estimate():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, requires_grad=True)
+    y = torch.randn(64, 3, requires_grad=True)  # independent: the estimate of an untrained psi is ~0
     mine = MINE(3, 3, hidden=32, weight=0.5)
-    out = mine(x, y, generator=torch.Generator().manual_seed(1))
-    out.loss.backward()
-    token_grad = x.grad.clone()
-    psi_grad = [p.grad.clone() for p in mine.statistics.parameters()]
-    # the same step without reversal: gradient of -(joint - surrogate) w.r.t. the tokens
-    x.grad = None
-    mine.zero_grad()
-    mine.weight = -1.0  # reverse_gradient(-1) is the identity on the way back
-    mine(x, y, generator=torch.Generator().manual_seed(1)).loss.backward()
-    assert torch.allclose(token_grad, -0.5 * x.grad, atol=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(psi_grad, [p.grad for p in mine.statistics.parameters()]))
-    assert out.estimate.requires_grad is False
+    with torch.no_grad():  # a psi that scores marginal pairs higher gives a negative estimate
+        mine.statistics.net[-1].bias.fill_(0.0)
+    out, token_grad, _ = _grads(mine, x, y)
+    if out.estimate <= 0:
+        assert token_grad is None
+    else:
+        assert token_grad is not None and torch.isfinite(token_grad).all()
 
 
 def test_regularizer_on_student_tokens():
-    student = tiny_student('mixer', num_teachers=2).train()
+    student = tiny_student('mixer', num_teachers=1).train()
     reg = MIRegularizer(student, weight=0.1)
     out = student(tiny_input('mixer'))
     mi = reg(out.spatial_tokens, out.channel_tokens)
     mi.loss.backward()
     assert torch.isfinite(mi.estimate)
-    assert student.token_pairs[0].spatial_token.grad is not None
+    # the tokens get a gradient exactly when the estimate is positive; psi always does
+    assert (student.token_pairs[0].spatial_token.grad is not None) == bool(mi.estimate > 0)
+    assert all(p.grad is not None for p in reg.parameters())
     with pytest.raises(ValueError, match='both a spatial and a channel token'):
         MIRegularizer(tiny_student('mixer', tokens='spatial'))

@@ -5,11 +5,12 @@
 psi is a statistics network on [T_S, T_C]. Joint pairs are the two tokens of the same image;
 marginal pairs put T_S of image i with T_C of image pi(i), pi a random derangement of the batch.
 
-One backward pass trains both sides: the tokens enter psi through a gradient-reversal layer
-scaled by lambda, so psi ascends the bound (a better estimate) while the student descends
-lambda * I. The gradient of the log term uses MINE's moving-average correction: its
-denominator E[exp(psi)] is replaced by a running average, which removes the bias that a
-mini-batch estimate of that denominator puts into the gradient.
+One backward pass trains both sides, through two terms of one loss: psi ascends the bound
+on detached tokens (a better estimate), and the tokens descend lambda * I through a frozen
+copy of psi's weights, only while the estimate is positive (see forward). The gradient of
+psi's log term uses MINE's moving-average correction: its denominator E[exp(psi)] is
+replaced by a running average, which removes the bias that a mini-batch estimate of that
+denominator puts into the gradient.
 """
 from __future__ import annotations
 
@@ -18,24 +19,9 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
-__all__ = ['MINE', 'MINEOutput', 'MIRegularizer', 'StatisticsNetwork', 'random_derangement', 'reverse_gradient']
-
-
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.scale * grad, None
-
-
-def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Identity forward; gradient multiplied by -scale on the way back."""
-    return _ReverseGradient.apply(x, scale)
+__all__ = ['MINE', 'MINEOutput', 'MIRegularizer', 'StatisticsNetwork', 'random_derangement']
 
 
 def random_derangement(n: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
@@ -79,14 +65,20 @@ class MINE(nn.Module):
         # log of the moving average of E_marginal[exp(psi)]; nan until the first step
         self.register_buffer('log_ma', torch.tensor(float('nan')))
 
+    def _bound_terms(self, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, params=None):
+        """Mean psi on joint pairs and log E[exp(psi)] on marginal pairs (with psi's weights
+        replaced by `params` when given)."""
+        def psi(a, b):
+            return self.statistics(a, b) if params is None else functional_call(self.statistics, params, (a, b))
+        joint = psi(x, y).mean()
+        marginal = psi(x, y[perm])
+        return joint, torch.logsumexp(marginal, dim=0) - math.log(marginal.shape[0])
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None) -> MINEOutput:
-        x = reverse_gradient(x.float(), self.weight)
-        y = reverse_gradient(y.float(), self.weight)
+        x, y = x.float(), y.float()
         perm = random_derangement(x.shape[0], generator, x.device)
-        joint = self.statistics(x, y).mean()
-        marginal = self.statistics(x, y[perm])
-        # log E[exp(psi)] in a stable form
-        log_mean_exp = torch.logsumexp(marginal, dim=0) - math.log(marginal.shape[0])
+        # psi's part: ascend the bound on detached tokens
+        joint, log_mean_exp = self._bound_terms(x.detach(), y.detach(), perm)
         estimate = (joint - log_mean_exp).detach()
         if self.training:
             with torch.no_grad():
@@ -99,9 +91,15 @@ class MINE(nn.Module):
         # Surrogate whose gradient is grad E[exp(psi)] / moving average (MINE's bias correction);
         # its value equals log_mean_exp's first-order term and is not the estimate.
         log_ma = log_mean_exp.detach() if torch.isnan(self.log_ma) else self.log_ma
-        surrogate = torch.exp(log_mean_exp - log_ma)
-        loss = -(joint - surrogate)
-        return MINEOutput(loss, estimate)
+        psi_loss = -(joint - torch.exp(log_mean_exp - log_ma))
+        # the student's part: descend lambda * I through a frozen psi, and only while the estimate
+        # is positive. MI >= 0, so a negative estimate says psi is off, not that the tokens share
+        # information; rewarding the student for pushing it lower lets it fool psi without bound.
+        if self.weight == 0 or not bool(estimate > 0):
+            return MINEOutput(psi_loss, estimate)
+        frozen = {name: p.detach() for name, p in self.statistics.named_parameters()}
+        joint_s, log_mean_exp_s = self._bound_terms(x, y, perm, frozen)
+        return MINEOutput(psi_loss + self.weight * (joint_s - log_mean_exp_s), estimate)
 
 
 class MIRegularizer(nn.Module):
