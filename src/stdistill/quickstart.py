@@ -9,7 +9,7 @@ with the same data, epochs and seed for both students, then prints a table, writ
 `comparison.png` and `results.json` ({"rows": [{"name", "model", "params_m", "top1", ...}]}).
 
 The recipes are `recipes/fashion_mnist/{teacher,plain,std}.yaml`; the quickstart sets the
-data size, epochs and folders on top of them (`--long`: all 60k images, more epochs).
+data size, epochs and folders on top of them (PRESETS; `--long`: all 60k images, more epochs).
 """
 from __future__ import annotations
 
@@ -40,19 +40,22 @@ RECIPES: Dict[str, Dict[str, Any]] = {
                 teachers=[dict(model='resnet18', checkpoint='runs/fashion_mnist/teacher/best/model.safetensors',
                                token_position=-1)]),
 }
-# What the quickstart changes on top of the recipes: a data subset and epochs that fit in minutes.
+# What the quickstart changes on top of the recipes: data subsets and epochs that fit in minutes.
+# The teacher sees more images than the students, as a pretrained teacher would have; the two
+# students get exactly the same data, epochs and seed.
 PRESETS = {
-    'default': dict(train_samples=12000, epochs=4),
-    'long': dict(train_samples=0, epochs=10),
+    'default': {'teacher': dict(train_samples=30000, epochs=3), 'student': dict(train_samples=12000, epochs=4)},
+    'long': {'teacher': dict(train_samples=0, epochs=6), 'student': dict(train_samples=0, epochs=8)},
 }
 
 
 def quickstart_configs(output: str, long: bool = False, data_dir: Optional[str] = None,
                        workers: int = 2, **extra: Any) -> Dict[str, TrainConfig]:
-    preset = dict(PRESETS['long' if long else 'default'], workers=workers, data_dir=data_dir, **extra)
+    presets = PRESETS['long' if long else 'default']
     configs = {}
     for name, recipe in RECIPES.items():
-        values = dict(recipe, **preset, output=os.path.join(output, name))
+        preset = presets['teacher' if name == 'teacher' else 'student']
+        values = dict(recipe, **dict(preset, workers=workers, data_dir=data_dir, **extra), output=os.path.join(output, name))
         if name == 'std':
             values['teachers'] = [dict(t, checkpoint=os.path.join(output, 'teacher', 'best', 'model.safetensors'))
                                   for t in recipe['teachers']]
