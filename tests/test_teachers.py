@@ -44,8 +44,8 @@ def test_class_mismatch_is_refused(trained_like):
     _, folder = trained_like
     with pytest.raises(ValueError, match='predicts 7 classes but the student has 10'):
         create_teacher(ARCH, num_classes=10, checkpoint=str(folder / 't.safetensors'))
-    with pytest.raises(ValueError, match='predicts 1000 classes but the student has 10'):
-        create_teacher(ARCH, num_classes=10)  # timm's default head, as pretrained=True would give
+    # without weights (tests, smoke runs) a teacher is built for the student's classes
+    assert create_teacher(ARCH, num_classes=10).num_classes == 10
 
 
 def test_unknown_teacher_name():
