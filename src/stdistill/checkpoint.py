@@ -22,6 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .teachers import _first_line
+
 __all__ = ['save_checkpoint', 'load_checkpoint', 'split_tensors', 'join_tensors', 'rng_state',
            'set_rng_state', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON']
 
@@ -122,10 +124,9 @@ def load_checkpoint(folder: str, model: torch.nn.Module) -> Dict[str, Any]:
         with open(paths[2]) as f:
             skeleton = json.load(f)
     except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f'corrupt checkpoint in {folder}: {detail}') from None
+        raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise ValueError(f'checkpoint {folder} does not fit this model: {str(e).splitlines()[0]}') from None
+        raise ValueError(f'checkpoint {folder} does not fit this model: {_first_line(e)}') from None
     return join_tensors(skeleton, tensors)

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise ValueError('--stop-after must be a positive number of epochs')
     summary = train(cfg, resume=bool(args.resume), stop_after=args.stop_after)
-    if summary['final'] is not None and 'weights_sha256_per_rank' in summary:
+    if summary['final'] is not None:
         best = summary['best']
         print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {best["top1"]:.2f} '
               f'(epoch {best["epoch"]}), run folder {cfg.output}')

@@ -21,12 +21,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import timm
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import MODEL_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, save_config
 from .deit import DeiTTokenStudent
 from .distributed import gather_objects, init_distributed, resolve_device, weights_digest
@@ -36,7 +38,7 @@ from .losses import DistillationLoss
 from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
-from .teachers import FrozenTeacher, create_teacher
+from .teachers import FrozenTeacher, create_teacher, load_weights
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm']
 
@@ -92,14 +94,17 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
     return teachers
 
 
-def resolve_norm(cfg: TrainConfig, student: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Normalisation: the config's, Fashion-MNIST's for 1-channel Fashion-MNIST, else the student's
+    pretrained cfg (read from timm's registry, without building the model)."""
+    check_model_name(cfg.model)
     if cfg.mean is not None and cfg.std is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     elif cfg.dataset in ('fashion-mnist', 'fashion_mnist') and cfg.in_chans == 1:
         mean, std = FASHION_MNIST_NORM
     else:
-        pcfg = getattr(student, 'pretrained_cfg', None) or {}
-        mean, std = tuple(pcfg.get('mean', (0.485, 0.456, 0.406))), tuple(pcfg.get('std', (0.229, 0.224, 0.225)))
+        pcfg = get_pretrained_cfg(cfg.model)
+        mean, std = (tuple(pcfg.mean), tuple(pcfg.std)) if pcfg else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     if len(mean) != cfg.in_chans or len(std) != cfg.in_chans:
         raise ValueError(f'mean and std need {cfg.in_chans} values (in_chans), got {len(mean)} and {len(std)}: '
                          f'set mean and std in the config')
@@ -133,6 +138,10 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi, teacher_dtype)
 
 
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    return torch.bfloat16 if cfg.amp and device.type == 'cuda' else None
+
+
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
     has_run = os.path.isdir(os.path.join(cfg.output, 'last')) or os.path.isdir(os.path.join(cfg.output, 'last.old'))
     if resume and not has_run:
@@ -159,12 +168,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     device = resolve_device(cfg.device, info)
     _check_run_folder(cfg, resume)
     random_seed(cfg.seed, info.rank)
-    amp_dtype = torch.bfloat16 if cfg.amp and device.type == 'cuda' else None
+    amp_dtype = _amp_dtype(cfg, device)
 
-    # the student's normalisation comes from its pretrained cfg: build a throwaway one on meta
-    with torch.device('meta'):
-        probe = build_student(dataclasses.replace(cfg, method='none', teachers=[]), cfg.num_classes or 1, False)
-    data = build_data(cfg, info, *resolve_norm(cfg, probe))
+    data = build_data(cfg, info, *resolve_norm(cfg))
     mixup = build_mixup(cfg, data.num_classes)
     objective = build_objective(cfg, data.num_classes, device, mixup is not None)
     student = objective.student
@@ -253,20 +259,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
 def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
     """Top-1/top-5 of a saved student (a checkpoint folder or its model.safetensors) on cfg's val split."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .loaders import build_eval_loader
 
     info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
-    path = os.path.join(checkpoint, 'model.safetensors') if os.path.isdir(checkpoint) else checkpoint
-    if not os.path.isfile(path):
-        raise ValueError(f'no weights at {path}')
-    try:
-        weights = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f'cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+    path = os.path.join(checkpoint, MODEL_FILE) if os.path.isdir(checkpoint) else checkpoint
+    weights = load_weights(path)
     if cfg.num_classes is None:
         raise ValueError('num_classes is not set in the config')
     student = build_student(cfg, cfg.num_classes, pretrained=False)
@@ -276,6 +274,6 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
         raise ValueError(f'{path} does not fit {cfg.model} with method {cfg.method}: '
                          f'{" ".join(str(e).split())[:300]}') from None
     student.to(device)
-    loader = build_eval_loader(cfg, info, *resolve_norm(cfg, student))
-    amp_dtype = torch.bfloat16 if cfg.amp and device.type == 'cuda' else None
+    loader = build_eval_loader(cfg, info, *resolve_norm(cfg))
+    amp_dtype = _amp_dtype(cfg, device)
     return evaluate(student, loader, device, info, amp_dtype, cfg.inference_head)
