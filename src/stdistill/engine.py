@@ -52,12 +52,15 @@ class DistillObjective(nn.Module):
             images = images.to(dtype=self.teacher_dtype, memory_format=torch.channels_last)
         return [t(images).float() for t in self.teachers]
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, targets: torch.Tensor,
+                teacher_logits: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """teacher_logits: precomputed (cached) teacher outputs for these images; None runs the teachers."""
         out = self.student(images)
         if self.method == 'none':
             loss = self.base_criterion(out, targets)
             return loss, {'loss_cls': loss.detach()}
-        teacher_logits = self.teacher_logits(images)
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(images)
         if self.method == 'kd':  # Hinton's KD: every teacher supervises the class head itself
             out = STDOutput(out, [out] * len(teacher_logits), [None] * len(teacher_logits), [None] * len(teacher_logits))
         loss, terms = self.distill_loss(out, targets, teacher_logits)

@@ -1,0 +1,190 @@
+"""Time of one optimisation step (forward, loss, backward, AdamW step): plain student vs STD.
+
+    python benchmarks/step_time.py                                   # CPU, fp32, batch 16
+    python benchmarks/step_time.py --device cuda --dtype bf16 --batch-size 128 [--compile]
+
+For Mixer-S16 and CycleMLP-B1 at 224x224 and 1000 classes, built from the ImageNet recipes
+(`recipes/imagenet/*_{baseline,std}.yaml`: two token pairs, ResNet-50-D at an intermediate
+block and ResNet-101-D at the last, MINE on), with random weights and random images:
+
+  plain                    the backbone alone, label loss
+  std                      STD, teachers excluded (their logits computed once, outside the timing)
+  std+teachers             STD, the two frozen teachers run inside the step
+
+plain, std and a dense matmul workload (4096x1024 @ 1024x4096, in the same dtype) are timed
+round-robin, one call of each in turn, so that the drift of a shared machine falls on all
+three alike; a row's time is the median over --steps calls after --warmup (std+teachers:
+--teacher-steps after one, on its own). The FLOPs of a step are counted once with
+`torch.utils.flop_counter` (matmuls and convolutions, forward and backward, 2 FLOPs per MAC).
+The peak is the matmul workload's median rate over all its calls; a row's fraction of peak is
+its counted FLOPs per second over that rate.
+
+The last line, for Mixer-S16 with teachers excluded:
+    std_overhead=R peak_fraction_plain=F1 peak_fraction_std=F2
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stdistill.config import load_config
+from stdistill.engine import DistillObjective
+from stdistill.train import build_objective
+
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'recipes', 'imagenet')
+MODELS = {'mixer_s16': 'Mixer-S16', 'cyclemlp_b1': 'CycleMLP-B1'}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    model = platform.machine()
+    if os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), model)
+    return f'CPU: {model}, {torch.get_num_threads()} threads'
+
+
+def matmul_step(device: torch.device, dtype: torch.dtype) -> Tuple[Callable[[], None], int]:
+    """A dense matmul workload timed like a row (round-robin with the steps), and its FLOPs: the
+    machine's attainable matmul rate under the same conditions as the steps."""
+    m, k, n = (4096, 1024, 4096) if device.type == 'cpu' else (16384, 8192, 16384)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)  # no allocation to disturb the steps' memory
+    repeats = 4 if device.type == 'cpu' else 20
+
+    def run() -> None:
+        for _ in range(repeats):
+            torch.matmul(a, b, out=out)
+
+    return run, 2 * m * k * n * repeats
+
+
+def build(recipe: str, device: torch.device) -> DistillObjective:
+    """The recipe's training objective (student, teachers, losses, MINE) with random weights."""
+    torch.manual_seed(0)
+    objective = build_objective(load_config(os.path.join(RECIPES, f'{recipe}.yaml'), []), 1000, device,
+                                mixup_active=False, pretrained=False)
+    if device.type == 'cuda':
+        objective.student.to(memory_format=torch.channels_last)
+    return objective.train()
+
+
+def make_step(objective: DistillObjective, device: torch.device, dtype: torch.dtype, batch_size: int,
+              include_teachers: bool) -> Dict:
+    """A closure running one optimisation step of `objective`, and its FLOP count."""
+    images = torch.randn(batch_size, 3, 224, 224, device=device)
+    targets = torch.randint(0, 1000, (batch_size,), device=device)
+    cached = None
+    if objective.teachers and not include_teachers:
+        with torch.no_grad():
+            cached = objective.teacher_logits(images)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, _ = objective(images, targets, teacher_logits=cached)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:  # counted eagerly, before any compilation
+        step()
+    return {'step': step, 'flops': counter.get_total_flops(),
+            'params_m': sum(p.numel() for p in objective.student.parameters()) / 1e6}
+
+
+def time_rows(steps: Dict[str, Callable], device: torch.device, warmup: int, repeats: int) -> Dict[str, List[float]]:
+    """Seconds of each closure's calls after `warmup`, timed round-robin (one call of each in turn)."""
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', default=None, choices=tuple(DTYPES), help='default: fp32 on CPU, bf16 on GPU')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the student (FLOPs are counted eagerly)')
+    parser.add_argument('--batch-size', type=int, default=None, help='default: 16 on CPU, 128 on GPU')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--steps', type=int, default=7, help='timed steps per row (the median is reported)')
+    parser.add_argument('--teacher-steps', type=int, default=3, help='timed steps of the std+teachers rows')
+    parser.add_argument('--models', nargs='+', default=list(MODELS), choices=tuple(MODELS))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype or ('fp32' if device.type == 'cpu' else 'bf16')]
+    batch_size = args.batch_size or (16 if device.type == 'cpu' else 128)
+    if args.compile:
+        args.warmup = max(args.warmup, 3)  # the first compiled steps trace and compile
+    print(f'# {datetime.date.today()}  {device_name(device)}  torch {torch.__version__}  dtype {str(dtype)[6:]}  '
+          f'compile {args.compile}  batch {batch_size}  224x224  median of {args.steps} steps after {args.warmup}')
+    matmul, matmul_flops = matmul_step(device, dtype)
+    results, matmul_seconds = {}, []
+    for model in args.models:
+        plain, std = build(f'{model}_baseline', device), build(f'{model}_std', device)
+        steps = {'plain': make_step(plain, device, dtype, batch_size, False),
+                 'std': make_step(std, device, dtype, batch_size, False),
+                 'std+teachers': make_step(std, device, dtype, batch_size, True)}
+        if args.compile:  # after the FLOPs were counted eagerly
+            plain.student.compile()
+            std.student.compile()
+        # The compared pair and the matmul workload are timed round-robin; the teachers' row
+        # after them, with fewer steps (several times slower, it only says what teachers add).
+        times = time_rows({'plain': steps['plain']['step'], 'std': steps['std']['step'], 'matmul': matmul},
+                          device, args.warmup, args.steps)
+        times.update(time_rows({'std+teachers': steps['std+teachers']['step']}, device, 1, args.teacher_steps))
+        matmul_seconds += times.pop('matmul')
+        for row, s in steps.items():
+            results[(model, row)] = dict(s, seconds=statistics.median(times[row]))
+        print(f'# {MODELS[model]} timed', flush=True)
+    peak = matmul_flops / statistics.median(matmul_seconds)
+    print(f'# dense {str(dtype)[6:]} matmul rate (median of {len(matmul_seconds)}, interleaved with the steps): '
+          f'{peak / 1e9:.1f} GFLOP/s (min {matmul_flops / max(matmul_seconds) / 1e9:.1f}, '
+          f'max {matmul_flops / min(matmul_seconds) / 1e9:.1f})')
+    print(f'\n{"model":<12} {"row":<13} {"params":>7} {"GFLOP/step":>10} {"ms/step":>8} {"img/s":>7} '
+          f'{"GFLOP/s":>8} {"of peak":>7}')
+    for (model, row), r in results.items():
+        r['achieved'] = r['flops'] / r['seconds']
+        print(f'{MODELS[model]:<12} {row:<13} {r["params_m"]:>6.2f}M {r["flops"] / 1e9:>10.1f} {r["seconds"] * 1e3:>8.0f} '
+              f'{batch_size / r["seconds"]:>7.1f} {r["achieved"] / 1e9:>8.1f} {r["achieved"] / peak:>7.1%}')
+    print()
+    for model in args.models:
+        plain, std, full = (results[(model, row)] for row in ('plain', 'std', 'std+teachers'))
+        print(f'{MODELS[model]}: STD / plain step time {std["seconds"] / plain["seconds"]:.3f} '
+              f'(FLOPs {std["flops"] / plain["flops"]:.3f}); with teachers {full["seconds"] / plain["seconds"]:.3f} '
+              f'(FLOPs {full["flops"] / plain["flops"]:.3f})')
+    if 'mixer_s16' in args.models:
+        plain, std = results[('mixer_s16', 'plain')], results[('mixer_s16', 'std')]
+        print(f'Mixer-S16 mac_overhead={std["flops"] / plain["flops"]:.3f} (FLOPs of a step; paper: 4.3G / 3.8G = '
+              f'{4.3 / 3.8:.3f} forward MACs)')
+        print(f'std_overhead={std["seconds"] / plain["seconds"]:.3f} peak_fraction_plain={plain["achieved"] / peak:.3f} '
+              f'peak_fraction_std={std["achieved"] / peak:.3f}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

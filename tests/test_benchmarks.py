@@ -1,0 +1,57 @@
+"""The benchmark scripts run end to end (tiny settings) and print what their readers parse."""
+import importlib.util
+import json
+import os
+import re
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'benchmarks', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_time_prints_ratios(capsys):
+    step_time = _load('step_time')
+    assert step_time.main(['--models', 'mixer_s16', '--batch-size', '2', '--warmup', '0', '--steps', '1',
+                           '--teacher-steps', '1']) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    last = re.fullmatch(r'std_overhead=([\d.]+) peak_fraction_plain=([\d.]+) peak_fraction_std=([\d.]+)', out[-1])
+    assert last, out[-1]
+    assert all(float(v) > 0 for v in last.groups())
+    # the FLOP count is the real one: STD adds 12-13% to Mixer-S16's step (METHOD.md section 6)
+    mac = re.search(r'mac_overhead=([\d.]+)', '\n'.join(out))
+    assert 1.11 < float(mac.group(1)) < 1.14
+
+
+def test_reproduction_runs_rows_and_reuses_finished_runs(tmp_path, capsys):
+    reproduce = _load('reproduce_fashion_mnist')
+    args = ['--budget', 'smoke', '--seeds', '0', '1', '--rows', 'none', 'std_both_mine', '--output', str(tmp_path),
+            '--workers', '0']
+    assert reproduce.main(args) == 0
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert {(r['row'], r['seed']) for r in results['runs']} == {('none', 0), ('none', 1), ('std_both_mine', 0),
+                                                                 ('std_both_mine', 1)}
+    rows = {r['row']: r for r in results['table']}
+    assert set(rows) == {'none', 'std_both_mine', 'std_both_mine_cls', 'std_both_mine_dist'}
+    assert all(r['n'] == 2 for r in rows.values())
+    table = (tmp_path / 'table.md').read_text()
+    assert 'STD both + MINE, inference: class head' in table
+    assert (tmp_path / 'bars.png').stat().st_size > 0
+    # a second call trains nothing: every run is found finished with the same config
+    summary = tmp_path / 'rows' / 'none' / 'seed0' / 'summary.json'
+    before = summary.stat().st_mtime_ns
+    assert reproduce.main(args) == 0
+    assert summary.stat().st_mtime_ns == before
+    assert json.loads((tmp_path / 'results.json').read_text())['table'] == results['table']
+
+
+def test_reproduction_rejects_unknown_rows(tmp_path, capsys):
+    reproduce = _load('reproduce_fashion_mnist')
+    with pytest.raises(SystemExit):
+        reproduce.main(['--rows', 'nope', '--output', str(tmp_path)])
