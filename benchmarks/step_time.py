@@ -31,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,6 +42,7 @@ from stdistill.train import build_objective
 
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'recipes', 'imagenet')
 MODELS = {'mixer_s16': 'Mixer-S16', 'cyclemlp_b1': 'CycleMLP-B1'}
+BREAKDOWN = {'std -MINE': 'mine=false', 'std spatial': 'tokens=spatial', 'std channel': 'tokens=channel'}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
 
@@ -76,10 +77,10 @@ def matmul_step(device: torch.device, dtype: torch.dtype) -> Tuple[Callable[[], 
     return run, 2 * m * k * n * repeats
 
 
-def build(recipe: str, device: torch.device) -> DistillObjective:
+def build(recipe: str, device: torch.device, overrides: Sequence[str] = ()) -> DistillObjective:
     """The recipe's training objective (student, teachers, losses, MINE) with random weights."""
     torch.manual_seed(0)
-    objective = build_objective(load_config(os.path.join(RECIPES, f'{recipe}.yaml'), []), 1000, device,
+    objective = build_objective(load_config(os.path.join(RECIPES, f'{recipe}.yaml'), list(overrides)), 1000, device,
                                 mixup_active=False, pretrained=False)
     if device.type == 'cuda':
         objective.student.to(memory_format=torch.channels_last)
@@ -133,6 +134,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--steps', type=int, default=7, help='timed steps per row (the median is reported)')
     parser.add_argument('--teacher-steps', type=int, default=3, help='timed steps of the std+teachers rows')
+    parser.add_argument('--breakdown', action='store_true',
+                        help='also time STD without MINE, with the spatial token only, with the channel token only')
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=tuple(MODELS))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -146,16 +149,18 @@ def main(argv: List[str] = None) -> int:
     results, matmul_seconds = {}, []
     for model in args.models:
         plain, std = build(f'{model}_baseline', device), build(f'{model}_std', device)
-        steps = {'plain': make_step(plain, device, dtype, batch_size, False),
-                 'std': make_step(std, device, dtype, batch_size, False),
-                 'std+teachers': make_step(std, device, dtype, batch_size, True)}
+        objectives = {'plain': plain, 'std': std}
+        if args.breakdown:  # STD with one part removed at a time: where its time goes
+            objectives.update({row: build(f'{model}_std', device, [override]) for row, override in BREAKDOWN.items()})
+        steps = {row: make_step(objective, device, dtype, batch_size, False) for row, objective in objectives.items()}
+        steps['std+teachers'] = make_step(std, device, dtype, batch_size, True)
         if args.compile:  # after the FLOPs were counted eagerly
-            plain.student.compile()
-            std.student.compile()
-        # The compared pair and the matmul workload are timed round-robin; the teachers' row
+            for objective in objectives.values():
+                objective.student.compile()
+        # The compared rows and the matmul workload are timed round-robin; the teachers' row
         # after them, with fewer steps (several times slower, it only says what teachers add).
-        times = time_rows({'plain': steps['plain']['step'], 'std': steps['std']['step'], 'matmul': matmul},
-                          device, args.warmup, args.steps)
+        round_robin = {row: s['step'] for row, s in steps.items() if row != 'std+teachers'}
+        times = time_rows(dict(round_robin, matmul=matmul), device, args.warmup, args.steps)
         times.update(time_rows({'std+teachers': steps['std+teachers']['step']}, device, 1, args.teacher_steps))
         matmul_seconds += times.pop('matmul')
         for row, s in steps.items():
@@ -172,6 +177,11 @@ def main(argv: List[str] = None) -> int:
         print(f'{MODELS[model]:<12} {row:<13} {r["params_m"]:>6.2f}M {r["flops"] / 1e9:>10.1f} {r["seconds"] * 1e3:>8.0f} '
               f'{batch_size / r["seconds"]:>7.1f} {r["achieved"] / 1e9:>8.1f} {r["achieved"] / peak:>7.1%}')
     print()
+    for model in args.models:
+        plain = results[(model, 'plain')]
+        for row in [r for m, r in results if m == model and r in BREAKDOWN]:
+            print(f'{MODELS[model]}: {row} / plain step time {results[(model, row)]["seconds"] / plain["seconds"]:.3f} '
+                  f'(FLOPs {results[(model, row)]["flops"] / plain["flops"]:.3f})')
     for model in args.models:
         plain, std, full = (results[(model, row)] for row in ('plain', 'std', 'std+teachers'))
         print(f'{MODELS[model]}: STD / plain step time {std["seconds"] / plain["seconds"]:.3f} '

@@ -19,8 +19,10 @@ def _load(name):
 def test_step_time_prints_ratios(capsys):
     step_time = _load('step_time')
     assert step_time.main(['--models', 'mixer_s16', '--batch-size', '2', '--warmup', '0', '--steps', '1',
-                           '--teacher-steps', '1']) == 0
+                           '--teacher-steps', '1', '--breakdown']) == 0
     out = capsys.readouterr().out.strip().splitlines()
+    for row in step_time.BREAKDOWN:
+        assert any(line.startswith(f'Mixer-S16: {row} / plain step time') for line in out), row
     last = re.fullmatch(r'std_overhead=([\d.]+) peak_fraction_plain=([\d.]+) peak_fraction_std=([\d.]+)', out[-1])
     assert last, out[-1]
     assert all(float(v) > 0 for v in last.groups())
