@@ -157,9 +157,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                           output=os.path.join(args.output, 'rows', name, f'seed{seed}'))
             values['teachers'] = [dict(t, checkpoint=checkpoints[t['model']]) for t in overrides['teachers']]
             print(f'== {name} seed {seed}', flush=True)
-            final = run(values)['final']
-            runs.append({'row': name, 'label': label, 'seed': seed,
-                         **{k: final[k] for k in final if k.startswith('val_top1')}})
+            summary = run(values)
+            runs.append({'row': name, 'label': label, 'seed': seed, 'params_m': summary['params_m'],
+                         **{k: v for k, v in summary['final'].items() if k.startswith('val_top1')}})
 
     table = []
     for name, (label, _) in specs.items():
@@ -168,15 +168,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             values = [r[key] for r in runs if r['row'] == name and key in r]
             if not values or (suffix and name != 'std_both_mine'):
                 continue
-            table.append({'row': name + key[len('val_top1'):], 'label': label + suffix, 'n': len(values),
+            params = next(r['params_m'] for r in runs if r['row'] == name)
+            table.append({'row': name + key[len('val_top1'):], 'label': label + suffix, 'n': len(values), 'params_m': params,
                           'mean': statistics.mean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
                           'runs': values})
     minutes = (time.perf_counter() - start) / 60
     base = next((r['mean'] for r in table if r['row'] == 'none'), None)
-    lines = ['| row | test top-1 (%) | vs no distillation | seeds |', '|---|---|---|---|']
+    lines = ['| row | student params | test top-1 (%) | vs no distillation | seeds |', '|---|---|---|---|---|']
     for r in table:
         delta = f'{r["mean"] - base:+.2f}' if base is not None and r['row'] != 'none' else ''
-        lines.append(f'| {r["label"]} | {r["mean"]:.2f} ± {r["std"]:.2f} | {delta} | '
+        lines.append(f'| {r["label"]} | {r["params_m"]:.3f}M | {r["mean"]:.2f} ± {r["std"]:.2f} | {delta} | '
                      f'{", ".join(f"{v:.2f}" for v in r["runs"])} |')
     lines.append('')
     lines += [f'Teachers: {TEACHERS[m]} {teacher_top1[m]:.2f}' for m in TEACHERS]
