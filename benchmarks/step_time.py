@@ -10,10 +10,12 @@ block and ResNet-101-D at the last, MINE on), with random weights and random ima
   plain                    the backbone alone, label loss
   std                      STD, teachers excluded (their logits computed once, outside the timing)
   std+teachers             STD, the two frozen teachers run inside the step
+  std -MINE, std spatial,  with --breakdown: STD without MINE, with the spatial token only,
+  std channel              with the channel token only (teachers excluded)
 
-plain, std and a dense matmul workload (4096x1024 @ 1024x4096, in the same dtype) are timed
+The rows without teachers and a dense matmul workload (4096x1024 @ 1024x4096, same dtype) are timed
 round-robin, one call of each in turn, so that the drift of a shared machine falls on all
-three alike; a row's time is the median over --steps calls after --warmup (std+teachers:
+of them alike; a row's time is the median over --steps calls after --warmup (std+teachers:
 --teacher-steps after one, on its own). The FLOPs of a step are counted once with
 `torch.utils.flop_counter` (matmuls and convolutions, forward and backward, 2 FLOPs per MAC).
 The peak is the matmul workload's median rate over all its calls; a row's fraction of peak is
@@ -31,7 +33,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -125,7 +127,7 @@ def time_rows(steps: Dict[str, Callable], device: torch.device, warmup: int, rep
     return times
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', default=None, choices=tuple(DTYPES), help='default: fp32 on CPU, bf16 on GPU')
