@@ -1,6 +1,6 @@
 """The paper's comparisons at small scale: one MLP-Mixer student on Fashion-MNIST, two CNN teachers.
 
-    python benchmarks/reproduce_fashion_mnist.py                      # the CPU budget (about 40 min, 2 cores)
+    python benchmarks/reproduce_fashion_mnist.py                      # the CPU budget (about an hour on 2 cores)
     python benchmarks/reproduce_fashion_mnist.py --budget full        # all 60k images, more epochs (a GPU)
     python benchmarks/reproduce_fashion_mnist.py --rows none std_both_mine --seeds 0
 
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from stdistill.config import config_from_dict
-from stdistill.quickstart import RECIPES
+from stdistill.quickstart import RECIPES, _clear_run
 
 BUDGETS = {  # training images per epoch (0: all 60k), epochs; test images (0: all 10k)
     # students: one pass over 12k images, cosine from the recipe's lr without warm-up
@@ -89,9 +89,7 @@ def run(values: Dict[str, Any]) -> Dict[str, Any]:
     done = _finished(cfg)
     if done is not None:
         return done
-    if os.path.isdir(cfg.output):  # an unfinished or different run: start it again
-        import shutil
-        shutil.rmtree(cfg.output)
+    _clear_run(cfg.output)  # an unfinished or different run starts again; a folder that is no run is refused
     start = time.perf_counter()
     summary = train(cfg)
     summary['minutes'] = round((time.perf_counter() - start) / 60, 2)
