@@ -193,4 +193,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as e:  # bad input (a config the recipes reject, a folder that is no run): one line
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
