@@ -14,12 +14,14 @@ block and ResNet-101-D at the last, MINE on), with random weights and random ima
   std channel              with the channel token only (teachers excluded)
 
 The rows without teachers and a dense matmul workload (4096x1024 @ 1024x4096, same dtype) are timed
-round-robin, one call of each in turn, so that the drift of a shared machine falls on all
-of them alike; a row's time is the median over --steps calls after --warmup (std+teachers:
+round-robin, one call of each per round, so that the drift of a shared machine falls on all
+of them alike; a row's time is the median over --steps rounds after --warmup (std+teachers:
 --teacher-steps after one, on its own). The FLOPs of a step are counted once with
 `torch.utils.flop_counter` (matmuls and convolutions, forward and backward, 2 FLOPs per MAC).
-The peak is the matmul workload's median rate over all its calls; a row's fraction of peak is
-its counted FLOPs per second over that rate.
+The peak is the matmul workload's median rate over all its calls. Ratios are paired: a row's
+time over plain's is the median over rounds of the ratio within a round, and a row's fraction
+of peak the median over rounds of its FLOP rate over that round's matmul rate, so that a
+machine whose speed drifts between rounds (a shared VM) does not enter the ratios.
 
 The last line, for Mixer-S16 with teachers excluded:
     std_overhead=R peak_fraction_plain=F1 peak_fraction_std=F2
@@ -114,10 +116,11 @@ def make_step(objective: DistillObjective, device: torch.device, dtype: torch.dt
 
 
 def time_rows(steps: Dict[str, Callable], device: torch.device, warmup: int, repeats: int) -> Dict[str, List[float]]:
-    """Seconds of each closure's calls after `warmup`, timed round-robin (one call of each in turn)."""
+    """Seconds of each closure's calls after `warmup`, timed round-robin (one call of each per round,
+    in reverse order every other round so that no row always follows the same one)."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for i in range(warmup + repeats):
-        for name, step in steps.items():
+        for name, step in list(steps.items())[::1 if i % 2 == 0 else -1]:
             sync(device)
             start = time.perf_counter()
             step()
@@ -125,6 +128,11 @@ def time_rows(steps: Dict[str, Callable], device: torch.device, warmup: int, rep
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def paired(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """Median over rounds of a ratio taken within each round (drift between rounds cancels)."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,10 +171,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         # after them, with fewer steps (several times slower, it only says what teachers add).
         round_robin = {row: s['step'] for row, s in steps.items() if row != 'std+teachers'}
         times = time_rows(dict(round_robin, matmul=matmul), device, args.warmup, args.steps)
-        times.update(time_rows({'std+teachers': steps['std+teachers']['step']}, device, 1, args.teacher_steps))
-        matmul_seconds += times.pop('matmul')
-        for row, s in steps.items():
-            results[(model, row)] = dict(s, seconds=statistics.median(times[row]))
+        matmul_round = times.pop('matmul')
+        matmul_seconds += matmul_round
+        for row, t in times.items():  # paired with the same round's plain step and matmul call
+            results[(model, row)] = dict(steps[row], seconds=statistics.median(t), vs_plain=paired(t, times['plain']),
+                                         of_peak=paired(matmul_round, t) * steps[row]['flops'] / matmul_flops)
+        teacher_times = time_rows({'std+teachers': steps['std+teachers']['step']}, device, 1, args.teacher_steps)
+        results[(model, 'std+teachers')] = dict(steps['std+teachers'],
+                                                seconds=statistics.median(teacher_times['std+teachers']))
         print(f'# {MODELS[model]} timed', flush=True)
     peak = matmul_flops / statistics.median(matmul_seconds)
     print(f'# dense {str(dtype)[6:]} matmul rate (median of {len(matmul_seconds)}, interleaved with the steps): '
@@ -176,25 +188,28 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'{"GFLOP/s":>8} {"of peak":>7}')
     for (model, row), r in results.items():
         r['achieved'] = r['flops'] / r['seconds']
+        r.setdefault('vs_plain', r['seconds'] / results[(model, 'plain')]['seconds'])  # std+teachers: not paired
+        r.setdefault('of_peak', r['achieved'] / peak)
         print(f'{MODELS[model]:<12} {row:<13} {r["params_m"]:>6.2f}M {r["flops"] / 1e9:>10.1f} {r["seconds"] * 1e3:>8.0f} '
-              f'{batch_size / r["seconds"]:>7.1f} {r["achieved"] / 1e9:>8.1f} {r["achieved"] / peak:>7.1%}')
-    print()
+              f'{batch_size / r["seconds"]:>7.1f} {r["achieved"] / 1e9:>8.1f} {r["of_peak"]:>7.1%}')
+    print('(of peak: the median over rounds of the row\'s FLOP rate over the same round\'s matmul rate; '
+          'std+teachers, timed on its own: over the median matmul rate)\n')
     for model in args.models:
         plain = results[(model, 'plain')]
         for row in [r for m, r in results if m == model and r in BREAKDOWN]:
-            print(f'{MODELS[model]}: {row} / plain step time {results[(model, row)]["seconds"] / plain["seconds"]:.3f} '
+            print(f'{MODELS[model]}: {row} / plain step time {results[(model, row)]["vs_plain"]:.3f} '
                   f'(FLOPs {results[(model, row)]["flops"] / plain["flops"]:.3f})')
     for model in args.models:
         plain, std, full = (results[(model, row)] for row in ('plain', 'std', 'std+teachers'))
-        print(f'{MODELS[model]}: STD / plain step time {std["seconds"] / plain["seconds"]:.3f} '
-              f'(FLOPs {std["flops"] / plain["flops"]:.3f}); with teachers {full["seconds"] / plain["seconds"]:.3f} '
+        print(f'{MODELS[model]}: STD / plain step time {std["vs_plain"]:.3f} '
+              f'(FLOPs {std["flops"] / plain["flops"]:.3f}); with teachers {full["vs_plain"]:.3f} '
               f'(FLOPs {full["flops"] / plain["flops"]:.3f})')
     if 'mixer_s16' in args.models:
         plain, std = results[('mixer_s16', 'plain')], results[('mixer_s16', 'std')]
         print(f'Mixer-S16 mac_overhead={std["flops"] / plain["flops"]:.3f} (FLOPs of a step; paper: 4.3G / 3.8G = '
               f'{4.3 / 3.8:.3f} forward MACs)')
-        print(f'std_overhead={std["seconds"] / plain["seconds"]:.3f} peak_fraction_plain={plain["achieved"] / peak:.3f} '
-              f'peak_fraction_std={std["achieved"] / peak:.3f}')
+        print(f'std_overhead={std["vs_plain"]:.3f} peak_fraction_plain={plain["of_peak"]:.3f} '
+              f'peak_fraction_std={std["of_peak"]:.3f}')
     return 0
 
 
