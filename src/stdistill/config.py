@@ -63,6 +63,8 @@ class TrainConfig:
     std: Optional[List[float]] = _f(None, "normalisation std; null: the model's pretrained cfg")
     batch_size: int = _f(128, 'images per process and step')
     workers: int = _f(4, 'data loader processes per training process')
+    bad_images: str = _f('skip', 'an unreadable image: skip it (warned and counted in the log) or stop the run',
+                         ('skip', 'stop'))
     # augmentation (timm)
     aa: Optional[str] = _f('rand-m9-mstd0.5-inc1', 'timm auto-augment spec (RandAugment); null: none')
     scale: List[float] = _f([0.08, 1.0], 'random-resized-crop area range')
@@ -112,6 +114,7 @@ class TrainConfig:
     min_lr: float = _f(1e-5, 'final learning rate')
     clip_grad: Optional[float] = _f(None, 'gradient clipping threshold; null: none')
     clip_mode: str = _f('norm', 'gradient clipping mode', ('norm', 'value', 'agc'))
+    skip_nonfinite: bool = _f(False, 'skip (and count) steps whose loss is NaN or inf instead of stopping the run')
     # engine
     device: str = _f('auto', "'auto' (CUDA when present), 'cuda', 'cpu'")
     amp: bool = _f(True, 'bf16 autocast on GPU (CPU runs stay fp32)')
@@ -124,6 +127,30 @@ class TrainConfig:
 
 
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
+# Numeric keys with a lower bound (inclusive unless marked), checked when a config is built.
+_AT_LEAST = {'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1, 'recount': 1,
+             'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
+             'weight_decay': 0, 'mine_weight': 0, 'drop_path': 0, 'smoothing': 0, 'mixup': 0, 'cutmix': 0,
+             'warmup_lr': 0, 'min_lr': 0, 'num_classes': 1}
+_POSITIVE = ('lr', 'tau', 'clip_grad', 'crop_pct', 'model_ema_decay')
+_PROBABILITIES = ('hflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'alpha', 'drop_path', 'smoothing', 'crop_pct',
+                  'model_ema_decay')
+
+
+def _check_ranges(cfg: 'TrainConfig') -> None:
+    for name, low in _AT_LEAST.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise ValueError(f'config key {name} must be >= {low}, got {value}')
+    for name in _POSITIVE:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f'config key {name} must be > 0, got {value}')
+    for name in _PROBABILITIES:
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ValueError(f'config key {name} must be between 0 and 1, got {getattr(cfg, name)}')
+    if cfg.in_chans not in (1, 3):
+        raise ValueError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
 
 
 def _closest(key: str, known: Sequence[str]) -> str:
@@ -182,6 +209,7 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         choices = f.metadata.get('choices')
         if choices and getattr(cfg, f.name) not in choices:
             raise ValueError(f'config key {f.name} must be one of {", ".join(choices)}, got {getattr(cfg, f.name)!r}')
+    _check_ranges(cfg)
     return cfg
 
 

@@ -30,6 +30,10 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype(
            0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 
+# what to do about a damaged file; an interrupted download leaves one behind
+_REFETCH = 'delete it and fetch it again (download: true, or apt-get install --reinstall dataset-fashion-mnist)'
+
+
 def read_idx(path: str) -> np.ndarray:
     """An IDX array (the MNIST file format), gzipped or not."""
     opener = gzip.open if path.endswith('.gz') else open
@@ -37,7 +41,7 @@ def read_idx(path: str) -> np.ndarray:
         with opener(path, 'rb') as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f'cannot read {path}: {e}') from None
+        raise ValueError(f'cannot read {path}, truncated or corrupt ({e}): {_REFETCH}') from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise ValueError(f'{path} is not an IDX file (bad magic number)')
     ndim = data[3]
@@ -46,8 +50,8 @@ def read_idx(path: str) -> np.ndarray:
     dtype = np.dtype(_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f'{path} is truncated or corrupt: {len(data) - header} bytes of data, '
-                         f'header says {expected}')
+        raise ValueError(f'{path} is truncated or corrupt ({len(data) - header} bytes of data, '
+                         f'header says {expected}): {_REFETCH}')
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 

@@ -29,6 +29,31 @@ class NonFiniteLossError(ValueError):
     pass
 
 
+def _finite_on_every_process(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite here and on every other process (they must skip or stop together)."""
+    finite = math.isfinite(loss.item())
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([float(finite)], device=loss.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        finite = bool(flag.item())
+    return finite
+
+
+def _nonfinite_message(loss: torch.Tensor, terms: Dict[str, torch.Tensor], epoch: int, step: int,
+                       num_updates: int) -> str:
+    bad = [f'{name} = {float(v)}' for name, v in terms.items() if not math.isfinite(float(v))]
+    if not bad:
+        bad = [f'loss = {loss.item()}' if not math.isfinite(loss.item()) else 'the loss of another process']
+    where = ', '.join(bad)
+    return (f'non-finite loss at epoch {epoch}, step {step} (update {num_updates + 1}): {where}; the last good '
+            f'checkpoint is kept. Lower lr, set clip_grad, check the data, or set skip_nonfinite: true')
+
+
+def _unpack(batch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:
+    """(images, targets, unreadable images dropped from the batch); our loaders add the count."""
+    return batch[0], batch[1], int(batch[2]) if len(batch) > 2 else 0
+
+
 class DistillObjective(nn.Module):
     """loss = base or distillation loss (+ lambda * MINE) for methods none | kd | deit | std."""
 
@@ -85,21 +110,34 @@ def train_one_epoch(
         amp_dtype: Optional[torch.dtype] = None,
         ema=None,
         on_step: Optional[Callable[[int, Dict[str, float], int], None]] = None,
+        skip_nonfinite: bool = False,
 ) -> Tuple[Dict[str, float], int]:
-    """One pass over `loader`; returns the epoch's mean loss terms and the updated step count."""
+    """One pass over `loader`; returns the epoch's mean loss terms and the updated step count.
+
+    A non-finite loss raises NonFiniteLossError naming the step and the term, before anything
+    is updated; with skip_nonfinite the step is skipped instead (no update) and counted.
+    """
     objective.train()
     sums: Dict[str, float] = defaultdict(float)
-    steps, images_seen, start = 0, 0, time.perf_counter()
+    steps, images_seen, skipped_steps, skipped_images, start = 0, 0, 0, 0, time.perf_counter()
     params = [p for p in objective.parameters() if p.requires_grad]
-    for images, targets in loader:
+    for step, batch in enumerate(loader):
+        images, targets, unreadable = _unpack(batch)
+        skipped_images += unreadable
+        if images is None:  # every image of the batch was unreadable
+            continue
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup is not None:
+            if images.shape[0] % 2:  # timm's mixup pairs images up: drop one of an odd batch
+                images, targets = images[:-1], targets[:-1]
             images, targets = mixup(images, targets)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             loss, terms = objective(images, targets)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f'loss is {loss.item()} at epoch {epoch}, step {steps}: lower lr, '
-                                     f'set clip_grad, or check the data')
+        if not _finite_on_every_process(loss):
+            if not skip_nonfinite:
+                raise NonFiniteLossError(_nonfinite_message(loss, terms, epoch, step, num_updates))
+            skipped_steps += 1
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad is not None:
@@ -120,6 +158,7 @@ def train_one_epoch(
             values['img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
             on_step(num_updates, values, images.shape[0])
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+    metrics['skipped_steps'], metrics['skipped_images'] = skipped_steps, skipped_images
     metrics['lr'] = optimizer.param_groups[0]['lr']
     metrics['train_img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
     return metrics, num_updates
@@ -143,7 +182,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
     model.eval()
     counts: Dict[str, float] = defaultdict(float)
     loss_sum, total = 0.0, 0
-    for images, targets in loader:
+    for batch in loader:
+        images, targets, unreadable = _unpack(batch)
+        counts['skipped_images'] += unreadable
+        if images is None:
+            continue
         images, targets = images.to(device), targets.to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             outputs = _heads(model, images)
@@ -160,7 +203,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
     names = sorted(counts)
     summed = all_reduce_sum([counts[n] for n in names] + [loss_sum, float(total)], device, info)
     total = summed[-1]
-    result = {n: 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
+    result = {n: v if n == 'skipped_images' else 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
     result['loss'] = summed[-2] / max(total, 1)
     result['images'] = int(total)
     return result

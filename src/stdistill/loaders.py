@@ -6,20 +6,25 @@ Training uses DeiT's repeated-augmentation sampler (timm's `RepeatAugSampler`) o
 shuffling sampler; evaluation shards the set across processes without padding, so every
 image is counted exactly once.
 
-A corrupt image stops the run with its file name: timm's own dataset would log a warning and
-silently train on the next image instead.
+An unreadable image (corrupt, truncated, not an image) is never trained on in silence. With
+`bad_images: skip` it is left out of its batch, a warning names the file, and the epoch's log
+row counts it (`skipped_images`, `val_skipped_images`); with `bad_images: stop` the run ends
+with one line naming the file. (timm's own dataset would log a warning and substitute the next
+image, uncounted.) Either way the failure is handled inside the worker, so it never kills a
+DataLoader worker process.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+import sys
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from PIL import Image
 from timm.data import Mixup, create_dataset, create_transform
 from timm.data.dataset import ImageDataset
 from timm.data.distributed_sampler import RepeatAugSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 
 from .config import TrainConfig
 from .data import FashionMNIST
@@ -27,33 +32,56 @@ from .distributed import DistInfo
 from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
-           'dataset_num_classes',
-           'FASHION_MNIST_NORM']
+           'dataset_num_classes', 'collate_readable', 'FASHION_MNIST_NORM']
 
 FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
 _ITERABLE_PREFIXES = ('tfds/', 'wds/', 'hfids/')
 
 
 class StrictImageDataset(Dataset):
-    """timm's ImageDataset, but an unreadable image is an error naming the file, not a skip."""
+    """timm's ImageDataset, but an unreadable image is never replaced in silence: with
+    on_bad_image='stop' it is an error naming the file; with 'skip' the sample is None (left out
+    of its batch and counted by `collate_readable`) and a warning names the file once."""
 
-    def __init__(self, dataset: ImageDataset) -> None:
+    def __init__(self, dataset: ImageDataset, on_bad_image: str = 'stop') -> None:
+        if on_bad_image not in ('skip', 'stop'):
+            raise ValueError(f"bad_images must be 'skip' or 'stop', got {on_bad_image!r}")
         self.reader, self.transform = dataset.reader, dataset.transform
         self.input_img_mode = dataset.input_img_mode or 'RGB'
+        self.on_bad_image, self.warned = on_bad_image, set()
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, index: int) -> Tuple[Any, int]:
+    def __getitem__(self, index: int) -> Optional[Tuple[Any, int]]:
         img, target, *_ = self.reader[index]
         try:
-            img = Image.open(img).convert(self.input_img_mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            img = Image.open(img)
+            img.load()  # decode now: a truncated file fails here, not later inside a transform
+            img = img.convert(self.input_img_mode)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             name = self.reader.filename(index, absolute=True)
-            raise ValueError(f'cannot read image {name} ({str(e).splitlines()[0][:120]}): remove or replace it') from None
+            reason = str(e).splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            if self.on_bad_image == 'stop':
+                raise ValueError(f'cannot read image {name} ({reason}): remove or replace it, '
+                                 f'or set bad_images: skip') from None
+            if name not in self.warned:  # once per file and process: each epoch would repeat it
+                self.warned.add(name)
+                print(f'stdistill: warning: skipping unreadable image {name} ({reason})', file=sys.stderr)
+            return None
         if self.transform is not None:
             img = self.transform(img)
         return img, -1 if target is None else target
+
+
+def collate_readable(samples: List[Optional[Tuple[Any, int]]]) -> Tuple[Any, Any, int]:
+    """default_collate over the samples that could be read, and the count of those that could not
+    (None): (images, targets, skipped). A batch with no readable image is (None, None, skipped)."""
+    readable = [s for s in samples if s is not None]
+    if not readable:
+        return None, None, len(samples)
+    images, targets = default_collate(readable)
+    return images, targets, len(samples) - len(readable)
 
 
 def dataset_num_classes(dataset: Dataset) -> Optional[int]:
@@ -91,7 +119,7 @@ def open_dataset(cfg: TrainConfig, split: str, transform: Callable) -> Dataset:
                          f'{_first_line(e)}') from None
     if len(ds) == 0:
         raise ValueError(f'dataset {name or cfg.data_dir} split {split!r} holds no images')
-    return StrictImageDataset(ds) if isinstance(ds, ImageDataset) else ds
+    return StrictImageDataset(ds, cfg.bad_images) if isinstance(ds, ImageDataset) else ds
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -136,7 +164,8 @@ def _val_loader(cfg: TrainConfig, info: DistInfo, transform: Callable) -> DataLo
     val_set = _fixed_subset(open_dataset(cfg, cfg.val_split, transform), cfg.val_samples, cfg.seed + 1)
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
-                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
+                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available(),
+                      collate_fn=collate_readable)
 
 
 def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataLoader:
@@ -161,7 +190,8 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
                                      seed=cfg.seed)
     generator = torch.Generator()
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator)
+                              drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator,
+                              collate_fn=collate_readable)
     if len(train_loader) == 0:
         raise ValueError(f'the training set ({len(train_set)} images{", repeated augmentation" if cfg.repeated_aug else ""} '
                          f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
