@@ -33,7 +33,7 @@ def test_run_folder_holds_everything(tmp_path):
     out = tmp_path / 'run'
     summary = train(tiny_config(out))
     assert sorted(os.listdir(out)) == ['best', 'config.yaml', 'curves.png', 'last', 'log.jsonl', 'mi.png',
-                                       'summary.json', 'tb']
+                                       'previous', 'summary.json', 'tb']
     assert sorted(os.listdir(out / 'last')) == ['model.safetensors', 'state.json', 'state.safetensors']
     rows = read_jsonl(out / 'log.jsonl')
     assert [r['epoch'] for r in rows] == [0, 1]

@@ -1,21 +1,28 @@
-"""Checkpoints: a folder per checkpoint, written whole or not at all.
+"""Checkpoints: a folder per checkpoint, written whole or not at all, checked when read.
 
     run/last/model.safetensors   the student's weights (timm names; `stdistill eval` reads them)
     run/last/state.safetensors   every other tensor: optimizer moments, EMA, MINE, RNG states
-    run/last/state.json          the rest: epoch, scheduler, metrics, param groups, python RNG
+    run/last/state.json          the rest: epoch, scheduler, metrics, param groups, python RNG,
+                                 and the SHA-256 of both tensor files and of the JSON itself
 
 Nothing is pickled, so loading a checkpoint never runs code. A checkpoint is first written to
 a temporary folder beside its final place and then renamed over it: a crash leaves either the
-old checkpoint or the new one, never a half-written one.
+old checkpoint or the new one, never a half-written one. The checksums catch what renames
+cannot: a file truncated by a full disk or a copy, or edited by hand, is refused on load with
+one line naming the file. (They detect damage, not a forger who rewrites them too; such a
+file is still safe to load, since nothing in it is unpickled.) A run keeps its previous checkpoint (`run/previous/`), so that
+resume falls back to it when `last/` is damaged (`newest_valid_checkpoint`).
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,10 +31,15 @@ from safetensors.torch import load_file, save_file
 
 from .teachers import _first_line
 
-__all__ = ['save_checkpoint', 'load_checkpoint', 'split_tensors', 'join_tensors', 'rng_state',
-           'set_rng_state', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON']
+__all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
+           'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state',
+           'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'RESUMABLE']
 
 MODEL_FILE, STATE_FILE, STATE_JSON = 'model.safetensors', 'state.safetensors', 'state.json'
+FORMAT = 'stdistill-checkpoint/1'
+# A run's resumable checkpoints, newest first when epochs tie; '.old' is left by a crash
+# between the two renames of a save without a `previous` folder.
+RESUMABLE = ('last', 'previous', 'last.old')
 
 
 def split_tensors(obj: Any, prefix: str = '') -> Tuple[Any, Dict[str, torch.Tensor]]:
@@ -88,45 +100,143 @@ def _state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any]) -> None:
-    """Write model weights and training state to `folder`, atomically (temp folder + rename)."""
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seal(doc: Dict[str, Any]) -> str:
+    """Checksum of state.json's own content (everything but this checksum)."""
+    body = {k: v for k, v in doc.items() if k != 'sha256'}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
+
+
+def _fsync(path: str) -> None:
+    """Flush a file (or a folder's entries) to disk: a rename is only as durable as what it names."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], previous: Optional[str] = None) -> None:
+    """Write model weights and training state to `folder`, atomically (temp folder + rename).
+
+    The checkpoint it replaces is deleted, or with `previous` moved there (replacing that one).
+    """
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}.', dir=parent)
     try:
-        save_file(_state_dict(model), os.path.join(tmp, MODEL_FILE), metadata={'format': 'pt'})
+        files = {}
         skeleton, tensors = split_tensors(state, 'state')
-        save_file(tensors, os.path.join(tmp, STATE_FILE))
+        for name, content, metadata in ((MODEL_FILE, _state_dict(model), {'format': 'pt'}), (STATE_FILE, tensors, None)):
+            path = os.path.join(tmp, name)
+            save_file(content, path, metadata=metadata)
+            _fsync(path)
+            files[name] = {'bytes': os.path.getsize(path), 'sha256': _sha256(path)}
+        doc = {'format': FORMAT, 'epoch': state.get('epoch'), 'files': files, 'state': skeleton}
+        doc['sha256'] = _seal(doc)
         with open(os.path.join(tmp, STATE_JSON), 'w') as f:
-            json.dump(skeleton, f)
-        old = folder + '.old'
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        old = previous or folder + '.old'
         if os.path.isdir(folder):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
         os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        if previous is None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def load_checkpoint(folder: str, model: torch.nn.Module) -> Dict[str, Any]:
-    """Load weights into `model` (strictly) and return the training state."""
-    if not os.path.isdir(folder) and os.path.isdir(folder + '.old'):
-        folder = folder + '.old'  # a crash between the two renames of save_checkpoint
-    paths = [os.path.join(folder, name) for name in (MODEL_FILE, STATE_FILE, STATE_JSON)]
-    missing = [p for p in paths if not os.path.isfile(p)]
+def remove_stale_temporaries(run: str) -> List[str]:
+    """Delete the temporary folders of checkpoint writes that a killed process left in `run`."""
+    stale = [p for p in glob.glob(os.path.join(glob.escape(run), '.*.*')) if os.path.isdir(p)
+             and os.path.basename(p).split('.')[1] in ('last', 'best')]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def verify_checkpoint(folder: str) -> Dict[str, Any]:
+    """Check a checkpoint folder against its checksums; return its state.json document.
+
+    Raises ValueError, one line naming the damaged file, for a missing, truncated, edited or
+    foreign file. The tensor files are not parsed here (safetensors does that, without pickle).
+    """
+    paths = {name: os.path.join(folder, name) for name in (MODEL_FILE, STATE_FILE, STATE_JSON)}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise ValueError(f'not a stdistill checkpoint: {missing[0]} is missing')
     try:
-        weights = load_file(paths[0])
-        tensors = load_file(paths[1])
-        with open(paths[2]) as f:
-            skeleton = json.load(f)
-    except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        with open(paths[STATE_JSON]) as f:
+            doc = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} is unreadable ({_first_line(e)})') from None
+    if not isinstance(doc, dict) or doc.get('format') != FORMAT:
+        raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} is not a {FORMAT} document '
+                         f'(written by an older stdistill, or another program)')
+    if doc.get('sha256') != _seal(doc):
+        raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} does not match its checksum (edited or damaged)')
+    files = doc.get('files') if isinstance(doc.get('files'), dict) else {}
+    for name in (MODEL_FILE, STATE_FILE):
+        expected = files.get(name)
+        if not isinstance(expected, dict) or not {'bytes', 'sha256'} <= set(expected):
+            raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} lists no checksum for {name}')
+        size = os.path.getsize(paths[name])
+        if size != expected['bytes']:
+            raise ValueError(f'corrupt checkpoint {folder}: {name} has {size} bytes, {expected["bytes"]} were written '
+                             f'(truncated or overwritten)')
+        if _sha256(paths[name]) != expected['sha256']:
+            raise ValueError(f'corrupt checkpoint {folder}: {name} does not match its checksum (edited or damaged)')
+    return doc
+
+
+def newest_valid_checkpoint(run: str) -> Tuple[str, List[str]]:
+    """The resumable checkpoint of `run` with the highest epoch that passes verification, and one
+    line for each checkpoint that was passed over as damaged."""
+    valid, rejected = [], []
+    for name in RESUMABLE:
+        folder = os.path.join(run, name)
+        if not os.path.isdir(folder):
+            continue
+        try:
+            epoch = verify_checkpoint(folder).get('epoch')
+        except ValueError as e:
+            rejected.append(str(e))
+            continue
+        if isinstance(epoch, int):
+            valid.append((epoch, folder))
+        else:
+            rejected.append(f'checkpoint {folder} holds no training state (no epoch): it cannot be resumed')
+    if not valid:
+        reasons = '; '.join(rejected) or f'no {"/, ".join(RESUMABLE)}/ folder'
+        raise ValueError(f'nothing to resume in {run}: {reasons}')
+    # the highest epoch; between equal epochs, the first in RESUMABLE order (max keeps the first)
+    return max(valid, key=lambda v: v[0])[1], rejected
+
+
+def load_checkpoint(folder: str, model: torch.nn.Module) -> Dict[str, Any]:
+    """Verify the checkpoint, load its weights into `model` (strictly) and return the training state."""
+    if not os.path.isdir(folder) and os.path.isdir(folder + '.old'):
+        folder = folder + '.old'  # a crash between the two renames of save_checkpoint
+    doc = verify_checkpoint(folder)
+    try:
+        weights = load_file(os.path.join(folder, MODEL_FILE))
+        tensors = load_file(os.path.join(folder, STATE_FILE))
+    except (SafetensorError, OSError) as e:
         raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise ValueError(f'checkpoint {folder} does not fit this model: {_first_line(e)}') from None
-    return join_tensors(skeleton, tensors)
+    return join_tensors(doc['state'], tensors)

@@ -6,8 +6,9 @@
 Setup builds the student (method none | kd | deit | std), the frozen teachers, the loss, the
 MI regulariser, timm's optimizer and scheduler and (optionally) an EMA; each epoch trains,
 evaluates, and rank 0 writes `last/` (and `best/` when top-1 improves). `resume=run_folder`
-restores weights, optimizer, scheduler position, EMA, MINE and every RNG, and continues
-exactly where the run stopped; `stop_after=N` ends this process after N epochs (for
+restores weights, optimizer, scheduler position, EMA, MINE and every RNG from the newest
+checkpoint that passes its checksums (`last/`, else `previous/`), and continues exactly where
+the run stopped; `stop_after=N` ends this process after N epochs (for
 time-limited jobs: resume later).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -28,7 +30,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
-from .checkpoint import MODEL_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
+                         remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
 from .config import TrainConfig, save_config
 from .deit import DeiTTokenStudent
 from .distributed import gather_objects, init_distributed, resolve_device, weights_digest
@@ -143,9 +146,9 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
-    has_run = os.path.isdir(os.path.join(cfg.output, 'last')) or os.path.isdir(os.path.join(cfg.output, 'last.old'))
+    has_run = any(os.path.isdir(os.path.join(cfg.output, name)) for name in RESUMABLE)
     if resume and not has_run:
-        raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ checkpoint')
+        raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ or previous/ checkpoint')
     if not resume and has_run:
         raise ValueError(f'{cfg.output} already holds a run: continue it with --resume {cfg.output}, '
                          f'or set output to a new folder')
@@ -167,6 +170,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     _check_run_folder(cfg, resume)
+    if info.is_main and os.path.isdir(cfg.output):
+        remove_stale_temporaries(cfg.output)  # half-written checkpoints of a killed process
     random_seed(cfg.seed, info.rank)
     amp_dtype = _amp_dtype(cfg, device)
 
@@ -185,7 +190,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                        updates_per_epoch=steps)
     start_epoch, num_updates, best, history, state = 0, 0, {'top1': -1.0, 'epoch': -1}, [], None
     if resume:
-        state = load_checkpoint(os.path.join(cfg.output, 'last'), student)
+        folder, damaged = newest_valid_checkpoint(cfg.output)
+        for reason in damaged if info.is_main else ():
+            print(f'stdistill: warning: passing over {reason}', file=sys.stderr)
+        state = load_checkpoint(folder, student)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         if objective.mi is not None:
@@ -221,7 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             metrics, num_updates = train_one_epoch(
                 model, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
                 clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, amp_dtype=amp_dtype, ema=ema,
-                on_step=monitor.step if monitor else None)
+                on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite)
             row = {'epoch': epoch, **metrics}
             row.update({f'val_{k}': v for k, v in
                         evaluate(student, data.val_loader, device, info, amp_dtype, cfg.inference_head).items()})
@@ -236,10 +244,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 best = {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': epoch}
             if info.is_main:
                 monitor.end_epoch(row)
-                state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema)
-                save_checkpoint(os.path.join(cfg.output, 'last'), student, state)
+                # best/ before last/: last/ commits the epoch, so a crash between the two redoes
+                # the epoch (identically) and writes best/ again.
                 if improved:
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row})
+                state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema)
+                save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
+                                previous=os.path.join(cfg.output, 'previous'))
     finally:
         if monitor:
             monitor.close()
@@ -248,6 +259,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         'epochs_done': len(history), 'epochs': cfg.epochs, 'best': best,
         'final': history[-1] if history else None,
         'params_m': sum(p.numel() for p in student.parameters()) / 1e6,
+        'skipped_steps': sum(row.get('skipped_steps', 0) for row in history),
+        'skipped_images': sum(row.get('skipped_images', 0) for row in history),
         'world_size': info.world_size, 'weights_sha256_per_rank': digests,
     }
     if info.is_main:
@@ -264,6 +277,8 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
     info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     path = os.path.join(checkpoint, MODEL_FILE) if os.path.isdir(checkpoint) else checkpoint
+    if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, STATE_JSON)):
+        verify_checkpoint(checkpoint)  # a damaged or edited checkpoint folder is refused, not evaluated
     weights = load_weights(path)
     if cfg.num_classes is None:
         raise ValueError('num_classes is not set in the config')
