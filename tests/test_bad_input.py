@@ -1,15 +1,23 @@
-"""Bad input through the real command line: one line naming the problem, non-zero exit, no
-traceback, and no checkpoint left behind."""
+"""Bad input, case by case: one line on stderr naming what to fix, exit status 2, no traceback,
+and no checkpoint (whole, partial, or a temporary folder) left behind.
+
+The matrix runs `stdistill.cli.main` in this process (seconds per case); a few cases that
+involve data-loader worker processes also run through the real command line.
+"""
+import gzip
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import timm
 from PIL import Image
 from safetensors.torch import save_file
 
-from stdistill.data import FashionMNIST
+from stdistill.cli import main
+from stdistill.data import DEBIAN_FASHION_MNIST, FashionMNIST
 from test_train import TINY
 
 
@@ -37,6 +45,11 @@ FOLDER = ['dataset=folder', 'in_chans=1', 'mean=[0.5]', 'std=[0.5]', 'val_split=
           'batch_size=16']
 
 
+def leftovers(out):
+    """What a failed run left in its folder besides its config and (empty) logs."""
+    return [] if not os.path.isdir(out) else [n for n in os.listdir(out) if n not in ('config.yaml', 'tb', 'log.jsonl')]
+
+
 def assert_clean_failure(result, out, *words):
     assert result.returncode != 0
     assert 'Traceback' not in result.stderr, result.stderr
@@ -44,60 +57,207 @@ def assert_clean_failure(result, out, *words):
     assert len(lines) == 1 and lines[0].startswith('stdistill: error: '), result.stderr
     for word in words:
         assert word in lines[0], lines[0]
-    leftovers = [] if not os.path.isdir(out) else [n for n in os.listdir(out) if n not in ('config.yaml', 'tb', 'log.jsonl')]
-    assert leftovers == [], leftovers  # no checkpoint, whole or partial (nor a temp folder)
+    assert leftovers(out) == []  # no checkpoint, whole or partial (nor a temp folder)
 
 
-def test_missing_data_folder(tmp_path):
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+    """A finished 1-epoch tiny STD run (its checkpoints are what the eval and resume cases damage)."""
+    out = tmp_path_factory.mktemp('finished') / 'run'
+    assert main(['train', *TINY, 'epochs=1', 'model_ema=false', f'output={out}']) == 0
+    return out
+
+
+def copy_run(run, tmp_path):
+    return shutil.copytree(run, tmp_path / 'copy')
+
+
+def teacher_checkpoint(tmp_path, num_classes):
+    path = tmp_path / f'teacher{num_classes}.safetensors'
+    save_file(timm.create_model('resnet10t', num_classes=num_classes, in_chans=1).state_dict(), str(path))
+    return path
+
+
+def truncated_fashion_mnist(tmp_path):
+    """What an interrupted download leaves: the training images cut off half way."""
+    root = tmp_path / 'fm'
+    root.mkdir()
+    for name in os.listdir(DEBIAN_FASHION_MNIST):
+        shutil.copy(os.path.join(DEBIAN_FASHION_MNIST, name), root / name)
+    images = next(n for n in os.listdir(root) if n.startswith('train-images'))
+    data = (root / images).read_bytes()
+    (root / images).write_bytes(data[:len(data) // 2])
+    return root, images
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+# Each case: (id, function of (tmp_path, finished_run) -> argv, words the error line must hold).
+def _train(*extra):
+    return lambda tmp, run: ['train', *TINY, *extra, f'output={tmp / "out"}']
+
+
+def _case_yaml(text):
+    def argv(tmp, run):
+        (tmp / 'recipe.yaml').write_text(text)
+        return ['train', '--config', str(tmp / 'recipe.yaml'), f'output={tmp / "out"}']
+    return argv
+
+
+def _case_empty_folder(tmp, run):
+    (tmp / 'empty' / 'train').mkdir(parents=True)
+    return _train(*FOLDER, f'data_dir={tmp / "empty"}')(tmp, run)
+
+
+def _case_corrupt_image_stop(tmp, run):
+    return _train(*FOLDER, f'data_dir={image_folder(tmp / "data", corrupt=True)}', 'bad_images=stop')(tmp, run)
+
+
+def _case_teacher_classes(tmp, run):
+    return _train(f'teachers=[{{model: resnet10t, checkpoint: {teacher_checkpoint(tmp, 5)}}}]')(tmp, run)
+
+
+def _case_teacher_architecture(tmp, run):
+    return _train(f'teachers=[{{model: resnet18, checkpoint: {teacher_checkpoint(tmp, 10)}}}]')(tmp, run)
+
+
+def _case_interrupted_download(tmp, run):
+    root, _ = truncated_fashion_mnist(tmp)
+    return _train(f'data_dir={root}')(tmp, run)
+
+
+def _case_eval_other_model(tmp, run):
+    return ['eval', str(run), 'model_kwargs={embed_dim: 24, num_blocks: 2}']
+
+
+def _case_eval_truncated(tmp, run):
+    copy = copy_run(run, tmp)
+    weights = copy / 'best' / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:-100])
+    return ['eval', str(copy)]
+
+
+def _case_eval_pickle(tmp, run):
+    import torch
+    torch.save({'state_dict': {'head.weight': _Payload(str(tmp / 'code-ran'))}}, str(tmp / 'student.pth'))
+    return ['eval', str(tmp / 'student.pth'), '--config', str(run / 'config.yaml')]
+
+
+def _case_resume_edited_state(tmp, run):
+    copy = copy_run(run, tmp)
+    for name in ('last', 'previous'):
+        if os.path.isdir(copy / name):
+            state = copy / name / 'state.json'
+            state.write_text(state.read_text().replace('"epoch": 0', '"epoch": 7'))
+    return ['train', '--resume', str(copy)]
+
+
+def _case_resume_nothing(tmp, run):
+    (tmp / 'out').mkdir()
+    (tmp / 'out' / 'config.yaml').write_text((run / 'config.yaml').read_text())
+    return ['train', '--resume', str(tmp / 'out')]
+
+
+MATRIX = [
+    ('missing data folder', _train(*FOLDER, 'data_dir=/nowhere/at/all'), ['data folder not found', '/nowhere/at/all']),
+    ('empty data folder', _case_empty_folder, ['empty']),
+    ('corrupt image, bad_images=stop', _case_corrupt_image_stop, ['cannot read image', 'broken.png']),
+    ('image mode with 2 channels', _train('in_chans=2'), ['in_chans must be 1', 'or 3']),
+    ('zero image size', _train('img_size=0'), ['img_size must be >= 1, got 0']),
+    ('negative batch size', _train('batch_size=-8'), ['batch_size must be >= 1, got -8']),
+    ('negative learning rate', _train('lr=-0.1'), ['lr must be > 0']),
+    ('probability above 1', _train('reprob=1.5'), ['reprob must be between 0 and 1']),
+    ('value of the wrong type', _train('epochs=three'), ['epochs', 'three']),
+    ('bad YAML', _case_yaml('epochs: [1, 2\nlr: 0.1\n'), ['not valid YAML']),
+    ('YAML that is not a mapping', _case_yaml('- epochs\n- lr\n'), ['must be a YAML mapping']),
+    ('missing config file', lambda tmp, run: ['train', '--config', str(tmp / 'none.yaml')], ['config file not found']),
+    ('unknown config key in YAML', _case_yaml('dataset: fashion-mnist\nlearning_rate: 0.1\n'),
+     ["unknown config key 'learning_rate'"]),
+    ('unknown key in an override', _train('epoch=3'), ["unknown config key 'epoch'", 'epochs']),
+    ('unknown teacher key', _train('teachers=[{model: resnet10t, position: 1}]'), ['unknown key teachers.0.position']),
+    ('unknown student model', _train('model=mixer_tiny_nope'), ["unknown model 'mixer_tiny_nope'"]),
+    ('unknown teacher model', _train('teachers=[resnet50x]'), ["unknown model 'resnet50x'"]),
+    ('teacher/student class mismatch', _case_teacher_classes, ['teacher resnet10t predicts 5 classes',
+                                                               'student has 10']),
+    ('teacher checkpoint of another architecture', _case_teacher_architecture, ['does not fit teacher resnet18']),
+    ('config/data class mismatch', _train('num_classes=7'), ['num_classes is 7', 'training data has 10 classes']),
+    ('token position out of range', _train('teachers=[{model: resnet10t, pretrained: false, token_position: 5}]'),
+     ['token position 5 is outside the backbone']),
+    ('batch larger than the data', _train('train_samples=20', 'batch_size=32'), ['no full batch of 32', 'lower batch_size']),
+    ('interrupted download', _case_interrupted_download, ['train-images', 'truncated', 'delete it and fetch it again']),
+    ('eval: checkpoint of another model', _case_eval_other_model, ['does not fit mixer_t4_28']),
+    ('eval: truncated checkpoint', _case_eval_truncated, ['corrupt checkpoint', 'model.safetensors', 'truncated']),
+    ('eval: pickle that runs code', _case_eval_pickle, ['cannot load checkpoint', 'student.pth']),
+    ('resume: edited state.json', _case_resume_edited_state, ['nothing to resume', 'state.json does not match']),
+    ('resume: no checkpoint', _case_resume_nothing, ['nothing to resume']),
+    ('existing run without --resume', lambda tmp, run: ['train', *TINY, f'output={run}'], ['already holds a run']),
+    ('--stop-after 0', _train('--stop-after', '0'), ['--stop-after must be a positive']),
+    ('unknown option', _train('--stop-afterwards', '1'), ['unrecognized arguments: --stop-afterwards 1',
+                                                         'stdistill train --help']),
+    ('unknown command', lambda tmp, run: ['tran', *TINY], ["invalid choice: 'tran'"]),
+]
+
+
+@pytest.mark.parametrize('case', MATRIX, ids=[c[0] for c in MATRIX])
+def test_bad_input_matrix(case, tmp_path, finished_run, capsys):
+    _, make_argv, words = case
+    argv = make_argv(tmp_path, finished_run)
+    capsys.readouterr()  # only what this command prints
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('stdistill: error: '), err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert leftovers(tmp_path / 'out') == []
+    assert not os.path.exists(tmp_path / 'code-ran')
+
+
+def test_matrix_covers_at_least_15_cases():
+    assert len(MATRIX) >= 15 and len({c[0] for c in MATRIX}) == len(MATRIX)
+
+
+def test_missing_data_folder_through_the_command_line(tmp_path):
     out = tmp_path / 'run'
     r = run_cli('train', *TINY, *FOLDER, f'data_dir={tmp_path / "nowhere"}', f'output={out}')
     assert_clean_failure(r, out, 'data folder not found', 'nowhere')
 
 
-def test_empty_data_folder(tmp_path):
-    (tmp_path / 'empty' / 'train').mkdir(parents=True)
+def test_corrupt_image_stops_a_worker_cleanly(tmp_path):
+    """bad_images=stop with a worker process: the worker's error reaches the user as one line."""
+    root = image_folder(tmp_path / 'data', corrupt=True)
     out = tmp_path / 'run'
-    r = run_cli('train', *TINY, *FOLDER, f'data_dir={tmp_path / "empty"}', f'output={out}')
-    assert_clean_failure(r, out, 'empty')
-
-
-def test_class_count_mismatch_between_data_and_teacher(tmp_path):
-    import timm
-    teacher = timm.create_model('resnet10t', num_classes=5, in_chans=1)
-    save_file(teacher.state_dict(), str(tmp_path / 'teacher5.safetensors'))
-    out = tmp_path / 'run'
-    r = run_cli('train', *TINY, f'teachers=[{{model: resnet10t, checkpoint: {tmp_path / "teacher5.safetensors"}}}]',
-                f'output={out}')
-    assert_clean_failure(r, out, 'teacher resnet10t predicts 5 classes', 'student has 10')
-
-
-def test_class_count_mismatch_between_data_and_config(tmp_path):
-    out = tmp_path / 'run'
-    r = run_cli('train', *TINY, 'num_classes=7', f'output={out}')
-    assert_clean_failure(r, out, 'num_classes is 7', 'training data has 10 classes')
-
-
-def test_unknown_config_key(tmp_path):
-    out = tmp_path / 'run'
-    recipe = tmp_path / 'recipe.yaml'
-    recipe.write_text('dataset: fashion-mnist\nlearning_rate: 0.1\n')
-    r = run_cli('train', '--config', str(recipe), f'output={out}')
-    assert_clean_failure(r, out, "unknown config key 'learning_rate'")
-
-
-def test_unknown_teacher(tmp_path):
-    out = tmp_path / 'run'
-    r = run_cli('train', *TINY, 'teachers=[resnet50x]', f'output={out}')
-    assert_clean_failure(r, out, "unknown model 'resnet50x'")
+    r = run_cli('train', *TINY, *FOLDER, f'data_dir={root}', 'workers=1', 'bad_images=stop', f'output={out}')
+    assert_clean_failure(r, out, 'cannot read image', 'broken.png')
 
 
 @pytest.mark.parametrize('workers', [0, 1])
-def test_corrupt_image_in_image_folder(tmp_path, workers):
+def test_corrupt_image_is_skipped_and_counted(tmp_path, workers):
+    """The default, bad_images=skip: the run trains on the other images, warns once per process
+    with the file's name, and counts the skipped image in every epoch's log row."""
+    import json
     root = image_folder(tmp_path / 'data', corrupt=True)
     out = tmp_path / 'run'
-    r = run_cli('train', *TINY, *FOLDER, f'data_dir={root}', f'workers={workers}', 'train_samples=0',
+    r = run_cli('train', *TINY, *FOLDER, f'data_dir={root}', f'workers={workers}', 'epochs=2', 'mixup=0', 'cutmix=0',
                 f'output={out}')
-    assert_clean_failure(r, out, 'cannot read image', 'broken.png')
+    assert r.returncode == 0, r.stderr[-2000:]
+    warnings = [line for line in r.stderr.splitlines() if 'skipping unreadable image' in line]
+    assert warnings and all('broken.png' in line for line in warnings)
+    rows = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    # 81 training images, batches of 16 with drop_last: the broken one is in a batch in some epochs
+    assert sum(row['skipped_images'] for row in rows) >= 1
+    assert all(row['val_skipped_images'] == 0 for row in rows)
+    assert json.loads((out / 'summary.json').read_text())['skipped_images'] == sum(r['skipped_images'] for r in rows)
 
 
 def test_the_same_folder_trains_without_the_corrupt_image(tmp_path):
@@ -107,3 +267,17 @@ def test_the_same_folder_trains_without_the_corrupt_image(tmp_path):
     r = run_cli('train', *TINY, *FOLDER, f'data_dir={root}', 'epochs=1', f'output={out}')
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.path.isfile(out / 'last' / 'model.safetensors')
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    """A gzipped IDX file cut short (a download interrupted mid-stream) is named, with the fix."""
+    src = os.path.join(DEBIAN_FASHION_MNIST, 't10k-labels-idx1-ubyte.gz')
+    with gzip.open(src, 'rb') as f:
+        data = f.read()
+    path = tmp_path / 't10k-labels-idx1-ubyte.gz'
+    with gzip.open(path, 'wb') as f:
+        f.write(data)
+    path.write_bytes(path.read_bytes()[:200])
+    from stdistill.data import read_idx
+    with pytest.raises(ValueError, match='cannot read .*t10k-labels.*delete it and fetch it again'):
+        read_idx(str(path))

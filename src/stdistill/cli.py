@@ -93,8 +93,16 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in the one-line form of every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f'stdistill: error: {message} (see stdistill {self.prog.split(" ", 1)[-1]} --help)\n'
+                  if ' ' in self.prog else f'stdistill: error: {message} (see stdistill --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='stdistill', description='Spatial-channel Token Distillation for vision MLPs')
+    parser = _Parser(prog='stdistill', description='Spatial-channel Token Distillation for vision MLPs')
     sub = parser.add_subparsers(dest='command', required=True)
     prof = sub.add_parser('profile', help='params and GMACs of a registered model, or the paper table')
     prof.add_argument('model', nargs='?', help='a timm-registered name, e.g. std_mixer_s16_224 or resnet50')
@@ -144,7 +152,15 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after an option (train ... --stop-after 1 epochs=5)
+    if extra and hasattr(args, 'overrides') and all('=' in a and not a.startswith('-') for a in extra):
+        args.overrides += extra
+    elif extra:
+        print(f'stdistill: error: unrecognized arguments: {" ".join(extra)} (see stdistill {args.command} --help)',
+              file=sys.stderr)
+        return 2
     try:
         for name in ('img_size', 'in_chans', 'num_classes'):
             if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
