@@ -10,8 +10,9 @@ a temporary folder beside its final place and then renamed over it: a crash leav
 old checkpoint or the new one, never a half-written one. The checksums catch what renames
 cannot: a file truncated by a full disk or a copy, or edited by hand, is refused on load with
 one line naming the file. (They detect damage, not a forger who rewrites them too; such a
-file is still safe to load, since nothing in it is unpickled.) A run keeps its previous checkpoint (`run/previous/`), so that
-resume falls back to it when `last/` is damaged (`newest_valid_checkpoint`).
+file is still safe to load, since nothing in it is unpickled.) A run keeps its previous
+checkpoint (`run/previous/`), so that resume falls back to it when `last/` is damaged
+(`newest_valid_checkpoint`).
 """
 from __future__ import annotations
 
