@@ -80,7 +80,6 @@ def _kill(record: str, what: Dict[str, Any]) -> None:
 
 def child(args: argparse.Namespace) -> int:
     """One training process: arm the kill of --plan (if any), then run `stdistill train`."""
-    import stdistill.checkpoint
     import stdistill.train
     from stdistill.cli import main
 
