@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from stdistill.cli import main
 from stdistill.data import DEBIAN_FASHION_MNIST, FashionMNIST
+from test_teachers import _Payload
 from test_train import TINY
 
 
@@ -88,14 +89,6 @@ def truncated_fashion_mnist(tmp_path):
     data = (root / images).read_bytes()
     (root / images).write_bytes(data[:len(data) // 2])
     return root, images
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.makedirs, (self.marker,)
 
 
 # Each case: (id, function of (tmp_path, finished_run) -> argv, words the error line must hold).

@@ -14,6 +14,7 @@ from stdistill.checkpoint import (_seal, _sha256, load_checkpoint, newest_valid_
 from stdistill.cli import main
 from stdistill.teachers import create_teacher
 from stdistill.train import build_student, train
+from test_teachers import _Payload
 from test_train import TINY, read_jsonl, tiny_config
 
 
@@ -114,16 +115,6 @@ def test_resume_skips_a_damaged_last_and_still_ends_identical(tmp_path, capsys):
     a, b = (load_file(str(p / 'last' / 'model.safetensors')) for p in (straight, broken))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r['epoch'] for r in read_jsonl(broken / 'log.jsonl')] == [0, 1, 2]
-
-
-class _Payload:
-    """Unpickling this calls os.makedirs(marker): proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.makedirs, (self.marker,)
 
 
 def _evil_teacher(tmp_path, evil, run):

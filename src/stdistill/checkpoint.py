@@ -226,15 +226,23 @@ def newest_valid_checkpoint(run: str) -> Tuple[str, List[str]]:
     return max(valid, key=lambda v: v[0])[1], rejected
 
 
-def load_checkpoint(folder: str, model: torch.nn.Module) -> Dict[str, Any]:
-    """Verify the checkpoint, load its weights into `model` (strictly) and return the training state."""
+def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False) -> Dict[str, Any]:
+    """Verify the checkpoint, load its weights into `model` (strictly) and return the training state.
+
+    verified=True: the caller has just verified `folder` (newest_valid_checkpoint does), so its
+    files are not hashed a second time.
+    """
     if not os.path.isdir(folder) and os.path.isdir(folder + '.old'):
         folder = folder + '.old'  # a crash between the two renames of save_checkpoint
-    doc = verify_checkpoint(folder)
     try:
+        if verified:
+            with open(os.path.join(folder, STATE_JSON)) as f:
+                doc = json.load(f)
+        else:
+            doc = verify_checkpoint(folder)
         weights = load_file(os.path.join(folder, MODEL_FILE))
         tensors = load_file(os.path.join(folder, STATE_FILE))
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
     try:
         model.load_state_dict(weights)

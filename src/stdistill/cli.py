@@ -93,12 +93,15 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_error(message: str, command: str = '') -> str:
+    return f'stdistill: error: {message} (see {" ".join(filter(None, ("stdistill", command)))} --help)'
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors in the one-line form of every other error."""
 
     def error(self, message: str):
-        self.exit(2, f'stdistill: error: {message} (see stdistill {self.prog.split(" ", 1)[-1]} --help)\n'
-                  if ' ' in self.prog else f'stdistill: error: {message} (see stdistill --help)\n')
+        self.exit(2, _usage_error(message, self.prog.partition(' ')[2]) + '\n')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,8 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra and hasattr(args, 'overrides') and all('=' in a and not a.startswith('-') for a in extra):
         args.overrides += extra
     elif extra:
-        print(f'stdistill: error: unrecognized arguments: {" ".join(extra)} (see stdistill {args.command} --help)',
-              file=sys.stderr)
+        print(_usage_error(f'unrecognized arguments: {" ".join(extra)}', args.command), file=sys.stderr)
         return 2
     try:
         for name in ('img_size', 'in_chans', 'num_classes'):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
@@ -57,9 +57,11 @@ def init_distributed(device_name: str = 'auto') -> DistInfo:
     return info
 
 
-def all_reduce_sum(values: List[float], device: torch.device, info: DistInfo) -> List[float]:
-    """Sum a few numbers over all processes (a no-op in a single process)."""
-    if not info.distributed:
+def all_reduce_sum(values: List[float], device: torch.device, info: Optional[DistInfo] = None) -> List[float]:
+    """Sum a few numbers over all processes (a no-op in a single process). Without `info`, an
+    initialised torch.distributed process group says whether there are others."""
+    distributed = info.distributed if info is not None else dist.is_available() and dist.is_initialized()
+    if not distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)

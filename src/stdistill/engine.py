@@ -29,18 +29,9 @@ class NonFiniteLossError(ValueError):
     pass
 
 
-def _over_processes(values: List[float], device: torch.device, op: str = 'SUM') -> List[float]:
-    """`values` reduced over every process of a torch.distributed run (as they are without one)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(tensor, op=getattr(torch.distributed.ReduceOp, op))
-    return tensor.tolist()
-
-
 def _finite_on_every_process(loss: torch.Tensor) -> bool:
     """Whether the loss is finite here and on every other process (they must skip or stop together)."""
-    return bool(_over_processes([float(math.isfinite(loss.item()))], loss.device, 'MIN')[0])
+    return all_reduce_sum([float(not math.isfinite(loss.item()))], loss.device)[0] == 0
 
 
 def _nonfinite_message(loss: torch.Tensor, terms: Dict[str, torch.Tensor], epoch: int, step: int,
@@ -163,7 +154,7 @@ def train_one_epoch(
             on_step(num_updates, values, images.shape[0])
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
     metrics['skipped_steps'] = skipped_steps  # the same on every process
-    metrics['skipped_images'] = int(_over_processes([float(skipped_images)], device)[0])
+    metrics['skipped_images'] = int(all_reduce_sum([float(skipped_images)], device)[0])
     metrics['lr'] = optimizer.param_groups[0]['lr']
     metrics['train_img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
     return metrics, num_updates

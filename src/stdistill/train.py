@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         folder, damaged = newest_valid_checkpoint(cfg.output)
         for reason in damaged if info.is_main else ():
             print(f'stdistill: warning: passing over {reason}', file=sys.stderr)
-        state = load_checkpoint(folder, student)
+        state = load_checkpoint(folder, student, verified=True)
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         if objective.mi is not None:
