@@ -110,15 +110,15 @@ def child(args: argparse.Namespace) -> int:
         return wrapper
 
     def checkpoint_writer(function):
-        def save(folder, model, st, previous=None):
+        def save(folder, model, st, previous=None, **kwargs):
             is_last = os.path.basename(folder) == 'last'
             armed = (plan and plan['phase'] == 'checkpoint' and is_last
                      and state['count']['checkpoint'] + 1 == plan['occurrence'])
             if armed:
                 _arm_write_point(plan['point'], lambda where: killer('checkpoint', f'{where} of last/ '
                                                                                    f'#{plan["occurrence"]}'))
-            result = traced('checkpoint', function)(folder, model, st, previous) if is_last else function(
-                folder, model, st, previous)
+            result = traced('checkpoint', function)(folder, model, st, previous, **kwargs) if is_last else function(
+                folder, model, st, previous, **kwargs)
             if args.digests and is_last:
                 with open(args.digests, 'a') as f:
                     f.write(json.dumps({'epoch': st['epoch'], 'digest': checkpoint_digest(folder)}) + '\n')

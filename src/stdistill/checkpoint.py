@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from .teachers import _first_line
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
-           'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state',
+           'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
            'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'RESUMABLE']
 
 MODEL_FILE, STATE_FILE, STATE_JSON = 'model.safetensors', 'state.safetensors', 'state.json'
@@ -80,21 +80,30 @@ def join_tensors(obj: Any, tensors: Dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """This process's random states: python, numpy, torch (CPU) and, on a GPU, that GPU's."""
     state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def rng_state_fits(state: Any, device: torch.device) -> bool:
+    """Whether `state` (from rng_state) can be restored exactly on `device`: it has a GPU state
+    exactly when the process now trains on a GPU."""
+    return isinstance(state, dict) and isinstance(state.get('cuda'), (torch.Tensor, type(None))) \
+        and ('cuda' in state) == (device.type == 'cuda')
+
+
+def set_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
+    """Restore what rng_state saved (the GPU state onto `device`, this process's own GPU)."""
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and device is not None and device.type == 'cuda':
+        torch.cuda.set_rng_state(state['cuda'], device)
 
 
 def _state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -124,10 +133,13 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], previous: Optional[str] = None) -> None:
+def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], previous: Optional[str] = None,
+                    metadata: Optional[Dict[str, str]] = None) -> None:
     """Write model weights and training state to `folder`, atomically (temp folder + rename).
 
     The checkpoint it replaces is deleted, or with `previous` moved there (replacing that one).
+    `metadata` goes into model.safetensors' header (train records the student's input contract
+    there, so that the model can be a teacher later).
     """
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
@@ -135,9 +147,10 @@ def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], 
     try:
         files = {}
         skeleton, tensors = split_tensors(state, 'state')
-        for name, content, metadata in ((MODEL_FILE, _state_dict(model), {'format': 'pt'}), (STATE_FILE, tensors, None)):
+        for name, content, header in ((MODEL_FILE, _state_dict(model), {'format': 'pt', **(metadata or {})}),
+                                       (STATE_FILE, tensors, None)):
             path = os.path.join(tmp, name)
-            save_file(content, path, metadata=metadata)
+            save_file(content, path, metadata=header)
             _fsync(path)
             files[name] = {'bytes': os.path.getsize(path), 'sha256': _sha256(path)}
         doc = {'format': FORMAT, 'epoch': state.get('epoch'), 'files': files, 'state': skeleton}

@@ -40,6 +40,11 @@ class TeacherSpec:
     pretrained: Optional[bool] = None    # timm's weights; default: True unless a checkpoint is given
     token_position: int = -1             # block after which this teacher's token pair reads (std)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # more arguments of timm.create_model
+    # The teacher's input contract; null: recorded in its stdistill checkpoint, else its timm cfg.
+    mean: Optional[List[float]] = None   # normalisation the teacher was trained with
+    std: Optional[List[float]] = None
+    img_size: Optional[int] = None       # resize the student's batch to this size for the teacher
+    interpolation: Optional[str] = None  # bilinear | bicubic | nearest
 
 
 @dataclass
@@ -90,7 +95,9 @@ class TrainConfig:
     drop_path: float = _f(0.1, 'stochastic depth rate of the student')
     # method
     method: str = _f('std', 'none, kd (soft KD on the class head), deit (DeiT token), std', METHODS)
-    teachers: List[Dict[str, Any]] = _f([], 'teachers: list of {model, checkpoint, pretrained, token_position, kwargs}')
+    teachers: List[Dict[str, Any]] = _f([], 'teachers: list of {model, checkpoint, pretrained, token_position, kwargs, '
+                                            'mean, std, img_size, interpolation} (the last four: its input, when '
+                                            'neither its checkpoint nor its timm cfg gives it)')
     alpha: float = _f(0.5, 'weight of the distillation loss (1 - alpha on the labels)')
     tau: float = _f(1.0, 'temperature of soft distillation')
     distill: str = _f('hard', 'distillation target: teacher argmax or softened distribution', ('hard', 'soft'))
@@ -117,8 +124,9 @@ class TrainConfig:
     skip_nonfinite: bool = _f(False, 'skip (and count) steps whose loss is NaN or inf instead of stopping the run')
     # engine
     device: str = _f('auto', "'auto' (CUDA when present), 'cuda', 'cpu'")
-    amp: bool = _f(True, 'bf16 autocast on GPU (CPU runs stay fp32)')
-    channels_last: bool = _f(True, 'channels-last memory format on GPU')
+    amp: bool = _f(True, 'bf16 autocast on any device (the same code on CPU and GPU); false: fp32 everywhere')
+    channels_last: bool = _f(True, 'channels-last memory format for the student (teachers always use it)')
+    dist_timeout: float = _f(30.0, 'minutes a process waits for the others in a collective (torchrun) before failing')
     compile: bool = _f(False, 'torch.compile the student')
     model_ema: bool = _f(False, 'keep an EMA of the student and evaluate it too')
     model_ema_decay: float = _f(0.99996, 'EMA decay per step')
@@ -132,7 +140,7 @@ _AT_LEAST = {'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'min
              'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
              'weight_decay': 0, 'mine_weight': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0, 'min_lr': 0,
              'num_classes': 1}
-_POSITIVE = ('lr', 'tau', 'clip_grad', 'crop_pct', 'model_ema_decay')
+_POSITIVE = ('lr', 'tau', 'clip_grad', 'crop_pct', 'model_ema_decay', 'dist_timeout')
 _PROBABILITIES = ('hflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'alpha', 'drop_path', 'smoothing', 'crop_pct',
                   'model_ema_decay')
 
@@ -193,6 +201,11 @@ def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
         spec = dataclasses.asdict(TeacherSpec(**t))
         hints = typing.get_type_hints(TeacherSpec)
         out.append({k: _check_type(f'teachers.{i}.{k}', v, hints[k]) for k, v in spec.items()})
+        if out[-1]['img_size'] is not None and out[-1]['img_size'] < 1:
+            raise ValueError(f'config key teachers.{i}.img_size must be >= 1, got {out[-1]["img_size"]}')
+        if out[-1]['interpolation'] not in (None, 'bilinear', 'bicubic', 'nearest'):
+            raise ValueError(f'config key teachers.{i}.interpolation must be one of bilinear, bicubic, nearest, '
+                             f'got {out[-1]["interpolation"]!r}')
     return out
 
 

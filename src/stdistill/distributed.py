@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import List, Optional
 
 import torch
@@ -32,19 +33,33 @@ class DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """The device a process trains on: 'auto' (CUDA when visible), 'cpu', 'cuda' (GPU LOCAL_RANK
+    under torchrun, the current GPU otherwise) or 'cuda:N' (GPU N; one process only). The chosen
+    GPU becomes the current one, so CUDA RNG state and allocations follow it. Raises ValueError
+    for a name it does not know, a GPU that is not visible, or cuda:N under torchrun."""
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise ValueError('device cuda requested but no GPU is visible; use device=cpu')
-        return torch.device('cuda', info.local_rank if info.distributed else torch.cuda.current_device())
-    if name != 'cpu':
-        raise ValueError(f"device must be auto, cuda or cpu, got {name!r}")
-    return torch.device('cpu')
+    if name == 'cpu':
+        return torch.device('cpu')
+    kind, _, index = name.partition(':')
+    if kind != 'cuda' or (index and not index.isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f'device {name} requested but no GPU is visible; use device=cpu')
+    if index and info.distributed:
+        raise ValueError(f'device {name} names one GPU, but under torchrun each process takes GPU LOCAL_RANK: '
+                         f'set device=cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)')
+    gpu = int(index) if index else info.local_rank if info.distributed else torch.cuda.current_device()
+    if gpu >= torch.cuda.device_count():
+        raise ValueError(f'device {name}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 to '
+                         f'cuda:{torch.cuda.device_count() - 1})')
+    torch.cuda.set_device(gpu)
+    return torch.device('cuda', gpu)
 
 
-def init_distributed(device_name: str = 'auto') -> DistInfo:
-    """Join the process group that torchrun describes in the environment (if any)."""
+def init_distributed(device_name: str = 'auto', timeout_minutes: float = 30.0) -> DistInfo:
+    """Join the process group that torchrun describes in the environment (if any); a collective
+    that waits longer than `timeout_minutes` for another process fails instead of hanging."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     if world_size <= 1:
         return DistInfo()
@@ -53,7 +68,7 @@ def init_distributed(device_name: str = 'auto') -> DistInfo:
         use_cuda = torch.cuda.is_available() and device_name != 'cpu'
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group('nccl' if use_cuda else 'gloo')
+        dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timedelta(minutes=timeout_minutes))
     return info
 
 

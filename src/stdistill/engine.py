@@ -2,15 +2,21 @@
 
 `DistillObjective` holds the student, the frozen teachers, the loss and the MI regulariser,
 and maps (images, targets) to (loss, logged terms). It is the module DDP wraps, so one
-backward pass reaches the student and MINE's statistics networks alike, and MINE's moving
-average is broadcast with the other buffers.
+backward pass reaches the student and MINE's statistics networks alike. The teachers are held
+outside its module tree: DDP has nothing to synchronise or broadcast for them, and no state
+dict or optimizer sees them.
+
+Precision (the same on CPU and GPU): under `amp_dtype` (bf16) the student's forward and the
+teachers' run under autocast; teacher logits, every loss, MINE and every evaluated head are
+fp32. Evaluation takes top-1 and top-5 of each head from one ranking (topk), so `top1` is
+exactly the inference head's `top1_<head>`.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,7 +28,7 @@ from .mine import MIRegularizer
 from .students import INFERENCE_HEADS, STDOutput, combine_heads
 from .teachers import FrozenTeacher
 
-__all__ = ['DistillObjective', 'train_one_epoch', 'evaluate', 'NonFiniteLossError']
+__all__ = ['DistillObjective', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float']
 
 
 class NonFiniteLossError(ValueError):
@@ -49,16 +55,27 @@ def _unpack(batch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]
     return batch[0], batch[1], int(batch[2]) if len(batch) > 2 else 0
 
 
+def to_float(obj: Any) -> Any:
+    """Floating tensors in `obj` (a tensor, or tuples / named tuples / lists of them) as fp32."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, tuple) and hasattr(obj, '_fields'):
+        return type(obj)(*(to_float(o) for o in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_float(o) for o in obj)
+    return obj
+
+
 class DistillObjective(nn.Module):
     """loss = base or distillation loss (+ lambda * MINE) for methods none | kd | deit | std."""
 
     def __init__(self, student: nn.Module, method: str, base_criterion: nn.Module,
                  teachers: Optional[List[FrozenTeacher]] = None, distill_loss: Optional[DistillationLoss] = None,
-                 mi: Optional[MIRegularizer] = None, teacher_dtype: Optional[torch.dtype] = None) -> None:
+                 mi: Optional[MIRegularizer] = None) -> None:
         super().__init__()
         self.student, self.method, self.base_criterion = student, method, base_criterion
-        self.teachers = nn.ModuleList(teachers or [])
-        self.distill_loss, self.mi, self.teacher_dtype = distill_loss, mi, teacher_dtype
+        self.teachers: List[FrozenTeacher] = list(teachers or [])  # a plain list: not submodules (see above)
+        self.distill_loss, self.mi = distill_loss, mi
         if method != 'none' and (not self.teachers or distill_loss is None):
             raise ValueError(f'method {method} needs at least one teacher')
 
@@ -68,26 +85,34 @@ class DistillObjective(nn.Module):
         return {f'student.{n}' for n in (inner() if inner else ())}
 
     def teacher_logits(self, images: torch.Tensor) -> List[torch.Tensor]:
-        if self.teacher_dtype is not None:  # bf16 + channels-last on GPU: the teachers only infer
-            images = images.to(dtype=self.teacher_dtype, memory_format=torch.channels_last)
-        return [t(images).float() for t in self.teachers]
+        """Each teacher's fp32 logits (B, num_classes) for the student's batch `images`; each
+        teacher adapts the batch to its own input (teacher_input.py) and runs under the
+        caller's autocast."""
+        return [t(images) for t in self.teachers]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor,
                 teacher_logits: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """teacher_logits: precomputed (cached) teacher outputs for these images; None runs the teachers."""
+        """(loss, detached terms) for a batch (B, C, H, W) and its targets ((B,) or (B, classes)).
+
+        teacher_logits: precomputed (cached) teacher outputs for these images; None runs the teachers.
+        """
         out = self.student(images)
-        if self.method == 'none':
-            loss = self.base_criterion(out, targets)
-            return loss, {'loss_cls': loss.detach()}
-        if teacher_logits is None:
+        if self.method != 'none' and teacher_logits is None:
             teacher_logits = self.teacher_logits(images)
-        if self.method == 'kd':  # Hinton's KD: every teacher supervises the class head itself
-            out = STDOutput(out, [out] * len(teacher_logits), [None] * len(teacher_logits), [None] * len(teacher_logits))
-        loss, terms = self.distill_loss(out, targets, teacher_logits)
-        if self.mi is not None:
-            mi = self.mi(out.spatial_tokens, out.channel_tokens)
-            loss = loss + mi.loss
-            terms['mi_estimate'] = mi.estimate
+        with torch.autocast(images.device.type, enabled=False):  # losses and MINE in fp32
+            out = to_float(out)
+            if self.method == 'none':
+                loss = self.base_criterion(out, targets)
+                return loss, {'loss_cls': loss.detach()}
+            teacher_logits = to_float(teacher_logits)
+            if self.method == 'kd':  # Hinton's KD: every teacher supervises the class head itself
+                count = len(teacher_logits)
+                out = STDOutput(out, [out] * count, [None] * count, [None] * count)
+            loss, terms = self.distill_loss(out, targets, teacher_logits)
+            if self.mi is not None:
+                mi = self.mi(out.spatial_tokens, out.channel_tokens)
+                loss = loss + mi.loss
+                terms['mi_estimate'] = mi.estimate
         return loss, terms
 
 
@@ -160,12 +185,22 @@ def train_one_epoch(
     return metrics, num_updates
 
 
-def _heads(model: nn.Module, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Every prediction a model can make: for token students, each inference head in one pass."""
-    if hasattr(model, 'token_pairs') or hasattr(model, 'head_dist'):
-        out = model.forward_head(model.forward_features(images))
-        return {head: combine_heads(out, head) for head in INFERENCE_HEADS}
-    return {'cls': model(images)}
+def _heads(model: nn.Module, images: torch.Tensor, amp_dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
+    """Every prediction a model can make, fp32: the features under autocast, the heads in fp32;
+    for token students each inference head, from one pass."""
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        features = model.forward_features(images)
+    with torch.autocast(images.device.type, enabled=False):
+        out = to_float(model.forward_head(to_float(features)))
+        if hasattr(model, 'token_pairs') or hasattr(model, 'head_dist'):
+            return {head: combine_heads(out, head) for head in INFERENCE_HEADS}
+        return {'cls': out}
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor) -> Tuple[int, int]:
+    """Top-1 and top-5 hits of (B, classes) logits, both from one ranking (ties broken once)."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return int((top[:, 0] == targets).sum()), int((top == targets[:, None]).any(1).sum())
 
 
 @torch.no_grad()
@@ -184,17 +219,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
         if images is None:
             continue
         images, targets = images.to(device), targets.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            outputs = _heads(model, images)
-        main = outputs.get(head, outputs.get('cls')).float()
-        loss_sum += nn.functional.cross_entropy(main, targets, reduction='sum').item()
-        k = min(5, main.shape[1])
-        top = main.topk(k, dim=1).indices
-        counts['top1'] += (top[:, 0] == targets).sum().item()
-        counts['top5'] += (top == targets[:, None]).any(1).sum().item()
-        if len(outputs) > 1:
-            for name, logits in outputs.items():
-                counts[f'top1_{name}'] += (logits.argmax(1) == targets).sum().item()
+        outputs = _heads(model, images, amp_dtype)
+        main_head = head if head in outputs else 'cls'
+        loss_sum += nn.functional.cross_entropy(outputs[main_head], targets, reduction='sum').item()
+        for name, logits in outputs.items():
+            top1, top5 = _correct(logits, targets)
+            if name == main_head:
+                counts['top1'] += top1
+                counts['top5'] += top5
+            if len(outputs) > 1:
+                counts[f'top1_{name}'] += top1
         total += targets.shape[0]
     names = sorted(counts)
     summed = all_reduce_sum([counts[n] for n in names] + [loss_sum, float(total)], device, info)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, de
 from .config import TrainConfig
 from .data import FashionMNIST
 from .distributed import DistInfo
+from .augment import guard_posterize
 from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
@@ -133,6 +134,7 @@ def build_transforms(cfg: TrainConfig, mean: Tuple[float, ...], std: Tuple[float
                              mean=mean, std=std, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
     val = create_transform(size, is_training=False, interpolation=cfg.interpolation, mean=mean, std=std,
                            crop_pct=cfg.crop_pct)
+    guard_posterize(train)  # Pillow 13 refuses RandAugment's 0-bit posterize (augment.py)
     if cfg.dataset in ('fashion-mnist', 'fashion_mnist') and cfg.in_chans == 3:
         from torchvision import transforms
         train, val = transforms.Compose([_to_rgb, train]), transforms.Compose([_to_rgb, val])
@@ -160,19 +162,23 @@ class DataBundle(NamedTuple):
     loader_generator: torch.Generator  # reseeded each epoch so worker seeds depend on (seed, epoch) only
 
 
-def _val_loader(cfg: TrainConfig, info: DistInfo, transform: Callable) -> DataLoader:
+def _val_loader(cfg: TrainConfig, info: DistInfo, transform: Callable, pin_memory: bool) -> DataLoader:
     val_set = _fixed_subset(open_dataset(cfg, cfg.val_split, transform), cfg.val_samples, cfg.seed + 1)
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
-                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(0), pin_memory=pin_memory,
                       collate_fn=collate_readable)
 
 
-def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataLoader:
-    return _val_loader(cfg, info, build_transforms(cfg, mean, std)[1])
+def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...],
+                      pin_memory: bool = False) -> DataLoader:
+    return _val_loader(cfg, info, build_transforms(cfg, mean, std)[1], pin_memory)
 
 
-def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...]) -> DataBundle:
+def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...],
+               pin_memory: bool = False) -> DataBundle:
+    """Training and validation loaders of cfg for this process. pin_memory: for a CUDA device only
+    (page-locked host memory speeds up the copy to a GPU and is wasted on a CPU run)."""
     train_tf, val_tf = build_transforms(cfg, mean, std)
     train_set = open_dataset(cfg, cfg.train_split, train_tf)
     found = dataset_num_classes(train_set)
@@ -190,10 +196,10 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
                                      seed=cfg.seed)
     generator = torch.Generator()
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              drop_last=True, pin_memory=torch.cuda.is_available(), generator=generator,
+                              drop_last=True, pin_memory=pin_memory, generator=generator,
                               collate_fn=collate_readable)
     if len(train_loader) == 0:
         raise ValueError(f'the training set ({len(train_set)} images{", repeated augmentation" if cfg.repeated_aug else ""} '
                          f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
                          f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
-    return DataBundle(train_loader, _val_loader(cfg, info, val_tf), num_classes, generator)
+    return DataBundle(train_loader, _val_loader(cfg, info, val_tf, pin_memory), num_classes, generator)

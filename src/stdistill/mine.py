@@ -10,7 +10,12 @@ on detached tokens (a better estimate), and the tokens descend lambda * I throug
 copy of psi's weights, only while the estimate is positive (see forward). The gradient of
 psi's log term uses MINE's moving-average correction: its denominator E[exp(psi)] is
 replaced by a running average, which removes the bias that a mini-batch estimate of that
-denominator puts into the gradient.
+denominator puts into the gradient. Under torchrun the average is over the global batch (one
+all-gather of two numbers per step), so every process holds the same average and a checkpoint's
+copy is every process's.
+
+MINE always runs in fp32, also inside a bf16 autocast region: exp and log-sum-exp of psi are
+where low precision hurts first.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.func import functional_call
 
@@ -32,6 +38,19 @@ def random_derangement(n: int, generator: Optional[torch.Generator] = None, devi
         perm = torch.randperm(n, generator=generator)
         if not bool((perm == torch.arange(n)).any()):
             return perm.to(device)
+
+
+def global_log_mean_exp(log_mean_exp: torch.Tensor, count: int) -> torch.Tensor:
+    """log of the mean of exp(psi) over every process's batch, from each process's log-mean-exp
+    over its own `count` samples (each process must call it); the value itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return log_mean_exp
+    mine = torch.stack([log_mean_exp.detach().double(), torch.tensor(float(count), dtype=torch.float64,
+                                                                     device=log_mean_exp.device)])
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    lme, counts = torch.stack(parts).unbind(1)
+    return (torch.logsumexp(lme + counts.log(), 0) - counts.sum().log()).to(log_mean_exp.dtype)
 
 
 class StatisticsNetwork(nn.Module):
@@ -75,14 +94,18 @@ class MINE(nn.Module):
         return joint, torch.logsumexp(marginal, dim=0) - math.log(marginal.shape[0])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator] = None) -> MINEOutput:
-        x, y = x.float(), y.float()
+        """x (B, Dx), y (B, Dy): the two tokens of each image; B >= 2 (a derangement needs two)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward(x.float(), y.float(), generator)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> MINEOutput:
         perm = random_derangement(x.shape[0], generator, x.device)
         # psi's part: ascend the bound on detached tokens
         joint, log_mean_exp = self._bound_terms(x.detach(), y.detach(), perm)
         estimate = (joint - log_mean_exp).detach()
         if self.training:
             with torch.no_grad():
-                current = log_mean_exp.detach()
+                current = global_log_mean_exp(log_mean_exp.detach(), x.shape[0])
                 if torch.isnan(self.log_ma):
                     self.log_ma.copy_(current)
                 else:  # log((1 - r) * ma + r * current)

@@ -5,20 +5,31 @@
 
 A teacher never trains: its parameters have requires_grad=False, it stays in eval mode even
 when a parent calls .train(), and it runs under no_grad.
+
+Each teacher knows its own input contract (`teacher.contract`: mean/std, channels, fixed size,
+interpolation), read from, in order: the teacher's entry in the config (`mean`, `std`,
+`img_size`, `interpolation`), the contract a stdistill checkpoint records, and the model's
+timm pretrained cfg. `teacher.adapt_to(student_contract)` makes it turn the student's batch
+into that input (teacher_input.py) and checks at once, with one blank image, that the model
+takes it: what cannot be adapted is a ValueError naming the teacher and the key to set.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg_value, load_state_dict
 
 from .students import check_model_name
+from .teacher_input import RECORD_KEY, InputContract, TeacherInput
 
-__all__ = ['FrozenTeacher', 'create_teacher', 'load_weights', 'check_num_classes']
+__all__ = ['FrozenTeacher', 'create_teacher', 'load_weights', 'check_num_classes', 'recorded_contract',
+           'model_contract']
 
 
 def _first_line(e: BaseException) -> str:
@@ -46,21 +57,117 @@ def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: 
                          f'{student_classes}; use a teacher trained on the same label set')
 
 
-class FrozenTeacher(nn.Module):
-    """A frozen classifier: eval mode always, no gradients."""
+def recorded_contract(path: str) -> Dict[str, Any]:
+    """The input contract a stdistill checkpoint (safetensors) records, as InputContract fields;
+    {} for a file that records none (another program's, or a torch file)."""
+    if not path.endswith('.safetensors'):
+        return {}
+    try:
+        with safe_open(path, 'pt') as f:
+            text = (f.metadata() or {}).get(RECORD_KEY)
+        return InputContract.from_record(text) if text else {}
+    except Exception as e:  # a damaged record: the weights loader names the file too
+        raise ValueError(f'cannot read the input contract recorded in {path}: {_first_line(e)}') from None
 
-    def __init__(self, model: nn.Module, name: str = '') -> None:
+
+def _in_chans(model: nn.Module) -> int:
+    """The channel count of the model's first convolution (timm's `first_conv`), else in_chans."""
+    first = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    first = first[0] if isinstance(first, (list, tuple)) else first
+    try:
+        return int(model.get_submodule(first).in_channels)
+    except (AttributeError, TypeError):
+        return int(getattr(model, 'in_chans', 3))
+
+
+def _fixed_size(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """The one input size a model takes (a ViT or Mixer patch embedding checks it), or None."""
+    for attr in ('patch_embed', 'stem'):
+        embed = getattr(model, attr, None)
+        if getattr(embed, 'strict_img_size', False) and getattr(embed, 'img_size', None):
+            return tuple(embed.img_size)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if cfg.get('fixed_input_size') and not getattr(model, 'dynamic_img_size', False):
+        return tuple(cfg['input_size'][-2:])
+    return None
+
+
+def model_contract(model: nn.Module, recorded: Optional[Dict[str, Any]] = None,
+                   overrides: Optional[Dict[str, Any]] = None) -> InputContract:
+    """A model's input contract: `overrides` (mean, std, img_size, interpolation; None = unset)
+    over `recorded` (a stdistill checkpoint's) over its timm pretrained cfg. A size is kept only
+    when the model needs a fixed one, or an override gives it. Raises ValueError when the mean
+    and std do not have one value per input channel."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    fields = {'mean': tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN)), 'std': tuple(cfg.get('std', IMAGENET_DEFAULT_STD)),
+              'interpolation': cfg.get('interpolation') or 'bicubic'}
+    if fields['interpolation'] not in ('bilinear', 'bicubic', 'nearest'):
+        fields['interpolation'] = 'bicubic'
+    fields.update({k: v for k, v in (recorded or {}).items() if k != 'img_size'})
+    fields['in_chans'] = _in_chans(model)
+    fields['img_size'] = _fixed_size(model)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            fields[key] = (value, value) if key == 'img_size' and isinstance(value, int) else \
+                tuple(value) if isinstance(value, (list, tuple)) else value
+    return InputContract(**fields)
+
+
+class FrozenTeacher(nn.Module):
+    """A frozen classifier: eval mode always, no gradients, fp32 weights and statistics,
+    channels-last. With an input adapter (`adapt_to`), it takes the student's batch."""
+
+    def __init__(self, model: nn.Module, name: str = '', contract: Optional[InputContract] = None) -> None:
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.name = name or type(model).__name__
         self.num_classes = model.num_classes
+        self.contract = contract or model_contract(model)
+        self.input: Optional[TeacherInput] = None
 
     def train(self, mode: bool = True) -> 'FrozenTeacher':
         return super().train(False)  # batch norm statistics and dropout stay in inference mode
 
+    def adapt_to(self, student: InputContract, label: str = 'teacher') -> 'FrozenTeacher':
+        """Take batches of the student's contract from now on; check once, with a blank image on
+        the teacher's device, that the model takes the adapted input. `label` names the teacher
+        in errors (e.g. 'teachers.0'). Raises ValueError naming the config key to set."""
+        key = f'{label} ({self.name})'
+        try:
+            adapter = TeacherInput(student, self.contract)
+        except ValueError as e:
+            raise ValueError(f'{key}: {e}; set {label}.kwargs.in_chans (and its mean/std), or use another '
+                             f'teacher') from None
+        device = next(self.model.parameters(), torch.empty(0)).device
+        self.input = adapter.to(device)
+        size = tuple(student.img_size) if student.img_size else (224, 224)
+        probe = torch.zeros(1, student.in_chans, *size, device=device)
+        shape = 'x'.join(map(str, adapter.output_shape(probe.shape)[1:]))
+        try:
+            out = self(probe)
+        except Exception as e:  # the model's own check (a ViT at another size, a Swin window...)
+            raise ValueError(f'{key} cannot take {shape} inputs ({_first_line(e)}): set {label}.img_size to '
+                             f'the size it was trained at') from None
+        if tuple(out.shape) != (1, self.num_classes):
+            raise ValueError(f'{key} returns {tuple(out.shape)} for one {shape} image, not (1, {self.num_classes}) '
+                             f'class logits: use a classifier')
+        return self
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        """Logits (B, num_classes), fp32, of a batch in the student's contract (after adapt_to)
+        or the teacher's own. Runs under the caller's autocast."""
+        if self.input is not None:
+            x = self.input(x)
+        return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+def _cfg_value(model_name: str, key: str, default: Any) -> Any:
+    try:
+        value = get_pretrained_cfg_value(model_name, key) or default
+    except RuntimeError:  # a model registered without a pretrained cfg
+        value = default
+    return value[0] if isinstance(value, (list, tuple)) else value
 
 
 def create_teacher(
@@ -68,32 +175,39 @@ def create_teacher(
         num_classes: Optional[int] = None,
         pretrained: bool = False,
         checkpoint: Optional[str] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        img_size: Optional[int] = None,
+        interpolation: Optional[str] = None,
         **kwargs: Any,
 ) -> FrozenTeacher:
-    """Build a frozen timm teacher.
+    """Build a frozen timm teacher and its input contract.
 
     With `checkpoint`, the model is built with the checkpoint's class count (read from its
-    classifier) and the weights loaded strictly; with `pretrained`, timm's weights are used.
-    `num_classes` is the student's class count: a teacher that predicts another number of
-    classes is refused, since its labels would mean nothing to the student.
+    classifier) and input channels (read from its first convolution), and the weights loaded
+    strictly; with `pretrained`, timm's weights are used (a hub download, or a local file
+    through `pretrained_cfg_overlay=dict(file=...)`). `num_classes` is the student's class
+    count: a teacher that predicts another number of classes is refused, since its labels
+    would mean nothing to the student. mean/std/img_size/interpolation override the contract
+    (see `model_contract`). Raises ValueError for all of these, in one line.
     """
     check_model_name(model_name)
-    state = None
+    state, recorded = None, {}
     if checkpoint is not None:
         state = load_weights(checkpoint)
-        try:
-            head_key = get_pretrained_cfg_value(model_name, 'classifier') or 'head'
-        except RuntimeError:  # a model registered without a pretrained cfg
-            head_key = 'head'
-        head_key = head_key[0] if isinstance(head_key, (list, tuple)) else head_key
-        weight = state.get(f'{head_key}.weight')
+        recorded = recorded_contract(checkpoint)
+        weight = state.get(f'{_cfg_value(model_name, "classifier", "head")}.weight')
         if weight is not None:
             kwargs = dict(kwargs, num_classes=weight.shape[0])
+        stem = state.get(f'{_cfg_value(model_name, "first_conv", "")}.weight')
+        if stem is not None and stem.ndim == 4 and 'in_chans' not in kwargs:
+            kwargs['in_chans'] = stem.shape[1]
         model = timm.create_model(model_name, pretrained=False, **kwargs)
         try:
             model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: {_first_line(e)}') from None
+        except RuntimeError as e:  # the first line only says "Error(s) in loading": keep what does not fit
+            detail = ' '.join(str(e).split())[:300]
+            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: {detail}') from None
     elif pretrained:
         try:
             model = timm.create_model(model_name, pretrained=True, **kwargs)
@@ -106,4 +220,9 @@ def create_teacher(
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     if num_classes is not None:
         check_num_classes(model.num_classes, num_classes, model_name)
-    return FrozenTeacher(model, model_name)
+    overrides = dict(mean=mean, std=std, img_size=img_size, interpolation=interpolation)
+    try:
+        contract = model_contract(model, recorded, overrides)
+    except ValueError as e:
+        raise ValueError(f'teacher {model_name}: {e}; set its mean and std') from None
+    return FrozenTeacher(model, model_name, contract)

@@ -14,6 +14,7 @@ time-limited jobs: resume later).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -31,19 +32,22 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
 from .checkpoint import (MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
-                         remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state, verify_checkpoint)
+                         remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
+                         verify_checkpoint)
 from .config import TrainConfig, save_config
 from .deit import DeiTTokenStudent
-from .distributed import gather_objects, init_distributed, resolve_device, weights_digest
+from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, evaluate, train_one_epoch
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup
 from .losses import DistillationLoss
 from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
+from .teacher_input import RECORD_KEY, InputContract
 from .teachers import FrozenTeacher, create_teacher, load_weights
 
-__all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm']
+__all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
+           'student_contract']
 
 
 def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple[str, ...] = ()) -> nn.Module:
@@ -79,21 +83,27 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
     return backbone
 
 
+def student_contract(cfg: TrainConfig) -> InputContract:
+    """What the student's batches are: cfg's normalisation (resolve_norm), channels and size."""
+    mean, std = resolve_norm(cfg)
+    interpolation = cfg.interpolation if cfg.interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
+    return InputContract(mean, std, cfg.in_chans, (cfg.img_size, cfg.img_size), interpolation)
+
+
 def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
                    pretrained: Optional[bool] = None) -> List[FrozenTeacher]:
+    """The frozen teachers of cfg on `device`, each adapted to the student's batches (its own
+    normalisation, size and channels) and checked with one blank image."""
+    student = student_contract(cfg)
     teachers = []
-    for spec in cfg.teachers:
+    for i, spec in enumerate(cfg.teachers):
         use_pretrained = spec['pretrained'] if spec['pretrained'] is not None else spec['checkpoint'] is None
         if pretrained is not None:
             use_pretrained = pretrained and spec['checkpoint'] is None
-        kwargs = dict(spec['kwargs'])
-        if cfg.in_chans != 3:
-            kwargs.setdefault('in_chans', cfg.in_chans)
-        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], **kwargs)
-        teacher = teacher.to(device)
-        if device.type == 'cuda':  # teachers only infer: bf16 weights, channels-last
-            teacher = teacher.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        teachers.append(teacher)
+        contract = {k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation')}
+        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], **contract,
+                                 **spec['kwargs'])
+        teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
     return teachers
 
 
@@ -137,12 +147,12 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     mi = None
     if cfg.method == 'std' and cfg.mine and cfg.tokens == 'both':
         mi = MIRegularizer(student, weight=cfg.mine_weight, hidden=cfg.mine_hidden).to(device)
-    teacher_dtype = torch.bfloat16 if device.type == 'cuda' else None
-    return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi, teacher_dtype)
+    return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi)
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    return torch.bfloat16 if cfg.amp and device.type == 'cuda' else None
+def _amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
+    """bf16 autocast under amp on every device: CPU runs take the GPU's code path."""
+    return torch.bfloat16 if cfg.amp else None
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
@@ -161,26 +171,48 @@ def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict
         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
         'mi': objective.mi.state_dict() if objective.mi is not None else None,
         'ema': ema.module.state_dict() if ema is not None else None,
-        'rng': rng_state(),
     }
+
+
+def _restore_rng(saved: Any, info: DistInfo, device: torch.device, seed: int, epoch: int) -> None:
+    """Each process takes back its own random states. A checkpoint from another world size, or
+    with (or without) a GPU state where this process has none (or one), cannot be restored
+    exactly: every process reseeds from (seed, rank, epoch) instead, and rank 0 says so."""
+    states = saved if isinstance(saved, list) else [saved]  # older checkpoints: rank 0's state only
+    if len(states) == info.world_size and rng_state_fits(states[info.rank], device):
+        set_rng_state(states[info.rank], device)
+        return
+    derived = int.from_bytes(hashlib.sha256(f'{seed}:{info.rank}:{epoch}'.encode()).digest()[:4], 'little')
+    random_seed(derived)
+    if info.is_main:
+        where = f'{len(states)} process(es)' + (' with a GPU' if 'cuda' in states[0] else ' on the CPU')
+        here = f'{info.world_size} process(es)' + (' with a GPU' if device.type == 'cuda' else ' on the CPU')
+        print(f'stdistill: warning: the checkpoint was written by {where} and this run has {here}: random '
+              f'states reseeded from (seed, rank, epoch); the run continues, but not bitwise as it would have',
+              file=sys.stderr)
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = None) -> Dict[str, Any]:
     """Run (or continue, with resume=True) the training `cfg` describes; return the summary."""
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, cfg.dist_timeout)
     device = resolve_device(cfg.device, info)
     _check_run_folder(cfg, resume)
     if info.is_main and os.path.isdir(cfg.output):
         remove_stale_temporaries(cfg.output)  # half-written checkpoints of a killed process
     random_seed(cfg.seed, info.rank)
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype = _amp_dtype(cfg)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
-    data = build_data(cfg, info, *resolve_norm(cfg))
+    student_input = student_contract(cfg)
+    data = build_data(cfg, info, student_input.mean, student_input.std, pin_memory=device.type == 'cuda')
     mixup = build_mixup(cfg, data.num_classes)
     objective = build_objective(cfg, data.num_classes, device, mixup is not None)
     student = objective.student
-    if cfg.channels_last and device.type == 'cuda':
+    if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
+    # recorded in every checkpoint, so that this student can be a teacher later (teacher_input.py)
+    record = {RECORD_KEY: student_input.to_json()}
 
     lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
     optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
@@ -203,15 +235,17 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         scheduler.step_update(num_updates=num_updates)
 
     model = objective
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == 'cuda' else None)
+    if info.distributed:  # teachers are not in `objective`'s modules; buffers need syncing only for BatchNorm
+        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+        model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == 'cuda' else None,
+                                                    broadcast_buffers=batch_norm)
     ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
     if ema is not None and state is not None and state['ema'] is not None:
         ema.module.load_state_dict(state['ema'])
     if cfg.compile:
         student.compile()
     if state is not None:
-        set_rng_state(state['rng'])
+        _restore_rng(state['rng'], info, device, cfg.seed, start_epoch)
 
     monitor = None
     if info.is_main:
@@ -242,15 +276,18 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             improved = row['val_top1'] > best['top1']
             if improved:
                 best = {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': epoch}
+            rng = gather_objects(rng_state(device), info)  # every process's own states, by rank
             if info.is_main:
                 monitor.end_epoch(row)
                 # best/ before last/: last/ commits the epoch, so a crash between the two redoes
                 # the epoch (identically) and writes best/ again.
                 if improved:
-                    save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row})
+                    save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
+                                    metadata=record)
                 state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema)
+                state['rng'] = rng
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
-                                previous=os.path.join(cfg.output, 'previous'))
+                                previous=os.path.join(cfg.output, 'previous'), metadata=record)
     finally:
         if monitor:
             monitor.close()
@@ -290,5 +327,5 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
                          f'{" ".join(str(e).split())[:300]}') from None
     student.to(device)
     loader = build_eval_loader(cfg, info, *resolve_norm(cfg))
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype = _amp_dtype(cfg)
     return evaluate(student, loader, device, info, amp_dtype, cfg.inference_head)

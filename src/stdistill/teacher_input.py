@@ -1,0 +1,121 @@
+"""The teacher input contract: each teacher sees the image it was trained on.
+
+The student's batch is normalised with the student's mean/std, at the student's size and
+channel count. A teacher was trained on its own preprocessing (timm's `resnet50d` on
+ImageNet mean/std, `mixer_s16_224` on 0.5/0.5, a ViT at 224 only, an RGB model on 3
+channels). `TeacherInput` turns the student's batch into the teacher's input on the device,
+once per step, in fp32:
+
+    x_teacher = resize(x_student * std_s + mean_s, teacher size) - mean_t) / std_t
+
+with a 1-channel batch repeated to 3 channels for an RGB teacher. Resizing (bilinear or
+bicubic with antialiasing, as torchvision does on tensors) is linear with weights that sum to
+one, so it commutes with the per-channel affine map: the teacher gets what its own
+preprocessing gives from the same image (tested to 1e-5). When nothing differs, the batch
+passes through untouched.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY']
+
+# safetensors metadata key under which stdistill checkpoints record their input contract
+RECORD_KEY = 'stdistill.input'
+_INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a model's input is: per-channel mean/std (of images in [0, 1]), channel count,
+    spatial size (None: any size) and the interpolation to resize with."""
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    in_chans: int
+    img_size: Optional[Tuple[int, int]] = None
+    interpolation: str = 'bicubic'
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f'mean and std need {self.in_chans} values (one per input channel), '
+                             f'got {len(self.mean)} and {len(self.std)}')
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f'std must be positive, got {self.std}')
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f'interpolation must be one of {", ".join(_INTERPOLATIONS)}, got {self.interpolation!r}')
+
+    def to_json(self) -> str:
+        """The contract as recorded in a checkpoint's metadata (timm's pretrained-cfg names)."""
+        size = list(self.img_size) if self.img_size else None
+        return json.dumps({'mean': list(self.mean), 'std': list(self.std), 'in_chans': self.in_chans,
+                           'input_size': [self.in_chans, *size] if size else None,
+                           'interpolation': self.interpolation})
+
+    @staticmethod
+    def from_record(text: str) -> Dict[str, Any]:
+        """The fields a checkpoint recorded (a dict for `dataclasses.replace`-style merging)."""
+        doc = json.loads(text)
+        out = {'mean': tuple(doc['mean']), 'std': tuple(doc['std']), 'in_chans': int(doc['in_chans']),
+               'interpolation': doc.get('interpolation', 'bicubic')}
+        if doc.get('input_size'):
+            out['img_size'] = tuple(doc['input_size'][1:])
+        return out
+
+    def describe(self) -> str:
+        size = 'x'.join(map(str, self.img_size)) if self.img_size else 'any size'
+        return (f'{self.in_chans} channel(s), {size}, mean {tuple(round(m, 4) for m in self.mean)}, '
+                f'std {tuple(round(s, 4) for s in self.std)}')
+
+
+class TeacherInput(nn.Module):
+    """Student batch (B, C_s, H_s, W_s), normalised for the student -> the teacher's input
+    (B, C_t, H_t, W_t), fp32, normalised for the teacher. See the module docstring.
+
+    Raises ValueError at construction for what cannot be adapted: a 3-channel batch for a
+    1-channel teacher, or channel counts other than 1 -> 3 and equal.
+    """
+
+    def __init__(self, student: InputContract, teacher: InputContract) -> None:
+        super().__init__()
+        cs, ct = student.in_chans, teacher.in_chans
+        if cs != ct and not (cs == 1 and ct == 3):
+            raise ValueError(f'the student\'s batch has {cs} channel(s) and the teacher takes {ct}: only equal '
+                             f'counts and a 1-channel batch for an RGB teacher (repeated) can be adapted')
+        self.student, self.teacher = student, teacher
+        s_mean, s_std = torch.tensor(student.mean).repeat(ct // cs), torch.tensor(student.std).repeat(ct // cs)
+        t_mean, t_std = torch.tensor(teacher.mean), torch.tensor(teacher.std)
+        scale, shift = s_std / t_std, (s_mean - t_mean) / t_std
+        self.register_buffer('scale', scale.view(1, ct, 1, 1), persistent=False)
+        self.register_buffer('shift', shift.view(1, ct, 1, 1), persistent=False)
+        self.repeat = ct // cs
+        self.size = teacher.img_size if teacher.img_size and tuple(teacher.img_size) != tuple(student.img_size or ()) \
+            else None
+        self.identity = self.repeat == 1 and self.size is None and bool((scale == 1).all() and (shift == 0).all())
+
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
+        """(B, C_t, H_t, W_t) for an input of `input_shape`."""
+        b, c, h, w = input_shape
+        size = self.size or (h, w)
+        return (b, c * self.repeat, *size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            if self.size is not None:  # resize before repeating channels: fewer pixels to resample
+                mode = self.teacher.interpolation
+                x = F.interpolate(x, size=self.size, mode=mode, antialias=mode != 'nearest',
+                                  align_corners=False if mode != 'nearest' else None)
+            if self.repeat > 1:
+                x = x.expand(-1, self.repeat, -1, -1)
+            return x * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f'student: {self.student.describe()} -> teacher: {self.teacher.describe()}'
