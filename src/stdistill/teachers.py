@@ -16,7 +16,7 @@ takes it: what cannot be adapted is a ValueError naming the teacher and the key 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -175,10 +175,7 @@ def create_teacher(
         num_classes: Optional[int] = None,
         pretrained: bool = False,
         checkpoint: Optional[str] = None,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
-        img_size: Optional[int] = None,
-        interpolation: Optional[str] = None,
+        input_overrides: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
 ) -> FrozenTeacher:
     """Build a frozen timm teacher and its input contract.
@@ -188,8 +185,9 @@ def create_teacher(
     strictly; with `pretrained`, timm's weights are used (a hub download, or a local file
     through `pretrained_cfg_overlay=dict(file=...)`). `num_classes` is the student's class
     count: a teacher that predicts another number of classes is refused, since its labels
-    would mean nothing to the student. mean/std/img_size/interpolation override the contract
-    (see `model_contract`). Raises ValueError for all of these, in one line.
+    would mean nothing to the student. `input_overrides` (mean, std, img_size, interpolation)
+    override the teacher's input contract (see `model_contract`); `kwargs` go to
+    timm.create_model. Raises ValueError for all of these, in one line.
     """
     check_model_name(model_name)
     state, recorded = None, {}
@@ -220,9 +218,8 @@ def create_teacher(
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     if num_classes is not None:
         check_num_classes(model.num_classes, num_classes, model_name)
-    overrides = dict(mean=mean, std=std, img_size=img_size, interpolation=interpolation)
     try:
-        contract = model_contract(model, recorded, overrides)
+        contract = model_contract(model, recorded, input_overrides)
     except ValueError as e:
         raise ValueError(f'teacher {model_name}: {e}; set its mean and std') from None
     return FrozenTeacher(model, model_name, contract)

@@ -101,7 +101,7 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
         if pretrained is not None:
             use_pretrained = pretrained and spec['checkpoint'] is None
         contract = {k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation')}
-        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], **contract,
+        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract,
                                  **spec['kwargs'])
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
     return teachers

@@ -1,0 +1,189 @@
+"""Every teacher sees the image it was trained on: its own normalisation, size and channels."""
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision.transforms.functional as TF
+from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from stdistill.cli import main
+from stdistill.config import load_config
+from stdistill.data import FashionMNIST
+from stdistill.loaders import FASHION_MNIST_NORM
+from stdistill.teacher_input import RECORD_KEY, InputContract, TeacherInput
+from stdistill.teachers import create_teacher, recorded_contract
+from stdistill.train import build_objective, build_teachers, student_contract, train
+from test_train import TINY
+
+
+def real_images(size, rgb, count=6):
+    """Fashion-MNIST test images in [0, 1], (count, 3 or 1, size, size), tinted per channel if rgb."""
+    data = FashionMNIST(split='test')
+    x = torch.from_numpy(data.images[:count].astype(np.float32) / 255)[:, None]
+    if rgb:
+        x = torch.cat([x, 0.6 * x + 0.15, 1 - 0.8 * x], dim=1)
+    return TF.resize(x, [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+
+
+def own_preprocessing(images, contract):
+    """What the teacher's own pipeline gives from the same images: torchvision's resize and
+    normalize, channels repeated for an RGB model."""
+    if images.shape[1] != contract.in_chans:
+        images = images.repeat(1, contract.in_chans, 1, 1)
+    if contract.img_size and tuple(images.shape[-2:]) != tuple(contract.img_size):
+        mode = TF.InterpolationMode(contract.interpolation)
+        images = TF.resize(images, list(contract.img_size), interpolation=mode, antialias=True)
+    return TF.normalize(images, list(contract.mean), list(contract.std))
+
+
+def test_a_vit_trained_at_another_size_and_normalisation_gets_its_own_input(tmp_path):
+    """A fixed-size teacher (ViT at 48, ImageNet mean/std, recorded in its checkpoint) fed the
+    batch of a 32x32 student normalised with 0.5/0.5."""
+    torch.manual_seed(0)
+    vit = timm.create_model('vit_tiny_patch16_224', img_size=48, num_classes=10)
+    recorded = InputContract(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 3, (48, 48), 'bicubic')
+    path = str(tmp_path / 'vit.safetensors')
+    save_file(vit.state_dict(), path, metadata={RECORD_KEY: recorded.to_json()})
+    teacher = create_teacher('vit_tiny_patch16_224', num_classes=10, checkpoint=path, img_size=48)
+    assert teacher.contract == recorded
+    student = InputContract((0.5,) * 3, (0.5,) * 3, 3, (32, 32))
+    teacher.adapt_to(student)
+    raw = real_images(32, rgb=True)
+    batch = TF.normalize(raw, list(student.mean), list(student.std))
+    expected = teacher.model(own_preprocessing(raw, recorded).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(teacher(batch), expected, rtol=0, atol=1e-5)
+    # without the contract the teacher would get the student's tensor, resized: different logits
+    plain = teacher.model(TF.resize(batch, [48, 48], antialias=True).contiguous(memory_format=torch.channels_last))
+    assert (plain - expected).abs().max() > 1e-2
+
+
+def test_a_grayscale_student_feeds_an_rgb_cnn_its_own_normalisation():
+    torch.manual_seed(0)
+    teacher = create_teacher('resnet10t', num_classes=10)  # random weights: timm's cfg (ImageNet, RGB)
+    assert teacher.contract.in_chans == 3 and teacher.contract.mean == IMAGENET_DEFAULT_MEAN
+    assert teacher.contract.img_size is None  # a CNN takes any size: the student's is kept
+    student = InputContract(*FASHION_MNIST_NORM, 1, (28, 28))
+    teacher.adapt_to(student)
+    raw = real_images(28, rgb=False)
+    batch = TF.normalize(raw, list(student.mean), list(student.std))
+    expected = teacher.model(own_preprocessing(raw, teacher.contract).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(teacher(batch), expected, rtol=0, atol=1e-5)
+
+
+def test_a_stdistill_run_records_its_contract_and_serves_as_a_teacher(tmp_path):
+    """A Mixer trained by stdistill at 28x28 on Fashion-MNIST's normalisation, used as the teacher
+    of a 32x32 student normalised with 0.5/0.5: resized to 28 and renormalised."""
+    out = tmp_path / 'teacher'
+    train(load_config(None, [*TINY, 'method=none', 'teachers=[]', 'epochs=1', 'model_ema=false', f'output={out}']))
+    path = str(out / 'best' / 'model.safetensors')
+    assert recorded_contract(path) == {'mean': FASHION_MNIST_NORM[0], 'std': FASHION_MNIST_NORM[1], 'in_chans': 1,
+                                       'img_size': (28, 28), 'interpolation': 'bicubic'}
+    teacher = create_teacher('mixer_t4_28', num_classes=10, checkpoint=path, embed_dim=16, num_blocks=2)
+    student = InputContract((0.5,), (0.5,), 1, (32, 32))
+    teacher.adapt_to(student)
+    assert teacher.input.size == (28, 28)
+    raw = real_images(32, rgb=False)
+    batch = TF.normalize(raw, [0.5], [0.5])
+    expected = teacher.model(own_preprocessing(raw, teacher.contract).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(teacher(batch), expected, rtol=0, atol=1e-5)
+    # its own batches pass through untouched
+    assert create_teacher('mixer_t4_28', 10, checkpoint=path, embed_dim=16, num_blocks=2).adapt_to(
+        InputContract(*FASHION_MNIST_NORM, 1, (28, 28))).input.identity
+
+
+@pytest.mark.parametrize('recipe', ['mixer_s16_std', 'mixer_b16_std', 'mixer_s16_deit'])
+def test_mixer_recipes_normalise_teachers_with_imagenet_and_the_student_with_half(recipe):
+    cfg = load_config(f'recipes/imagenet/{recipe}.yaml')
+    student = student_contract(cfg)
+    assert student.mean == (0.5, 0.5, 0.5) and student.std == (0.5, 0.5, 0.5) and student.img_size == (224, 224)
+    for teacher in build_teachers(cfg, 1000, torch.device('cpu'), pretrained=False):
+        assert teacher.contract.mean == IMAGENET_DEFAULT_MEAN and teacher.contract.std == IMAGENET_DEFAULT_STD
+        assert not teacher.input.identity and teacher.input.size is None  # renormalised, not resized
+        x = torch.zeros(1, 3, 224, 224)  # the student's 0 is grey 0.5: for the teacher (0.5 - mean) / std
+        expected = ((0.5 - torch.tensor(IMAGENET_DEFAULT_MEAN)) / torch.tensor(IMAGENET_DEFAULT_STD))
+        torch.testing.assert_close(teacher.input(x)[0, :, 0, 0], expected)
+
+
+def test_teacher_contract_overrides_in_the_config(tmp_path):
+    cfg = load_config(None, [*TINY, 'teachers=[{model: resnet10t, pretrained: false, mean: [0.1, 0.2, 0.3], '
+                                    'std: [0.4, 0.5, 0.6], img_size: 40, interpolation: bilinear}]'])
+    (teacher,) = build_teachers(cfg, 10, torch.device('cpu'), pretrained=False)
+    assert teacher.contract == InputContract((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 3, (40, 40), 'bilinear')
+    assert teacher.input.output_shape((2, 1, 28, 28)) == (2, 3, 40, 40)
+
+
+def test_a_fixed_size_teacher_for_a_28px_student_is_resized_and_trains(tmp_path):
+    """vit_tiny_patch16_224 for a 28x28 student: its patch embedding takes 224 only."""
+    out = tmp_path / 'run'
+    assert main(['train', *TINY, 'teachers=[{model: vit_tiny_patch16_224, pretrained: false}]', 'epochs=1',
+                 'train_samples=64', f'output={out}']) == 0
+    cfg = load_config(str(out / 'config.yaml'))
+    (teacher,) = build_objective(cfg, 10, torch.device('cpu'), mixup_active=True, pretrained=False).teachers
+    assert teacher.input.size == (224, 224) and teacher.input.output_shape((4, 1, 28, 28)) == (4, 3, 224, 224)
+
+
+def _error_line(capsys):
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('stdistill: error: '), lines
+    return lines[0]
+
+
+def test_what_cannot_be_adapted_is_refused_at_setup_naming_the_key(tmp_path, capsys):
+    # a Swin at 28x28: its windows do not fit; refused before any step, naming teachers.0.img_size
+    out = tmp_path / 'swin'
+    assert main(['train', *TINY, 'teachers=[{model: swin_tiny_patch4_window7_224, pretrained: false, img_size: 28}]',
+                 f'output={out}']) == 2
+    line = _error_line(capsys)
+    assert 'teachers.0 (swin_tiny_patch4_window7_224) cannot take 3x28x28 inputs' in line
+    assert 'set teachers.0.img_size' in line and not (out / 'last').exists()
+    # an RGB student and a teacher checkpoint with one input channel and no recorded normalisation
+    gray = timm.create_model('resnet10t', in_chans=1, num_classes=10)
+    path = str(tmp_path / 'gray.safetensors')
+    save_file(gray.state_dict(), path)
+    assert main(['train', *TINY, 'in_chans=3', 'mean=[0.5,0.5,0.5]', 'std=[0.5,0.5,0.5]',
+                 f'teachers=[{{model: resnet10t, checkpoint: {path}}}]', f'output={tmp_path / "gray"}']) == 2
+    assert 'teacher resnet10t: mean and std need 1 values' in _error_line(capsys)
+    # ... with its normalisation given, the channel count still cannot be adapted
+    assert main(['train', *TINY, 'in_chans=3', 'mean=[0.5,0.5,0.5]', 'std=[0.5,0.5,0.5]',
+                 f'teachers=[{{model: resnet10t, checkpoint: {path}, mean: [0.3], std: [0.3]}}]',
+                 f'output={tmp_path / "gray2"}']) == 2
+    line = _error_line(capsys)
+    assert 'teachers.0 (resnet10t)' in line and "student's batch has 3 channel(s) and the teacher takes 1" in line
+
+
+def test_teacher_input_identity_and_shapes():
+    same = InputContract((0.5,), (0.5,), 1, (28, 28))
+    adapter = TeacherInput(same, same)
+    x = torch.randn(2, 1, 28, 28)
+    assert adapter.identity and adapter(x) is x
+    with pytest.raises(ValueError, match='only equal counts'):
+        TeacherInput(InputContract((0.5,) * 3, (0.5,) * 3, 3), same)
+    with pytest.raises(ValueError, match='mean and std need 3 values'):
+        InputContract((0.5,), (0.5,), 3)
+
+
+def test_pretrained_teachers_and_students_from_a_local_file(tmp_path):
+    """pretrained=True without a network: timm's pretrained_cfg_overlay=dict(file=...) is where a
+    hub download ends; the file's weights load and the overlay's normalisation is the contract."""
+    torch.manual_seed(0)
+    source = timm.create_model('resnet10t', num_classes=10)
+    path = str(tmp_path / 'resnet10t.safetensors')
+    save_file(source.state_dict(), path)
+    overlay = dict(file=path, num_classes=10, mean=(0.3, 0.3, 0.3), std=(0.2, 0.2, 0.2))
+    teacher = create_teacher('resnet10t', num_classes=10, pretrained=True, pretrained_cfg_overlay=overlay)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(teacher.model.state_dict()[name], tensor), name
+    assert teacher.contract.mean == (0.3, 0.3, 0.3) and teacher.contract.std == (0.2, 0.2, 0.2)
+    # the same through a config: teachers default to pretrained when no checkpoint is given
+    mixer = timm.create_model('mixer_t4_28', num_classes=10, in_chans=1, embed_dim=16, num_blocks=2)
+    student_path = str(tmp_path / 'mixer.safetensors')
+    save_file(mixer.state_dict(), student_path)
+    cfg = load_config(None, [*TINY, 'pretrained=true',
+                             f'model_kwargs={{embed_dim: 16, num_blocks: 2, pretrained_cfg_overlay: {{file: {student_path}}}}}',
+                             f'teachers=[{{model: resnet10t, kwargs: {{pretrained_cfg_overlay: {{file: {path}, num_classes: 10}}}}}}]'])
+    objective = build_objective(cfg, 10, torch.device('cpu'), mixup_active=True)
+    for name, tensor in mixer.state_dict().items():
+        assert torch.equal(objective.student.backbone.state_dict()[name], tensor), name
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(objective.teachers[0].model.state_dict()[name], tensor), name
