@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import torch
 
 from stdistill.checkpoint import load_checkpoint
 from stdistill.config import load_config
@@ -34,3 +35,52 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     with open(out / 'log.jsonl') as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 2 and rows[-1]['val_images'] == 96
+
+
+def _torchrun(*args):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           '-m', 'stdistill', 'train', *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _summary(run):
+    with open(run / 'summary.json') as f:
+        return json.load(f)
+
+
+def test_two_process_resume_is_bitwise_on_both_ranks(tmp_path):
+    """Each rank saves and restores its own random states (mixup, drop path, random erasing, MINE's
+    derangements differ by rank), and MINE's moving average is the global batch's on every rank:
+    2 epochs straight == 1 epoch, stop, resume, 1 more, on both ranks, every tensor."""
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    common = [*TINY, 'device=cpu', 'workers=1', 'epochs=2', 'amp=true',
+              'teachers=[{model: resnet10t, pretrained: false, token_position: 0}, {model: resnet18, pretrained: false}]']
+    _torchrun(*common, f'output={straight}')
+    _torchrun(*common, f'output={stopped}', '--stop-after', '1')
+    assert _summary(stopped)['epochs_done'] == 1
+    _torchrun('--resume', str(stopped))
+    a, b = _summary(straight)['weights_sha256_per_rank'], _summary(stopped)['weights_sha256_per_rank']
+    assert len(a) == 2 and a == b and a[0] == a[1]
+    # the whole saved state too: optimizer moments, MINE's statistics networks and moving average, RNGs
+    from safetensors.torch import load_file
+    for name in ('model.safetensors', 'state.safetensors'):
+        x, y = load_file(str(straight / 'last' / name)), load_file(str(stopped / 'last' / name))
+        assert x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+    cfg = load_config(str(straight / 'config.yaml'))
+    rng = load_checkpoint(str(straight / 'last'), build_student(cfg, cfg.num_classes, pretrained=False))['rng']
+    assert len(rng) == 2 and not torch.equal(rng[0]['torch'], rng[1]['torch'])  # each rank's own states
+
+
+def test_resume_with_another_world_size_reseeds_and_says_so(tmp_path):
+    run = tmp_path / 'run'
+    _torchrun(*TINY, 'device=cpu', 'epochs=2', f'output={run}', '--stop-after', '1')
+    result = subprocess.run([sys.executable, '-m', 'stdistill', 'train', '--resume', str(run)], capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if 'reseeded' in line]
+    assert len(warnings) == 1 and 'written by 2 process(es) on the CPU and this run has 1 process(es)' in warnings[0]
+    assert _summary(run)['epochs_done'] == 2

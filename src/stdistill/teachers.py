@@ -156,10 +156,16 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes), fp32, of a batch in the student's contract (after adapt_to)
-        or the teacher's own. Runs under the caller's autocast."""
+        or the teacher's own. The features run under the caller's autocast; the classifier
+        runs in fp32, since bf16 logits (8-bit mantissa) tie and flip the teacher's argmax."""
         if self.input is not None:
             x = self.input(x)
-        return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+        x = x.contiguous(memory_format=torch.channels_last)
+        if not torch.is_autocast_enabled(x.device.type) or not hasattr(self.model, 'forward_head'):
+            return self.model(x).float()
+        features = self.model.forward_features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.model.forward_head(features.float()).float()
 
 
 def _cfg_value(model_name: str, key: str, default: Any) -> Any:
