@@ -92,6 +92,21 @@ def test_a_stdistill_run_records_its_contract_and_serves_as_a_teacher(tmp_path):
         InputContract(*FASHION_MNIST_NORM, 1, (28, 28))).input.identity
 
 
+def test_a_checkpoint_of_an_older_run_takes_the_normalisation_of_its_run(tmp_path):
+    """Checkpoints written before they recorded their contract: the run's config.yaml has it."""
+    from safetensors.torch import load_file
+    out = tmp_path / 'old'
+    train(load_config(None, [*TINY, 'method=none', 'teachers=[]', 'epochs=1', 'model_ema=false', f'output={out}']))
+    path = str(out / 'best' / 'model.safetensors')
+    save_file(load_file(path), path, metadata={'format': 'pt'})  # what an older stdistill wrote
+    assert recorded_contract(path) == {}
+    cfg = load_config(None, [*TINY, f'teachers=[{{model: mixer_t4_28, checkpoint: {path}, '
+                                    f'kwargs: {{embed_dim: 16, num_blocks: 2}}}}]'])
+    (teacher,) = build_teachers(cfg, 10, torch.device('cpu'))
+    assert teacher.contract == InputContract(*FASHION_MNIST_NORM, 1, (28, 28), 'bicubic')
+    assert teacher.input.identity  # the student of TINY is normalised the same way
+
+
 @pytest.mark.parametrize('recipe', ['mixer_s16_std', 'mixer_b16_std', 'mixer_s16_deit'])
 def test_mixer_recipes_normalise_teachers_with_imagenet_and_the_student_with_half(recipe):
     cfg = load_config(f'recipes/imagenet/{recipe}.yaml')

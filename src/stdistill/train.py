@@ -34,7 +34,7 @@ from timm.utils import ModelEmaV3, random_seed
 from .checkpoint import (MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
                          verify_checkpoint)
-from .config import TrainConfig, save_config
+from .config import TrainConfig, load_config, save_config
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, evaluate, train_one_epoch
@@ -44,7 +44,7 @@ from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import FrozenTeacher, create_teacher, load_weights
+from .teachers import FrozenTeacher, create_teacher, load_weights, recorded_contract
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'student_contract']
@@ -90,6 +90,22 @@ def student_contract(cfg: TrainConfig) -> InputContract:
     return InputContract(mean, std, cfg.in_chans, (cfg.img_size, cfg.img_size), interpolation)
 
 
+def _contract_of_run(checkpoint: Optional[str]) -> Dict[str, Any]:
+    """For a checkpoint that records no input contract but lies in a stdistill run folder
+    (RUN/best/model.safetensors, written before checkpoints recorded it): the normalisation
+    that run's config.yaml resolves to. {} otherwise."""
+    if checkpoint is None or recorded_contract(checkpoint):
+        return {}
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), 'config.yaml')
+    if not os.path.isfile(path):
+        return {}
+    try:
+        run = student_contract(load_config(path))
+    except ValueError:  # not a config this version reads: fall back on the model's timm cfg
+        return {}
+    return {'mean': run.mean, 'std': run.std, 'interpolation': run.interpolation}
+
+
 def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
                    pretrained: Optional[bool] = None) -> List[FrozenTeacher]:
     """The frozen teachers of cfg on `device`, each adapted to the student's batches (its own
@@ -100,7 +116,8 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
         use_pretrained = spec['pretrained'] if spec['pretrained'] is not None else spec['checkpoint'] is None
         if pretrained is not None:
             use_pretrained = pretrained and spec['checkpoint'] is None
-        contract = {k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation')}
+        contract = _contract_of_run(spec['checkpoint'])
+        contract.update({k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation') if spec[k] is not None})
         teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract,
                                  **spec['kwargs'])
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
