@@ -202,3 +202,54 @@ def test_pretrained_teachers_and_students_from_a_local_file(tmp_path):
         assert torch.equal(objective.student.backbone.state_dict()[name], tensor), name
     for name, tensor in source.state_dict().items():
         assert torch.equal(objective.teachers[0].model.state_dict()[name], tensor), name
+
+
+def test_local_pretrained_files_keep_their_head_and_fail_in_one_line(tmp_path, monkeypatch):
+    """The class count of an overlay file is read from its classifier (timm would otherwise drop
+    a 4-class head as another label set's); a missing file, a file of another size and no
+    network are one line each, for teachers and students alike."""
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # fail fast, no retries
+    torch.manual_seed(0)
+    source = timm.create_model('resnet10t', num_classes=4)
+    path = str(tmp_path / 'four.safetensors')
+    save_file(source.state_dict(), path)
+    teacher = create_teacher('resnet10t', 4, pretrained=True, pretrained_cfg_overlay={'file': path})
+    assert torch.equal(teacher.model.fc.weight, source.fc.weight)
+    cfg = load_config(None, [*TINY, f'teachers=[{{model: resnet10t, kwargs: {{num_classes: 4, '
+                                    f'pretrained_cfg_overlay: {{file: {path}}}}}}}]'])
+    with pytest.raises(ValueError, match=r'teachers.0.kwargs.num_classes is 4 but the student has 10 classes'):
+        build_teachers(cfg, 10, torch.device('cpu'))
+    (same,) = build_teachers(cfg, 4, torch.device('cpu'))  # num_classes in kwargs agrees: accepted
+    assert torch.equal(same.model.fc.weight, source.fc.weight)
+    with pytest.raises(ValueError, match='pretrained_cfg_overlay file not found for teacher resnet10t: /nope'):
+        create_teacher('resnet10t', 4, pretrained=True, pretrained_cfg_overlay={'file': '/nope.safetensors'})
+    mixer = timm.create_model('mixer_s16_224', num_classes=10)
+    mixer_path = str(tmp_path / 'mixer.safetensors')
+    save_file(mixer.state_dict(), mixer_path)
+    student_at_32 = load_config(None, [*TINY, 'model=mixer_s16_224', 'img_size=32', 'in_chans=3', 'mean=[0.5,0.5,0.5]',
+                                       'std=[0.5,0.5,0.5]', 'model_kwargs={}', 'pretrained=true', 'method=none',
+                                       'teachers=[]', f'model_kwargs={{pretrained_cfg_overlay: {{file: {mixer_path}}}}}'])
+    with pytest.raises(ValueError, match=r'cannot load pretrained weights for student mixer_s16_224 \(.*size mismatch'):
+        build_objective(student_at_32, 10, torch.device('cpu'), mixup_active=True)
+    offline = load_config(None, [*TINY, 'model=resmlp_12_224', 'img_size=224', 'in_chans=3', 'model_kwargs={}',
+                                 'pretrained=true', 'method=none', 'teachers=[]'])
+    with pytest.raises(ValueError, match='cannot load pretrained weights for student resmlp_12_224'):
+        build_objective(offline, 10, torch.device('cpu'), mixup_active=True)
+
+
+def test_a_student_trained_at_another_size_is_rebuilt_at_that_size_as_a_teacher(tmp_path, capsys):
+    out = tmp_path / 'at32'
+    train(load_config(None, [*TINY, 'img_size=32', 'method=none', 'teachers=[]', 'epochs=1', 'model_ema=false',
+                             f'output={out}']))
+    path = str(out / 'best' / 'model.safetensors')
+    assert recorded_contract(path)['img_size'] == (32, 32)
+    teacher = create_teacher('mixer_t4_28', 10, checkpoint=path, embed_dim=16, num_blocks=2)
+    assert teacher.contract.img_size == (32, 32)
+    # as the teacher of a 28x28 student: each batch resized to 32, and the run says what it sees
+    run = tmp_path / 'student'
+    assert main(['train', *TINY, 'epochs=1', f'output={run}', f'teachers=[{{model: mixer_t4_28, checkpoint: {path}, '
+                 f'kwargs: {{embed_dim: 16, num_blocks: 2}}}}]']) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('teachers.0')]
+    assert said == ['teachers.0 (mixer_t4_28) sees 1 channel(s), 32x32, mean (0.286,), std (0.353,) '
+                    '(adapted from the student batch)']

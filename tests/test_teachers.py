@@ -91,10 +91,10 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 
 def test_pretrained_download_failure_is_one_clear_error(monkeypatch):
-    """Offline (as here), timm cannot fetch weights: the message says to give a checkpoint."""
+    """Offline (as here), timm cannot fetch weights: the message says to give a checkpoint or a file."""
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # fail fast, no retries
-    with pytest.raises(ValueError, match='cannot fetch pretrained weights for teacher resnet10t.*local checkpoint'):
+    with pytest.raises(ValueError, match='cannot load pretrained weights for teacher resnet10t.*a checkpoint, or a local file'):
         create_teacher(ARCH, pretrained=True)
 
 

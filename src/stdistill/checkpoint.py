@@ -259,6 +259,6 @@ def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False)
         raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
     try:
         model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f'checkpoint {folder} does not fit this model: {_first_line(e)}') from None
+    except RuntimeError as e:  # its first line only says "Error(s) in loading": keep what does not fit
+        raise ValueError(f'checkpoint {folder} does not fit this model: {" ".join(str(e).split())[:300]}') from None
     return join_tensors(doc['state'], tensors)

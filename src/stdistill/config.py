@@ -123,7 +123,7 @@ class TrainConfig:
     clip_mode: str = _f('norm', 'gradient clipping mode', ('norm', 'value', 'agc'))
     skip_nonfinite: bool = _f(False, 'skip (and count) steps whose loss is NaN or inf instead of stopping the run')
     # engine
-    device: str = _f('auto', "'auto' (CUDA when present), 'cuda', 'cpu'")
+    device: str = _f('auto', "'auto' (CUDA when present), 'cpu', 'cuda' (GPU LOCAL_RANK under torchrun), 'cuda:N'")
     amp: bool = _f(True, 'bf16 autocast on any device (the same code on CPU and GPU); false: fp32 everywhere')
     channels_last: bool = _f(True, 'channels-last memory format for the student (teachers always use it)')
     dist_timeout: float = _f(30.0, 'minutes a process waits for the others in a collective (torchrun) before failing')

@@ -16,6 +16,7 @@ passes through untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -24,11 +25,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY']
+__all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY', 'autocast_enabled', 'fp32_region']
 
 # safetensors metadata key under which stdistill checkpoints record their input contract
 RECORD_KEY = 'stdistill.input'
 _INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False for types autocast does not know,
+    such as 'meta', where shapes are traced without compute)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
+def fp32_region(device_type: str) -> contextlib.AbstractContextManager:
+    """A region where autocast is off (a no-op for device types autocast does not know)."""
+    return torch.autocast(device_type, enabled=False) if autocast_enabled(device_type) else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ class TeacherInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return x
-        with torch.autocast(x.device.type, enabled=False):
+        with fp32_region(x.device.type):
             x = x.float()
             if self.size is not None:  # resize before repeating channels: fewer pixels to resample
                 mode = self.teacher.interpolation

@@ -26,10 +26,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg_value, load_state_dict
 
 from .students import check_model_name
-from .teacher_input import RECORD_KEY, InputContract, TeacherInput
+from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
-__all__ = ['FrozenTeacher', 'create_teacher', 'load_weights', 'check_num_classes', 'recorded_contract',
-           'model_contract']
+__all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
+           'recorded_contract', 'model_contract']
 
 
 def _first_line(e: BaseException) -> str:
@@ -161,10 +161,10 @@ class FrozenTeacher(nn.Module):
         if self.input is not None:
             x = self.input(x)
         x = x.contiguous(memory_format=torch.channels_last)
-        if not torch.is_autocast_enabled(x.device.type) or not hasattr(self.model, 'forward_head'):
+        if not autocast_enabled(x.device.type) or not hasattr(self.model, 'forward_head'):
             return self.model(x).float()
         features = self.model.forward_features(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with fp32_region(x.device.type):
             return self.model.forward_head(features.float()).float()
 
 
@@ -174,6 +174,46 @@ def _cfg_value(model_name: str, key: str, default: Any) -> Any:
     except RuntimeError:  # a model registered without a pretrained cfg
         value = default
     return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', **kwargs: Any) -> nn.Module:
+    """timm.create_model, with pretrained weights failing in one line (ValueError) instead of a
+    hub or state-dict traceback. A local file given as `pretrained_cfg_overlay=dict(file=...)`
+    (what a hub download ends in) must exist, and its class count is read from its classifier
+    when the overlay does not give it, so that timm keeps the file's head instead of dropping
+    it as another label set's. TypeError (an argument the model does not take) passes through.
+    `role` ('teacher', 'student') names the model in errors."""
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    if pretrained and isinstance(overlay, dict) and overlay.get('file'):
+        path = str(overlay['file'])
+        if not os.path.isfile(path):
+            raise ValueError(f'pretrained_cfg_overlay file not found for {role} {model_name}: {path}')
+        if 'num_classes' not in overlay:
+            head = load_weights(path).get(f'{_cfg_value(model_name, "classifier", "head")}.weight')
+            if head is not None:
+                kwargs['pretrained_cfg_overlay'] = dict(overlay, num_classes=int(head.shape[0]))
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except TypeError:
+        raise
+    except (OSError, RuntimeError, ValueError) as e:  # offline, no weights released, a file that does not fit
+        if not pretrained:
+            raise
+        detail = ' '.join(str(e).split())[:300]
+        local = 'a checkpoint, or ' if role == 'teacher' else ''
+        raise ValueError(f'cannot load pretrained weights for {role} {model_name} ({detail}); give {local}a local '
+                         f'file with pretrained_cfg_overlay: {{file: ...}}, or set pretrained: false') from None
+
+
+def _create_sized(model_name: str, recorded_size: Optional[Tuple[int, int]], **kwargs: Any) -> nn.Module:
+    """A model for a checkpoint trained at `recorded_size` (recorded by stdistill): built at that
+    size when the model takes an img_size argument (Mixers, ViTs), as is otherwise (CNNs)."""
+    if recorded_size and 'img_size' not in kwargs:
+        try:
+            return timm.create_model(model_name, pretrained=False, img_size=tuple(recorded_size), **kwargs)
+        except TypeError:
+            pass
+    return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
 def create_teacher(
@@ -206,18 +246,14 @@ def create_teacher(
         stem = state.get(f'{_cfg_value(model_name, "first_conv", "")}.weight')
         if stem is not None and stem.ndim == 4 and 'in_chans' not in kwargs:
             kwargs['in_chans'] = stem.shape[1]
-        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        model = _create_sized(model_name, recorded.get('img_size'), **kwargs)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:  # the first line only says "Error(s) in loading": keep what does not fit
             detail = ' '.join(str(e).split())[:300]
             raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: {detail}') from None
     elif pretrained:
-        try:
-            model = timm.create_model(model_name, pretrained=True, **kwargs)
-        except (OSError, RuntimeError) as e:  # offline, no weights released, hub refused
-            raise ValueError(f'cannot fetch pretrained weights for teacher {model_name} ({_first_line(e)}); '
-                             f'give a local checkpoint instead') from None
+        model = create_with_weights(model_name, True, 'teacher', **kwargs)
     else:  # random weights (tests, smoke runs): sized for the student's classes
         if num_classes is not None:
             kwargs = dict(kwargs, num_classes=kwargs.get('num_classes', num_classes))

@@ -21,7 +21,6 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import timm
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -44,7 +43,7 @@ from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import FrozenTeacher, create_teacher, load_weights, recorded_contract
+from .teachers import FrozenTeacher, create_teacher, create_with_weights, load_weights, recorded_contract
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'student_contract']
@@ -54,7 +53,7 @@ def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple
     """timm.create_model; arguments in `optional` are dropped for models that do not take them."""
     check_model_name(name)
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        return create_with_weights(name, pretrained, 'student', **kwargs)
     except TypeError as e:
         unused = [k for k in optional if f"'{k}'" in str(e)]
         if not unused:
@@ -118,8 +117,11 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
             use_pretrained = pretrained and spec['checkpoint'] is None
         contract = _contract_of_run(spec['checkpoint'])
         contract.update({k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation') if spec[k] is not None})
-        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract,
-                                 **spec['kwargs'])
+        kwargs = dict(spec['kwargs'])
+        if kwargs.pop('num_classes', num_classes) != num_classes:
+            raise ValueError(f'teachers.{i}.kwargs.num_classes is {spec["kwargs"]["num_classes"]} but the student has '
+                             f'{num_classes} classes; use a teacher trained on the same label set')
+        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract, **kwargs)
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
     return teachers
 
@@ -230,6 +232,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         student.to(memory_format=torch.channels_last)
     # recorded in every checkpoint, so that this student can be a teacher later (teacher_input.py)
     record = {RECORD_KEY: student_input.to_json()}
+    teacher_inputs = [f'teachers.{i} ({t.name}) sees {t.contract.describe()}'
+                      f'{"" if t.input is None or t.input.identity else " (adapted from the student batch)"}'
+                      for i, t in enumerate(objective.teachers)]
+    if info.is_main:
+        for line in teacher_inputs:
+            print(line, flush=True)
 
     lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
     optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
@@ -315,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         'params_m': sum(p.numel() for p in student.parameters()) / 1e6,
         'skipped_steps': sum(row.get('skipped_steps', 0) for row in history),
         'skipped_images': sum(row.get('skipped_images', 0) for row in history),
-        'world_size': info.world_size, 'weights_sha256_per_rank': digests,
+        'world_size': info.world_size, 'weights_sha256_per_rank': digests, 'teacher_inputs': teacher_inputs,
     }
     if info.is_main:
         summary['plots'] = write_plots(cfg.output, history)
