@@ -158,7 +158,9 @@ def test_what_cannot_be_adapted_is_refused_at_setup_naming_the_key(tmp_path, cap
     save_file(gray.state_dict(), path)
     assert main(['train', *TINY, 'in_chans=3', 'mean=[0.5,0.5,0.5]', 'std=[0.5,0.5,0.5]',
                  f'teachers=[{{model: resnet10t, checkpoint: {path}}}]', f'output={tmp_path / "gray"}']) == 2
-    assert 'teacher resnet10t: mean and std need 1 values' in _error_line(capsys)
+    line = _error_line(capsys)
+    assert 'teachers.0: teacher resnet10t takes 1 channel(s); the input of its timm cfg does not fit' in line
+    assert 'mean and std need 1 values' in line
     # ... with its normalisation given, the channel count still cannot be adapted
     assert main(['train', *TINY, 'in_chans=3', 'mean=[0.5,0.5,0.5]', 'std=[0.5,0.5,0.5]',
                  f'teachers=[{{model: resnet10t, checkpoint: {path}, mean: [0.3], std: [0.3]}}]',
@@ -253,3 +255,72 @@ def test_a_student_trained_at_another_size_is_rebuilt_at_that_size_as_a_teacher(
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith('teachers.0')]
     assert said == ['teachers.0 (mixer_t4_28) sees 1 channel(s), 32x32, mean (0.286,), std (0.353,) '
                     '(adapted from the student batch)']
+
+
+def _record(tmp_path, name, record):
+    model = timm.create_model('resnet10t', num_classes=10)
+    path = str(tmp_path / f'{name}.safetensors')
+    save_file(model.state_dict(), path, metadata={RECORD_KEY: record})
+    return path
+
+
+BAD_RECORDS = {
+    'strings': '{"mean": ["a", "b", "c"], "std": [1, 1, 1], "in_chans": 3}',
+    'nulls': '{"mean": [null, 0, 0], "std": [1, 1, 1], "in_chans": 3}',
+    'nested': '{"mean": [[0.5], [0.5], [0.5]], "std": [1, 1, 1], "in_chans": 3}',
+    'booleans': '{"mean": [true, false, true], "std": [1, 1, 1], "in_chans": 3}',
+    'nan': '{"mean": [NaN, 0, 0], "std": [1, 1, 1], "in_chans": 3}',
+    'short_size': '{"mean": [0, 0, 0], "std": [1, 1, 1], "in_chans": 3, "input_size": [1, 28]}',
+    'huge_size': '{"mean": [0, 0, 0], "std": [1, 1, 1], "in_chans": 3, "input_size": [3, 100000, 100000]}',
+    'not_json': 'mean=0.5',
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_RECORDS))
+def test_a_damaged_recorded_contract_is_one_line(tmp_path, capsys, case):
+    path = _record(tmp_path, case, BAD_RECORDS[case])
+    assert main(['train', *TINY, f'teachers=[{{model: resnet10t, checkpoint: {path}}}]',
+                 f'output={tmp_path / "run"}']) == 2
+    assert f'cannot read the input contract recorded in {path}: not a valid input record' in _error_line(capsys)
+
+
+BAD_INPUT = {
+    'teacher mean nan': (["teachers=[{model: resnet10t, pretrained: false, mean: [.nan, 0, 0], std: [1, 1, 1]}]"],
+                         'config key teachers.0.mean must be finite'),
+    'teacher mean alone': (["teachers=[{model: resnet10t, pretrained: false, mean: [0.5, 0.5, 0.5]}]"],
+                           'teachers.0: teacher resnet10t: give both mean and std'),
+    'student mean alone': (['mean=[0.5]'], 'give both mean and std'),
+    'student std inf': (['mean=[0.5]', 'std=[.inf]'], 'config key std must be finite'),
+    'teacher kwargs unknown': (["teachers=[{model: resnet10t, pretrained: false, kwargs: {foo: 1}}]"],
+                               "cannot build teachers.0 (resnet10t) with kwargs {'foo': 1}"),
+    'overlay not a mapping': (["teachers=[{model: resnet10t, kwargs: {pretrained_cfg_overlay: 5}}]"],
+                              'teachers.0.kwargs.pretrained_cfg_overlay must be a mapping'),
+    'dist_timeout inf': (['dist_timeout=.inf'], 'config key dist_timeout must be finite'),
+    'dist_timeout huge': (['dist_timeout=1e12'], 'dist_timeout must be at most a week'),
+    'unknown aa': (['aa=foo'], "cannot build the training augmentation (aa='foo')"),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_INPUT))
+def test_bad_teacher_and_precision_input_is_one_line(tmp_path, capsys, case):
+    extra, words = BAD_INPUT[case]
+    assert main(['train', *TINY, *extra, f'output={tmp_path / "run"}']) == 2
+    assert words in _error_line(capsys)
+    assert not (tmp_path / 'run' / 'last').exists()
+
+
+def test_a_foreign_checkpoint_ignores_an_unrelated_config_beside_it(tmp_path):
+    """Only the layout stdistill writes (RUN/best/model.safetensors beside state.json) takes its
+    normalisation from RUN/config.yaml; a .pth in some project folder keeps its timm cfg's."""
+    project = tmp_path / 'proj'
+    (project / 'weights').mkdir(parents=True)
+    (project / 'config.yaml').write_text('model: mixer_s16_224\nmean: [0.5, 0.5, 0.5]\nstd: [0.5, 0.5, 0.5]\n')
+    path = project / 'weights' / 'r10.pth'
+    torch.save(timm.create_model('resnet10t', num_classes=10).state_dict(), path)
+    cfg = load_config(None, [*TINY, f'teachers=[{{model: resnet10t, checkpoint: {path}}}]'])
+    (teacher,) = build_teachers(cfg, 10, torch.device('cpu'))
+    assert teacher.contract.mean == IMAGENET_DEFAULT_MEAN
+
+
+def test_exponents_without_a_dot_are_numbers():
+    assert load_config(None, ['lr=1e-3', 'mine_weight=5E-2']).lr == 0.001

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -146,6 +147,15 @@ _PROBABILITIES = ('hflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'alpha',
 
 
 def _check_ranges(cfg: 'TrainConfig') -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f'config key {f.name} must be finite, got {value}')
+    if cfg.dist_timeout > 7 * 24 * 60:
+        raise ValueError(f'config key dist_timeout must be at most a week (10080 minutes), got {cfg.dist_timeout}')
+    if cfg.std is not None and any(s <= 0 for s in cfg.std):
+        raise ValueError(f'config key std must be positive, got {cfg.std}')
     for name, low in _AT_LEAST.items():
         value = getattr(cfg, name)
         if value is not None and value < low:
@@ -175,6 +185,11 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         return _check_type(name, value, args[0])
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     base = origin or hint
     if base is float and isinstance(value, float) or base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -201,6 +216,9 @@ def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
         spec = dataclasses.asdict(TeacherSpec(**t))
         hints = typing.get_type_hints(TeacherSpec)
         out.append({k: _check_type(f'teachers.{i}.{k}', v, hints[k]) for k, v in spec.items()})
+        for key in ('mean', 'std'):
+            if out[-1][key] is not None and not all(math.isfinite(v) for v in out[-1][key]):
+                raise ValueError(f'config key teachers.{i}.{key} must be finite, got {out[-1][key]}')
         if out[-1]['img_size'] is not None and out[-1]['img_size'] < 1:
             raise ValueError(f'config key teachers.{i}.img_size must be >= 1, got {out[-1]["img_size"]}')
         if out[-1]['interpolation'] not in (None, 'bilinear', 'bicubic', 'nearest'):

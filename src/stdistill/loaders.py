@@ -129,9 +129,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def build_transforms(cfg: TrainConfig, mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tuple[Callable, Callable]:
     size = (cfg.in_chans, cfg.img_size, cfg.img_size)
-    train = create_transform(size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
-                             color_jitter=cfg.color_jitter, auto_augment=cfg.aa, interpolation=cfg.interpolation,
-                             mean=mean, std=std, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    try:
+        train = create_transform(size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                                 hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+                                 interpolation=cfg.interpolation, mean=mean, std=std, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm asserts on an unknown aa spec
+        raise ValueError(f'cannot build the training augmentation (aa={cfg.aa!r}): {_first_line(e)}; see timm\'s '
+                         f'auto_augment specs, e.g. rand-m9-mstd0.5-inc1, or aa=null') from None
     val = create_transform(size, is_training=False, interpolation=cfg.interpolation, mean=mean, std=std,
                            crop_pct=cfg.crop_pct)
     guard_posterize(train)  # Pillow 13 refuses RandAugment's 0-bit posterize (augment.py)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -30,6 +31,7 @@ __all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY', 'autocast_enabled', 'f
 # safetensors metadata key under which stdistill checkpoints record their input contract
 RECORD_KEY = 'stdistill.input'
 _INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
+MAX_SIZE = 8192  # pixels a side: a record beyond it is damaged, not a model's input size
 
 
 def autocast_enabled(device_type: str) -> bool:
@@ -60,8 +62,13 @@ class InputContract:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f'mean and std need {self.in_chans} values (one per input channel), '
                              f'got {len(self.mean)} and {len(self.std)}')
+        values = (*self.mean, *self.std)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f'mean and std must be finite numbers, got {self.mean} and {self.std}')
         if any(s <= 0 for s in self.std):
             raise ValueError(f'std must be positive, got {self.std}')
+        if self.img_size is not None and not all(isinstance(v, int) and 1 <= v <= MAX_SIZE for v in self.img_size):
+            raise ValueError(f'image size must be whole numbers from 1 to {MAX_SIZE}, got {self.img_size}')
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f'interpolation must be one of {", ".join(_INTERPOLATIONS)}, got {self.interpolation!r}')
 
@@ -74,12 +81,22 @@ class InputContract:
 
     @staticmethod
     def from_record(text: str) -> Dict[str, Any]:
-        """The fields a checkpoint recorded (a dict for `dataclasses.replace`-style merging)."""
-        doc = json.loads(text)
-        out = {'mean': tuple(doc['mean']), 'std': tuple(doc['std']), 'in_chans': int(doc['in_chans']),
-               'interpolation': doc.get('interpolation', 'bicubic')}
-        if doc.get('input_size'):
-            out['img_size'] = tuple(doc['input_size'][1:])
+        """The fields a checkpoint recorded, checked by building an InputContract from them.
+        Raises ValueError for a record that is not one (malformed JSON, wrong types or sizes)."""
+        try:
+            doc = json.loads(text)
+            size = doc.get('input_size')
+            if size is not None and not (isinstance(size, list) and len(size) == 3):
+                raise ValueError(f'input_size must be [channels, height, width], got {size}')
+            out = {'mean': tuple(doc['mean']), 'std': tuple(doc['std']), 'in_chans': doc['in_chans'],
+                   'interpolation': doc.get('interpolation', 'bicubic')}
+            if size:
+                out['img_size'] = tuple(size[1:])
+            if not isinstance(out['in_chans'], int) or isinstance(out['in_chans'], bool) or out['in_chans'] < 1:
+                raise ValueError(f'in_chans must be a positive whole number, got {out["in_chans"]!r}')
+            InputContract(**out)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f'not a valid input record ({type(e).__name__}: {e})') from None
         return out
 
     def describe(self) -> str:
@@ -101,11 +118,16 @@ class TeacherInput(nn.Module):
         cs, ct = student.in_chans, teacher.in_chans
         if cs != ct and not (cs == 1 and ct == 3):
             raise ValueError(f'the student\'s batch has {cs} channel(s) and the teacher takes {ct}: only equal '
-                             f'counts and a 1-channel batch for an RGB teacher (repeated) can be adapted')
+                             f'counts and a 1-channel batch for an RGB teacher (repeated) can be adapted; train '
+                             f'the student on {ct}-channel images (in_chans={ct}) or use a teacher that takes {cs}')
         self.student, self.teacher = student, teacher
-        s_mean, s_std = torch.tensor(student.mean).repeat(ct // cs), torch.tensor(student.std).repeat(ct // cs)
-        t_mean, t_std = torch.tensor(teacher.mean), torch.tensor(teacher.std)
-        scale, shift = s_std / t_std, (s_mean - t_mean) / t_std
+        s_mean = torch.tensor(student.mean, dtype=torch.float64).repeat(ct // cs)
+        s_std = torch.tensor(student.std, dtype=torch.float64).repeat(ct // cs)
+        t_mean, t_std = torch.tensor(teacher.mean, dtype=torch.float64), torch.tensor(teacher.std, dtype=torch.float64)
+        scale, shift = (s_std / t_std).float(), ((s_mean - t_mean) / t_std).float()
+        if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+            raise ValueError(f'the student\'s normalisation ({student.describe()}) cannot be mapped to the '
+                             f'teacher\'s ({teacher.describe()}) in fp32')
         self.register_buffer('scale', scale.view(1, ct, 1, 1), persistent=False)
         self.register_buffer('shift', shift.view(1, ct, 1, 1), persistent=False)
         self.repeat = ct // cs

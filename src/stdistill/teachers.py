@@ -101,8 +101,6 @@ def model_contract(model: nn.Module, recorded: Optional[Dict[str, Any]] = None,
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     fields = {'mean': tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN)), 'std': tuple(cfg.get('std', IMAGENET_DEFAULT_STD)),
               'interpolation': cfg.get('interpolation') or 'bicubic'}
-    if fields['interpolation'] not in ('bilinear', 'bicubic', 'nearest'):
-        fields['interpolation'] = 'bicubic'
     fields.update({k: v for k, v in (recorded or {}).items() if k != 'img_size'})
     fields['in_chans'] = _in_chans(model)
     fields['img_size'] = _fixed_size(model)
@@ -136,8 +134,7 @@ class FrozenTeacher(nn.Module):
         try:
             adapter = TeacherInput(student, self.contract)
         except ValueError as e:
-            raise ValueError(f'{key}: {e}; set {label}.kwargs.in_chans (and its mean/std), or use another '
-                             f'teacher') from None
+            raise ValueError(f'{key}: {e}') from None
         device = next(self.model.parameters(), torch.empty(0)).device
         self.input = adapter.to(device)
         size = tuple(student.img_size) if student.img_size else (224, 224)
@@ -260,8 +257,13 @@ def create_teacher(
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     if num_classes is not None:
         check_num_classes(model.num_classes, num_classes, model_name)
+    given = {k for k, v in (input_overrides or {}).items() if v is not None}
+    if len(given & {'mean', 'std'}) == 1:
+        raise ValueError(f'teacher {model_name}: give both mean and std of its input, or neither')
     try:
         contract = model_contract(model, recorded, input_overrides)
-    except ValueError as e:
-        raise ValueError(f'teacher {model_name}: {e}; set its mean and std') from None
+    except (ValueError, TypeError) as e:
+        source = 'recorded in its checkpoint' if recorded else 'of its timm cfg'
+        raise ValueError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the input {source} does not fit '
+                         f'({e}): set its mean, std and interpolation in its config entry') from None
     return FrozenTeacher(model, model_name, contract)

@@ -95,8 +95,11 @@ def _contract_of_run(checkpoint: Optional[str]) -> Dict[str, Any]:
     that run's config.yaml resolves to. {} otherwise."""
     if checkpoint is None or recorded_contract(checkpoint):
         return {}
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), 'config.yaml')
-    if not os.path.isfile(path):
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    path = os.path.join(os.path.dirname(folder), 'config.yaml')
+    # only the layout train() writes: RUN/{best,last,previous}/model.safetensors beside state.json
+    if (os.path.basename(checkpoint) != MODEL_FILE or os.path.basename(folder) not in ('best', *RESUMABLE)
+            or not os.path.isfile(os.path.join(folder, STATE_JSON)) or not os.path.isfile(path)):
         return {}
     try:
         run = student_contract(load_config(path))
@@ -121,7 +124,14 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
         if kwargs.pop('num_classes', num_classes) != num_classes:
             raise ValueError(f'teachers.{i}.kwargs.num_classes is {spec["kwargs"]["num_classes"]} but the student has '
                              f'{num_classes} classes; use a teacher trained on the same label set')
-        teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract, **kwargs)
+        if not isinstance(kwargs.get('pretrained_cfg_overlay', {}), dict):
+            raise ValueError(f'teachers.{i}.kwargs.pretrained_cfg_overlay must be a mapping (e.g. {{file: w.safetensors}})')
+        try:
+            teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract, **kwargs)
+        except TypeError as e:  # an argument the model does not take, or one of the wrong type
+            raise ValueError(f'cannot build teachers.{i} ({spec["model"]}) with kwargs {spec["kwargs"]}: {e}') from None
+        except ValueError as e:
+            raise ValueError(f'teachers.{i}: {e}') from None
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
     return teachers
 
@@ -130,6 +140,8 @@ def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]
     """Normalisation: the config's, Fashion-MNIST's for 1-channel Fashion-MNIST, else the student's
     pretrained cfg (read from timm's registry, without building the model)."""
     check_model_name(cfg.model)
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ValueError('give both mean and std (one value per input channel), or neither')
     if cfg.mean is not None and cfg.std is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     elif cfg.dataset in ('fashion-mnist', 'fashion_mnist') and cfg.in_chans == 1:
