@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -274,8 +275,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     model = objective
     if info.distributed:  # teachers are not in `objective`'s modules; buffers need syncing only for BatchNorm
         batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
-        model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == 'cuda' else None,
-                                                    broadcast_buffers=batch_norm)
+        ddp = nn.parallel.DistributedDataParallel
+        # torch 2.14 renamed broadcast_buffers (per-forward sync) to forward_sync_buffers
+        sync = 'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(ddp).parameters \
+            else 'broadcast_buffers'
+        model = ddp(objective, device_ids=[device.index] if device.type == 'cuda' else None, **{sync: batch_norm})
     ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
     if ema is not None and state is not None and state['ema'] is not None:
         ema.module.load_state_dict(state['ema'])
