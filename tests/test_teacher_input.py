@@ -298,6 +298,27 @@ BAD_INPUT = {
     'dist_timeout inf': (['dist_timeout=.inf'], 'config key dist_timeout must be finite'),
     'dist_timeout huge': (['dist_timeout=1e12'], 'dist_timeout must be at most a week'),
     'unknown aa': (['aa=foo'], "cannot build the training augmentation (aa='foo')"),
+    'teacher features_only': (["teachers=[{model: resnet10t, pretrained: false, kwargs: {features_only: true}}]"],
+                              'a teacher is a whole classifier'),
+    'teacher checkpoint_path': (["teachers=[{model: resnet10t, pretrained: false, kwargs: {checkpoint_path: /x}}]"],
+                                'give weights as teachers.0.checkpoint'),
+    'teacher act_layer': (["teachers=[{model: resnet10t, pretrained: false, kwargs: {act_layer: foo}}]"],
+                          "cannot build teachers.0 (resnet10t) with kwargs {'act_layer': 'foo'}: KeyError"),
+    'teacher num_classes string': (["teachers=[{model: resnet10t, pretrained: false, kwargs: {num_classes: '10'}}]"],
+                                   "teachers.0.kwargs.num_classes is '10'"),
+    'teacher img_size huge': (["teachers=[{model: resnet10t, pretrained: false, img_size: 100000}]"],
+                              'teachers.0.img_size must be from 1 to 8192'),
+    'teacher std tiny': (["teachers=[{model: resnet10t, pretrained: false, mean: [0, 0, 0], std: [1.0e-30, 1, 1]}]"],
+                         'teachers.0.std must be at least 1e-06'),
+    'teacher overlay unused': (["teachers=[{model: resnet10t, pretrained: false, "
+                                "kwargs: {pretrained_cfg_overlay: {file: /x.safetensors}}}]"],
+                               'teachers.0.kwargs.pretrained_cfg_overlay.file is given but pretrained weights are off'),
+    'student std tiny': (['mean=[0.5]', 'std=[1.0e-40]'], 'config key std must be at least 1e-06'),
+    'student embed_dim 0': (['model_kwargs={embed_dim: 0, num_blocks: 2}'],
+                            'cannot build mixer_t4_28 with model_kwargs: ZeroDivisionError'),
+    'student num_classes': (['model_kwargs={embed_dim: 16, num_blocks: 2, num_classes: 4}'],
+                            'model_kwargs.num_classes is 4 but the data has 10 classes'),
+    'student interpolation': (['interpolation=random'], 'config key interpolation must be one of'),
 }
 
 
@@ -324,3 +345,47 @@ def test_a_foreign_checkpoint_ignores_an_unrelated_config_beside_it(tmp_path):
 
 def test_exponents_without_a_dot_are_numbers():
     assert load_config(None, ['lr=1e-3', 'mine_weight=5E-2']).lr == 0.001
+
+
+def test_an_std_student_checkpoint_is_a_teacher_through_its_class_head(tmp_path):
+    out = tmp_path / 'std'
+    train(load_config(None, [*TINY, 'epochs=1', f'output={out}']))  # TINY distils with STD
+    path = str(out / 'best' / 'model.safetensors')
+    teacher = create_teacher('mixer_t4_28', 10, checkpoint=path, embed_dim=16, num_blocks=2)
+    from safetensors.torch import load_file
+    weights = load_file(path)
+    for name, tensor in teacher.model.state_dict().items():
+        assert torch.equal(tensor, weights[f'backbone.{name}']), name
+
+
+def test_resume_from_another_directory_reads_the_same_teacher(tmp_path, monkeypatch):
+    """The run's config.yaml keeps absolute paths: a relative teacher checkpoint (or data folder)
+    is not looked up again from wherever --resume runs."""
+    here, there = tmp_path / 'here', tmp_path / 'there'
+    here.mkdir()
+    there.mkdir()
+    for folder, seed in ((here, 0), (there, 1)):
+        torch.manual_seed(seed)
+        save_file(timm.create_model('resnet10t', num_classes=10).state_dict(), str(folder / 't.safetensors'))
+    monkeypatch.chdir(here)
+    run = tmp_path / 'run'
+    assert main(['train', *TINY, f'output={run}', 'teachers=[{model: resnet10t, checkpoint: t.safetensors}]',
+                 '--stop-after', '1']) == 0
+    assert load_config(str(run / 'config.yaml')).teachers[0]['checkpoint'] == str(here / 't.safetensors')
+    monkeypatch.chdir(there)
+    assert main(['train', '--resume', str(run)]) == 0
+    assert load_config(str(run / 'config.yaml')).teachers[0]['checkpoint'] == str(here / 't.safetensors')
+
+
+def test_an_older_run_whose_config_cannot_be_read_is_refused_not_guessed(tmp_path, capsys):
+    from safetensors.torch import load_file
+    out = tmp_path / 'old'
+    train(load_config(None, [*TINY, 'method=none', 'teachers=[]', 'epochs=1', 'model_ema=false', f'output={out}']))
+    path = str(out / 'best' / 'model.safetensors')
+    save_file(load_file(path), path, metadata={'format': 'pt'})  # no recorded contract
+    with open(out / 'config.yaml', 'a') as f:
+        f.write('old_key_from_v0: 1\n')
+    assert main(['train', *TINY, f'output={tmp_path / "run"}', f'teachers=[{{model: mixer_t4_28, checkpoint: {path}, '
+                 f'kwargs: {{embed_dim: 16, num_blocks: 2}}}}]']) == 2
+    line = _error_line(capsys)
+    assert 'records no input normalisation and its run' in line and "set the teacher's mean and std" in line

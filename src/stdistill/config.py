@@ -24,6 +24,7 @@ import yaml
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'METHODS']
 
 METHODS = ('none', 'kd', 'deit', 'std')
+MIN_STD = 1e-6  # a smaller normalisation std turns image noise into values fp32 and bf16 overflow on
 
 
 def _f(default: Any, help: str, choices: Optional[Sequence] = None) -> Any:
@@ -81,7 +82,8 @@ class TrainConfig:
     remode: str = _f('pixel', 'random erasing mode', ('const', 'rand', 'pixel'))
     recount: int = _f(1, 'random erasing count')
     crop_pct: float = _f(0.875, 'evaluation centre-crop fraction')
-    interpolation: str = _f('bicubic', 'resize interpolation')
+    interpolation: str = _f('bicubic', 'resize interpolation', ('bilinear', 'bicubic', 'nearest', 'lanczos', 'box',
+                                                                 'hamming'))
     mixup: float = _f(0.8, 'mixup alpha (0: off)')
     cutmix: float = _f(1.0, 'cutmix alpha (0: off)')
     mixup_prob: float = _f(1.0, 'probability of applying mixup or cutmix to a batch')
@@ -154,8 +156,8 @@ def _check_ranges(cfg: 'TrainConfig') -> None:
             raise ValueError(f'config key {f.name} must be finite, got {value}')
     if cfg.dist_timeout > 7 * 24 * 60:
         raise ValueError(f'config key dist_timeout must be at most a week (10080 minutes), got {cfg.dist_timeout}')
-    if cfg.std is not None and any(s <= 0 for s in cfg.std):
-        raise ValueError(f'config key std must be positive, got {cfg.std}')
+    if cfg.std is not None and any(s < MIN_STD for s in cfg.std):
+        raise ValueError(f'config key std must be at least {MIN_STD} (a normalisation divides by it), got {cfg.std}')
     for name, low in _AT_LEAST.items():
         value = getattr(cfg, name)
         if value is not None and value < low:
@@ -219,8 +221,10 @@ def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
         for key in ('mean', 'std'):
             if out[-1][key] is not None and not all(math.isfinite(v) for v in out[-1][key]):
                 raise ValueError(f'config key teachers.{i}.{key} must be finite, got {out[-1][key]}')
-        if out[-1]['img_size'] is not None and out[-1]['img_size'] < 1:
-            raise ValueError(f'config key teachers.{i}.img_size must be >= 1, got {out[-1]["img_size"]}')
+        if out[-1]['std'] is not None and any(v < MIN_STD for v in out[-1]['std']):
+            raise ValueError(f'config key teachers.{i}.std must be at least {MIN_STD}, got {out[-1]["std"]}')
+        if out[-1]['img_size'] is not None and not 1 <= out[-1]['img_size'] <= 8192:
+            raise ValueError(f'config key teachers.{i}.img_size must be from 1 to 8192, got {out[-1]["img_size"]}')
         if out[-1]['interpolation'] not in (None, 'bilinear', 'bicubic', 'nearest'):
             raise ValueError(f'config key teachers.{i}.interpolation must be one of bilinear, bicubic, nearest, '
                              f'got {out[-1]["interpolation"]!r}')

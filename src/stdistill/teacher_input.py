@@ -65,8 +65,8 @@ class InputContract:
         values = (*self.mean, *self.std)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise ValueError(f'mean and std must be finite numbers, got {self.mean} and {self.std}')
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f'std must be positive, got {self.std}')
+        if any(s < 1e-6 for s in self.std):
+            raise ValueError(f'std must be at least 1e-6, got {self.std}')
         if self.img_size is not None and not all(isinstance(v, int) and 1 <= v <= MAX_SIZE for v in self.img_size):
             raise ValueError(f'image size must be whole numbers from 1 to {MAX_SIZE}, got {self.img_size}')
         if self.interpolation not in _INTERPOLATIONS:

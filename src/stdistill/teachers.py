@@ -202,6 +202,14 @@ def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', 
                          f'file with pretrained_cfg_overlay: {{file: ...}}, or set pretrained: false') from None
 
 
+def _backbone_of_std_student(state: Dict[str, Any]) -> Dict[str, Any]:
+    """An STD student's checkpoint (backbone.* and token_pairs.*) as its plain timm backbone, whose
+    class head is then the teacher; any other state dict unchanged."""
+    if state and all(k.startswith(('backbone.', 'token_pairs.')) for k in state):
+        return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    return state
+
+
 def _create_sized(model_name: str, recorded_size: Optional[Tuple[int, int]], **kwargs: Any) -> nn.Module:
     """A model for a checkpoint trained at `recorded_size` (recorded by stdistill): built at that
     size when the model takes an img_size argument (Mixers, ViTs), as is otherwise (CNNs)."""
@@ -235,7 +243,7 @@ def create_teacher(
     check_model_name(model_name)
     state, recorded = None, {}
     if checkpoint is not None:
-        state = load_weights(checkpoint)
+        state = _backbone_of_std_student(load_weights(checkpoint))
         recorded = recorded_contract(checkpoint)
         weight = state.get(f'{_cfg_value(model_name, "classifier", "head")}.weight')
         if weight is not None:

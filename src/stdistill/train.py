@@ -44,7 +44,7 @@ from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import FrozenTeacher, create_teacher, create_with_weights, load_weights, recorded_contract
+from .teachers import FrozenTeacher, _first_line, create_teacher, create_with_weights, load_weights, recorded_contract
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'student_contract']
@@ -60,6 +60,19 @@ def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple
         if not unused:
             raise ValueError(f'cannot build {name}: {e}') from None
         return _create(name, pretrained, {k: v for k, v in kwargs.items() if k not in unused}, optional)
+    except ValueError:
+        raise
+    except Exception as e:  # someone else's constructor given user kwargs (model_kwargs): any error, one line
+        raise ValueError(f'cannot build {name} with model_kwargs: {type(e).__name__}: {_first_line(e)}') from None
+
+
+def _refuse_unused_overlay(kwargs: Dict[str, Any], pretrained: bool, key: str) -> None:
+    """A weights file in pretrained_cfg_overlay is read only with pretrained weights: refuse one
+    that would be ignored (random weights, or a checkpoint's)."""
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if isinstance(overlay, dict) and overlay.get('file') and not pretrained:
+        raise ValueError(f'{key}.pretrained_cfg_overlay.file is given but pretrained weights are off (pretrained: '
+                         f'false, or a checkpoint is given): set pretrained: true, or remove the file')
 
 
 def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] = None) -> nn.Module:
@@ -68,6 +81,11 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
         base = cfg.model.split('_', 1)[1]
         raise ValueError(f'model {cfg.model}: give the base model ({base}) and choose the method with '
                          f'method: {cfg.model.split("_")[0]}')
+    given = cfg.model_kwargs.get('num_classes', num_classes)
+    if given != num_classes:
+        raise ValueError(f'model_kwargs.num_classes is {given!r} but the data has {num_classes} classes: remove it '
+                         f'(num_classes is read from the data)')
+    _refuse_unused_overlay(cfg.model_kwargs, cfg.pretrained if pretrained is None else pretrained, 'model_kwargs')
     kwargs = dict(num_classes=num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size, drop_path_rate=cfg.drop_path)
     kwargs.update(cfg.model_kwargs)
     backbone = _create(cfg.model, cfg.pretrained if pretrained is None else pretrained, kwargs,
@@ -104,8 +122,9 @@ def _contract_of_run(checkpoint: Optional[str]) -> Dict[str, Any]:
         return {}
     try:
         run = student_contract(load_config(path))
-    except ValueError:  # not a config this version reads: fall back on the model's timm cfg
-        return {}
+    except ValueError as e:  # guessing would feed the teacher another normalisation in silence
+        raise ValueError(f'{checkpoint} records no input normalisation and its run\'s {path} cannot be read '
+                         f'({e}): set the teacher\'s mean and std') from None
     return {'mean': run.mean, 'std': run.std, 'interpolation': run.interpolation}
 
 
@@ -119,20 +138,25 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
         use_pretrained = spec['pretrained'] if spec['pretrained'] is not None else spec['checkpoint'] is None
         if pretrained is not None:
             use_pretrained = pretrained and spec['checkpoint'] is None
-        contract = _contract_of_run(spec['checkpoint'])
-        contract.update({k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation') if spec[k] is not None})
         kwargs = dict(spec['kwargs'])
         if kwargs.pop('num_classes', num_classes) != num_classes:
-            raise ValueError(f'teachers.{i}.kwargs.num_classes is {spec["kwargs"]["num_classes"]} but the student has '
-                             f'{num_classes} classes; use a teacher trained on the same label set')
+            raise ValueError(f'teachers.{i}.kwargs.num_classes is {spec["kwargs"]["num_classes"]!r} but the student '
+                             f'has {num_classes} classes; use a teacher trained on the same label set')
         if not isinstance(kwargs.get('pretrained_cfg_overlay', {}), dict):
             raise ValueError(f'teachers.{i}.kwargs.pretrained_cfg_overlay must be a mapping (e.g. {{file: w.safetensors}})')
+        if {'checkpoint_path', 'pretrained_cfg', 'features_only'} & set(kwargs):
+            raise ValueError(f'teachers.{i}.kwargs: give weights as teachers.{i}.checkpoint or '
+                             f'kwargs.pretrained_cfg_overlay.file; a teacher is a whole classifier (no features_only)')
+        _refuse_unused_overlay(kwargs, use_pretrained, f'teachers.{i}.kwargs')
         try:
+            contract = _contract_of_run(spec['checkpoint'])
+            contract.update({k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation') if spec[k] is not None})
             teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract, **kwargs)
-        except TypeError as e:  # an argument the model does not take, or one of the wrong type
-            raise ValueError(f'cannot build teachers.{i} ({spec["model"]}) with kwargs {spec["kwargs"]}: {e}') from None
         except ValueError as e:
             raise ValueError(f'teachers.{i}: {e}') from None
+        except Exception as e:  # someone else's constructor given user kwargs: any error, one line
+            raise ValueError(f'cannot build teachers.{i} ({spec["model"]}) with kwargs {spec["kwargs"]}: '
+                             f'{type(e).__name__}: {_first_line(e)}') from None
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
     return teachers
 
@@ -185,6 +209,15 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
 def _amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
     """bf16 autocast under amp on every device: CPU runs take the GPU's code path."""
     return torch.bfloat16 if cfg.amp else None
+
+
+def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """cfg with its data folder and teacher checkpoints as absolute paths: `--resume` from another
+    working directory must read the same files, not others that happen to share a relative name."""
+    def absolute(path: Optional[str]) -> Optional[str]:
+        return os.path.abspath(path) if path else path
+    teachers = [dict(t, checkpoint=absolute(t['checkpoint'])) for t in cfg.teachers]
+    return dataclasses.replace(cfg, data_dir=absolute(cfg.data_dir), teachers=teachers)
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
@@ -291,7 +324,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     monitor = None
     if info.is_main:
         os.makedirs(cfg.output, exist_ok=True)
-        save_config(dataclasses.replace(cfg, num_classes=data.num_classes), os.path.join(cfg.output, 'config.yaml'))
+        save_config(_with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes)),
+                    os.path.join(cfg.output, 'config.yaml'))
         monitor = RunMonitor(cfg.output, history, cfg.log_interval, cfg.progress)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     try:
