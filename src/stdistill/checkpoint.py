@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .teachers import _first_line
+from .teachers import _first_line, _whole_message
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
            'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
@@ -259,6 +259,6 @@ def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False)
         raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
     try:
         model.load_state_dict(weights)
-    except RuntimeError as e:  # its first line only says "Error(s) in loading": keep what does not fit
-        raise ValueError(f'checkpoint {folder} does not fit this model: {" ".join(str(e).split())[:300]}') from None
+    except RuntimeError as e:
+        raise ValueError(f'checkpoint {folder} does not fit this model: {_whole_message(e)}') from None
     return join_tensors(doc['state'], tensors)

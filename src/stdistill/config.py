@@ -24,7 +24,10 @@ import yaml
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'METHODS']
 
 METHODS = ('none', 'kd', 'deit', 'std')
+# Bounds of an input contract (teacher_input.py checks contracts with the same ones)
 MIN_STD = 1e-6  # a smaller normalisation std turns image noise into values fp32 and bf16 overflow on
+MAX_IMG_SIZE = 8192  # pixels a side: beyond it a size is damaged, not a model's input size
+RESIZE_INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')  # what a batch is resized with on the device
 
 
 def _f(default: Any, help: str, choices: Optional[Sequence] = None) -> Any:
@@ -223,9 +226,10 @@ def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
                 raise ValueError(f'config key teachers.{i}.{key} must be finite, got {out[-1][key]}')
         if out[-1]['std'] is not None and any(v < MIN_STD for v in out[-1]['std']):
             raise ValueError(f'config key teachers.{i}.std must be at least {MIN_STD}, got {out[-1]["std"]}')
-        if out[-1]['img_size'] is not None and not 1 <= out[-1]['img_size'] <= 8192:
-            raise ValueError(f'config key teachers.{i}.img_size must be from 1 to 8192, got {out[-1]["img_size"]}')
-        if out[-1]['interpolation'] not in (None, 'bilinear', 'bicubic', 'nearest'):
+        if out[-1]['img_size'] is not None and not 1 <= out[-1]['img_size'] <= MAX_IMG_SIZE:
+            raise ValueError(f'config key teachers.{i}.img_size must be from 1 to {MAX_IMG_SIZE}, '
+                             f'got {out[-1]["img_size"]}')
+        if out[-1]['interpolation'] not in (None, *RESIZE_INTERPOLATIONS):
             raise ValueError(f'config key teachers.{i}.interpolation must be one of bilinear, bicubic, nearest, '
                              f'got {out[-1]["interpolation"]!r}')
     return out

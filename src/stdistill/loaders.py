@@ -26,10 +26,10 @@ from timm.data.dataset import ImageDataset
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 
+from .augment import guard_posterize
 from .config import TrainConfig
 from .data import FashionMNIST
 from .distributed import DistInfo
-from .augment import guard_posterize
 from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
@@ -132,7 +132,8 @@ def build_transforms(cfg: TrainConfig, mean: Tuple[float, ...], std: Tuple[float
     try:
         train = create_transform(size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
                                  hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-                                 interpolation=cfg.interpolation, mean=mean, std=std, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+                                 interpolation=cfg.interpolation, mean=mean, std=std, re_prob=cfg.reprob,
+                                 re_mode=cfg.remode, re_count=cfg.recount)
     except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm asserts on an unknown aa spec
         raise ValueError(f'cannot build the training augmentation (aa={cfg.aa!r}): {_first_line(e)}; see timm\'s '
                          f'auto_augment specs, e.g. rand-m9-mstd0.5-inc1, or aa=null') from None

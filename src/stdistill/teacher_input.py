@@ -26,12 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import MAX_IMG_SIZE, MIN_STD, RESIZE_INTERPOLATIONS
+
 __all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY', 'autocast_enabled', 'fp32_region']
 
 # safetensors metadata key under which stdistill checkpoints record their input contract
 RECORD_KEY = 'stdistill.input'
-_INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
-MAX_SIZE = 8192  # pixels a side: a record beyond it is damaged, not a model's input size
 
 
 def autocast_enabled(device_type: str) -> bool:
@@ -65,12 +65,13 @@ class InputContract:
         values = (*self.mean, *self.std)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise ValueError(f'mean and std must be finite numbers, got {self.mean} and {self.std}')
-        if any(s < 1e-6 for s in self.std):
-            raise ValueError(f'std must be at least 1e-6, got {self.std}')
-        if self.img_size is not None and not all(isinstance(v, int) and 1 <= v <= MAX_SIZE for v in self.img_size):
-            raise ValueError(f'image size must be whole numbers from 1 to {MAX_SIZE}, got {self.img_size}')
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f'interpolation must be one of {", ".join(_INTERPOLATIONS)}, got {self.interpolation!r}')
+        if any(s < MIN_STD for s in self.std):
+            raise ValueError(f'std must be at least {MIN_STD}, got {self.std}')
+        if self.img_size is not None and not all(isinstance(v, int) and 1 <= v <= MAX_IMG_SIZE for v in self.img_size):
+            raise ValueError(f'image size must be whole numbers from 1 to {MAX_IMG_SIZE}, got {self.img_size}')
+        if self.interpolation not in RESIZE_INTERPOLATIONS:
+            raise ValueError(f'interpolation must be one of {", ".join(RESIZE_INTERPOLATIONS)}, '
+                             f'got {self.interpolation!r}')
 
     def to_json(self) -> str:
         """The contract as recorded in a checkpoint's metadata (timm's pretrained-cfg names)."""

@@ -32,6 +32,12 @@ __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weigh
            'recorded_contract', 'model_contract']
 
 
+def _whole_message(e: BaseException, limit: int = 300) -> str:
+    """An error's whole message on one line, cut at `limit` characters: for errors whose first
+    line says nothing (torch's "Error(s) in loading state_dict for X:")."""
+    return ' '.join(str(e).split())[:limit]
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -196,10 +202,10 @@ def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', 
     except (OSError, RuntimeError, ValueError) as e:  # offline, no weights released, a file that does not fit
         if not pretrained:
             raise
-        detail = ' '.join(str(e).split())[:300]
         local = 'a checkpoint, or ' if role == 'teacher' else ''
-        raise ValueError(f'cannot load pretrained weights for {role} {model_name} ({detail}); give {local}a local '
-                         f'file with pretrained_cfg_overlay: {{file: ...}}, or set pretrained: false') from None
+        raise ValueError(f'cannot load pretrained weights for {role} {model_name} ({_whole_message(e)}); give '
+                         f'{local}a local file with pretrained_cfg_overlay: {{file: ...}}, or set pretrained: '
+                         f'false') from None
 
 
 def _backbone_of_std_student(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -254,9 +260,9 @@ def create_teacher(
         model = _create_sized(model_name, recorded.get('img_size'), **kwargs)
         try:
             model.load_state_dict(state)
-        except RuntimeError as e:  # the first line only says "Error(s) in loading": keep what does not fit
-            detail = ' '.join(str(e).split())[:300]
-            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: {detail}') from None
+        except RuntimeError as e:
+            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: '
+                             f'{_whole_message(e)}') from None
     elif pretrained:
         model = create_with_weights(model_name, True, 'teacher', **kwargs)
     else:  # random weights (tests, smoke runs): sized for the student's classes

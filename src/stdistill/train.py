@@ -34,7 +34,7 @@ from timm.utils import ModelEmaV3, random_seed
 from .checkpoint import (MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
                          verify_checkpoint)
-from .config import TrainConfig, load_config, save_config
+from .config import RESIZE_INTERPOLATIONS, TrainConfig, load_config, save_config
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, evaluate, train_one_epoch
@@ -44,7 +44,8 @@ from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import FrozenTeacher, _first_line, create_teacher, create_with_weights, load_weights, recorded_contract
+from .teachers import (FrozenTeacher, _first_line, _whole_message, create_teacher, create_with_weights, load_weights,
+                       recorded_contract)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'student_contract']
@@ -104,7 +105,7 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
 def student_contract(cfg: TrainConfig) -> InputContract:
     """What the student's batches are: cfg's normalisation (resolve_norm), channels and size."""
     mean, std = resolve_norm(cfg)
-    interpolation = cfg.interpolation if cfg.interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
+    interpolation = cfg.interpolation if cfg.interpolation in RESIZE_INTERPOLATIONS else 'bicubic'
     return InputContract(mean, std, cfg.in_chans, (cfg.img_size, cfg.img_size), interpolation)
 
 
@@ -143,7 +144,8 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
             raise ValueError(f'teachers.{i}.kwargs.num_classes is {spec["kwargs"]["num_classes"]!r} but the student '
                              f'has {num_classes} classes; use a teacher trained on the same label set')
         if not isinstance(kwargs.get('pretrained_cfg_overlay', {}), dict):
-            raise ValueError(f'teachers.{i}.kwargs.pretrained_cfg_overlay must be a mapping (e.g. {{file: w.safetensors}})')
+            raise ValueError(f'teachers.{i}.kwargs.pretrained_cfg_overlay must be a mapping '
+                             f'(e.g. {{file: w.safetensors}})')
         if {'checkpoint_path', 'pretrained_cfg', 'features_only'} & set(kwargs):
             raise ValueError(f'teachers.{i}.kwargs: give weights as teachers.{i}.checkpoint or '
                              f'kwargs.pretrained_cfg_overlay.file; a teacher is a whole classifier (no features_only)')
@@ -399,7 +401,7 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
         student.load_state_dict(weights)
     except RuntimeError as e:
         raise ValueError(f'{path} does not fit {cfg.model} with method {cfg.method}: '
-                         f'{" ".join(str(e).split())[:300]}') from None
+                         f'{_whole_message(e)}') from None
     student.to(device)
     loader = build_eval_loader(cfg, info, *resolve_norm(cfg))
     amp_dtype = _amp_dtype(cfg)
