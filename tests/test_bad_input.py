@@ -48,7 +48,8 @@ FOLDER = ['dataset=folder', 'in_chans=1', 'mean=[0.5]', 'std=[0.5]', 'val_split=
 
 def leftovers(out):
     """What a failed run left in its folder besides its config and (empty) logs."""
-    return [] if not os.path.isdir(out) else [n for n in os.listdir(out) if n not in ('config.yaml', 'tb', 'log.jsonl')]
+    setup = ('config.yaml', 'class_map.txt', 'tb', 'log.jsonl')  # written whole at setup, before the first epoch
+    return [] if not os.path.isdir(out) else [n for n in os.listdir(out) if n not in setup]
 
 
 def assert_clean_failure(result, out, *words):

@@ -20,7 +20,7 @@ def test_defaults_yaml_and_overrides_in_that_order(tmp_path):
     assert cfg.epochs == 9 and cfg.lr == 0.001 and cfg.mine is False and cfg.scale == [0.5, 1.0]
     assert cfg.weight_decay == TrainConfig().weight_decay  # untouched keys keep the defaults
     assert cfg.teachers[0] == {'model': 'resnet50d', 'checkpoint': '/x.safetensors', 'pretrained': None,
-                               'token_position': 3, 'kwargs': {}, 'mean': None, 'std': None, 'img_size': None,
+                               'token_position': 3, 'kwargs': {}, 'use_ema': False, 'mean': None, 'std': None, 'img_size': None,
                                'interpolation': None}
     assert cfg.teachers[1]['model'] == 'resnet101d' and cfg.teachers[1]['token_position'] == -1
     assert cfg.model_kwargs == {'embed_dim': 64}

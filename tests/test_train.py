@@ -32,9 +32,10 @@ def read_jsonl(path):
 def test_run_folder_holds_everything(tmp_path):
     out = tmp_path / 'run'
     summary = train(tiny_config(out))
-    assert sorted(os.listdir(out)) == ['best', 'config.yaml', 'curves.png', 'last', 'log.jsonl', 'mi.png',
-                                       'previous', 'summary.json', 'tb']
-    assert sorted(os.listdir(out / 'last')) == ['model.safetensors', 'state.json', 'state.safetensors']
+    assert sorted(os.listdir(out)) == ['best', 'class_map.txt', 'config.yaml', 'curves.png', 'last', 'log.jsonl',
+                                       'mi.png', 'previous', 'summary.json', 'tb']
+    assert sorted(os.listdir(out / 'last')) == ['model.safetensors', 'model_ema.safetensors', 'state.json',
+                                                'state.safetensors']
     rows = read_jsonl(out / 'log.jsonl')
     assert [r['epoch'] for r in rows] == [0, 1]
     for key in ('loss', 'loss_cls', 'loss_dist', 'loss_dist_0', 'teacher_weight_0', 'mi_estimate', 'lr',

@@ -2,8 +2,9 @@
 
     run/last/model.safetensors   the student's weights (timm names; `stdistill eval` reads them)
     run/last/state.safetensors   every other tensor: optimizer moments, EMA, MINE, RNG states
+    run/last/model_ema.safetensors   with model_ema: the EMA of the student's weights (same names)
     run/last/state.json          the rest: epoch, scheduler, metrics, param groups, python RNG,
-                                 and the SHA-256 of both tensor files and of the JSON itself
+                                 and the SHA-256 of the tensor files and of the JSON itself
 
 Nothing is pickled, so loading a checkpoint never runs code. A checkpoint is first written to
 a temporary folder beside its final place and then renamed over it: a crash leaves either the
@@ -30,11 +31,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .teachers import _first_line, _whole_message
+from .teachers import EMA_FILE, _first_line, _whole_message
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
            'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
-           'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'RESUMABLE']
+           'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
 
 MODEL_FILE, STATE_FILE, STATE_JSON = 'model.safetensors', 'state.safetensors', 'state.json'
 FORMAT = 'stdistill-checkpoint/1'
@@ -134,12 +135,13 @@ def _fsync(path: str) -> None:
 
 
 def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], previous: Optional[str] = None,
-                    metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write model weights and training state to `folder`, atomically (temp folder + rename).
+                    metadata: Optional[Dict[str, str]] = None, ema: Optional[torch.nn.Module] = None) -> None:
+    """Write model weights (and `ema`'s, beside them) and training state to `folder`, atomically
+    (temp folder + rename).
 
     The checkpoint it replaces is deleted, or with `previous` moved there (replacing that one).
-    `metadata` goes into model.safetensors' header (train records the student's input contract
-    there, so that the model can be a teacher later).
+    `metadata` goes into the header of each weights file (train records the student's input
+    contract and class names there, so that the model can be a teacher later).
     """
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
@@ -147,8 +149,11 @@ def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], 
     try:
         files = {}
         skeleton, tensors = split_tensors(state, 'state')
-        for name, content, header in ((MODEL_FILE, _state_dict(model), {'format': 'pt', **(metadata or {})}),
-                                       (STATE_FILE, tensors, None)):
+        header = {'format': 'pt', **(metadata or {})}
+        parts = [(MODEL_FILE, _state_dict(model), header), (STATE_FILE, tensors, None)]
+        if ema is not None:
+            parts.append((EMA_FILE, _state_dict(ema), header))
+        for name, content, header in parts:
             path = os.path.join(tmp, name)
             save_file(content, path, metadata=header)
             _fsync(path)
@@ -202,7 +207,10 @@ def verify_checkpoint(folder: str) -> Dict[str, Any]:
     if doc.get('sha256') != _seal(doc):
         raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} does not match its checksum (edited or damaged)')
     files = doc.get('files') if isinstance(doc.get('files'), dict) else {}
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in (MODEL_FILE, STATE_FILE) + ((EMA_FILE,) if EMA_FILE in files else ()):
+        paths[name] = os.path.join(folder, name)
+        if not os.path.isfile(paths[name]):
+            raise ValueError(f'corrupt checkpoint {folder}: {name} is missing')
         expected = files.get(name)
         if not isinstance(expected, dict) or not {'bytes', 'sha256'} <= set(expected):
             raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} lists no checksum for {name}')
@@ -239,8 +247,10 @@ def newest_valid_checkpoint(run: str) -> Tuple[str, List[str]]:
     return max(valid, key=lambda v: v[0])[1], rejected
 
 
-def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False) -> Dict[str, Any]:
-    """Verify the checkpoint, load its weights into `model` (strictly) and return the training state.
+def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False,
+                    ema: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
+    """Verify the checkpoint, load its weights into `model` (strictly), its EMA weights into `ema`
+    when both are there, and return the training state.
 
     verified=True: the caller has just verified `folder` (newest_valid_checkpoint does), so its
     files are not hashed a second time.
@@ -255,10 +265,14 @@ def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False)
             doc = verify_checkpoint(folder)
         weights = load_file(os.path.join(folder, MODEL_FILE))
         tensors = load_file(os.path.join(folder, STATE_FILE))
+        ema_weights = load_file(os.path.join(folder, EMA_FILE)) \
+            if ema is not None and os.path.isfile(os.path.join(folder, EMA_FILE)) else None
     except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
     try:
         model.load_state_dict(weights)
+        if ema_weights is not None:
+            ema.load_state_dict(ema_weights)
     except RuntimeError as e:
         raise ValueError(f'checkpoint {folder} does not fit this model: {_whole_message(e)}') from None
     return join_tensors(doc['state'], tensors)

@@ -62,10 +62,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise ValueError('--stop-after must be a positive number of epochs')
     summary = train(cfg, resume=bool(args.resume), stop_after=args.stop_after)
-    if summary['final'] is not None:
+    if summary['final'] is not None and int(os.environ.get('RANK', 0)) == 0:  # once, not once a process
         best = summary['best']
+        weights = ', EMA weights' if best.get('weights') == 'ema' else ''
         print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {best["top1"]:.2f} '
-              f'(epoch {best["epoch"]}), run folder {cfg.output}')
+              f'(epoch {best["epoch"]}{weights}), run folder {cfg.output}')
     return 0
 
 
@@ -80,9 +81,9 @@ def _eval(args: argparse.Namespace) -> int:
         if not os.path.isfile(config):
             raise ValueError(f'no config.yaml beside {target}: give the run folder, or --config')
     cfg = load_config(config, args.overrides)
-    m = evaluate_checkpoint(cfg, checkpoint)
+    m = evaluate_checkpoint(cfg, checkpoint, ema=args.ema)
     heads = ''.join(f', {k[5:]} head {m[k]:.2f}' for k in ('top1_cls', 'top1_dist', 'top1_avg') if k in m)
-    print(f'{checkpoint}: top-1 {m["top1"]:.2f}, top-5 {m["top5"]:.2f} on {m["images"]} images '
+    print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {m["top1"]:.2f}, top-5 {m["top5"]:.2f} on {m["images"]} images '
           f'({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}')
     return 0
 
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser('eval', help='top-1/top-5 of a trained student on its validation split')
     ev.add_argument('target', help='a run folder (evaluates its best/ checkpoint) or a checkpoint folder')
     ev.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of a run folder')
+    ev.add_argument('--ema', action='store_true', help='score the EMA weights (runs with model_ema) instead')
     ev.add_argument('--config', help='config to use instead of the run\'s config.yaml')
     ev.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. inference_head=cls data_dir=...')
     ev.set_defaults(func=_eval)

@@ -15,19 +15,37 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'METHODS']
+__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
+           'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
 
 METHODS = ('none', 'kd', 'deit', 'std')
 # Bounds of an input contract (teacher_input.py checks contracts with the same ones)
 MIN_STD = 1e-6  # a smaller normalisation std turns image noise into values fp32 and bf16 overflow on
 MAX_IMG_SIZE = 8192  # pixels a side: beyond it a size is damaged, not a model's input size
 RESIZE_INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')  # what a batch is resized with on the device
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: YAML 1.1 (PyYAML) takes a float
+    only with a dot and a signed exponent, so 5e-4, 1E-6 and 5.0e4 would be strings."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$'), list('-+0123456789.'))
+
+
+def read_yaml(text: Any) -> Any:
+    """A YAML document (a string or an open file) with every numeric form read as its number:
+    5e-4, 1E-6, .5 and 1_000 as well as 0.0005."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _f(default: Any, help: str, choices: Optional[Sequence] = None) -> Any:
@@ -45,6 +63,7 @@ class TeacherSpec:
     pretrained: Optional[bool] = None    # timm's weights; default: True unless a checkpoint is given
     token_position: int = -1             # block after which this teacher's token pair reads (std)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # more arguments of timm.create_model
+    use_ema: bool = False                # a checkpoint with both: its EMA weights, not the raw model's
     # The teacher's input contract; null: recorded in its stdistill checkpoint, else its timm cfg.
     mean: Optional[List[float]] = None   # normalisation the teacher was trained with
     std: Optional[List[float]] = None
@@ -67,6 +86,9 @@ class TrainConfig:
     train_samples: int = _f(0, 'train on a fixed random subset of this many images (0: all)')
     val_samples: int = _f(0, 'evaluate on a fixed random subset of this many images (0: all)')
     num_classes: Optional[int] = _f(None, 'class count; null: read from the dataset')
+    class_map: Optional[str] = _f(None, "image folders: a text file naming the classes in index order, one a line "
+                                        "(timm's class_map); null: the training split's folders in natural order "
+                                        "(1, 2, 10; torchvision's ImageFolder sorts as text: 1, 10, 2)")
     img_size: int = _f(224, 'input resolution the model is built for')
     in_chans: int = _f(3, 'input channels (1 for grayscale data)')
     mean: Optional[List[float]] = _f(None, "normalisation mean; null: the model's pretrained cfg")
@@ -102,8 +124,9 @@ class TrainConfig:
     # method
     method: str = _f('std', 'none, kd (soft KD on the class head), deit (DeiT token), std', METHODS)
     teachers: List[Dict[str, Any]] = _f([], 'teachers: list of {model, checkpoint, pretrained, token_position, kwargs, '
-                                            'mean, std, img_size, interpolation} (the last four: its input, when '
-                                            'neither its checkpoint nor its timm cfg gives it)')
+                                            'use_ema, mean, std, img_size, interpolation} (use_ema: a checkpoint\'s '
+                                            'EMA weights, default false; the last four: its input, when neither '
+                                            'its checkpoint nor its timm cfg gives it)')
     alpha: float = _f(0.5, 'weight of the distillation loss (1 - alpha on the labels)')
     tau: float = _f(1.0, 'temperature of soft distillation')
     distill: str = _f('hard', 'distillation target: teacher argmax or softened distribution', ('hard', 'soft'))
@@ -190,7 +213,9 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         return _check_type(name, value, args[0])
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if hint is int and isinstance(value, float) and value.is_integer():  # epochs: 1e3
+        return int(value)
+    if hint is float and isinstance(value, str):  # a quoted number ('5e-4') from a templated file
         try:
             return float(value)
         except ValueError:
@@ -287,7 +312,7 @@ def parse_override(text: str) -> tuple:
         raise ValueError(f'override {text!r} must be key=value')
     key, raw = text.split('=', 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -301,7 +326,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
             raise ValueError(f'config file not found: {path}')
         try:
             with open(path) as f:
-                loaded = yaml.safe_load(f)
+                loaded = read_yaml(f)
         except yaml.YAMLError as e:
             raise ValueError(f'{path} is not valid YAML: {str(e).splitlines()[0]}') from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -317,6 +342,33 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
             values[top] = dataclasses.asdict(TrainConfig())[top]
         _set_dotted(values, key, value)
     return config_from_dict(values)
+
+
+# What `train --resume RUN key=value` may change. The schedule is rebuilt for the new values and
+# continues at the update the run stands at; the run-time keys take effect as they are. Any
+# other key would change the model, the data or the optimizer the run was trained with.
+SCHEDULE_KEYS = ('epochs', 'lr', 'min_lr', 'warmup_epochs', 'warmup_lr', 'sched')
+RUNTIME_KEYS = ('workers', 'log_interval', 'progress', 'device', 'dist_timeout', 'bad_images', 'compile',
+                'skip_nonfinite', 'amp', 'channels_last', 'clip_grad', 'clip_mode', 'data_dir', 'download')
+
+
+def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]:
+    """The keys `cfg` changes from a run's `saved` config, as {key: [old, new]} (output and a
+    num_classes left null are not changes). Raises ValueError, naming the key, for a key that a
+    resumed run may not change (not in SCHEDULE_KEYS or RUNTIME_KEYS)."""
+    old, new = dataclasses.asdict(saved), dataclasses.asdict(cfg)
+    if new['num_classes'] is None:
+        new['num_classes'] = old['num_classes']
+    changed = {k: [old[k], new[k]] for k in new if k != 'output' and old[k] != new[k]}
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + '...'
+    for key, (before, after) in changed.items():
+        if key not in SCHEDULE_KEYS + RUNTIME_KEYS:
+            raise ValueError(f'--resume cannot change {key} ({short(before)} -> {short(after)}): the run was trained '
+                             f'with {short(before)}; resume without it, or start a new run (output=...). A resumed run may '
+                             f'change the schedule ({", ".join(SCHEDULE_KEYS)}) and run-time keys')
+    return changed
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:

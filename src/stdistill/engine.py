@@ -35,9 +35,10 @@ class NonFiniteLossError(ValueError):
     pass
 
 
-def _finite_on_every_process(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite here and on every other process (they must skip or stop together)."""
-    return all_reduce_sum([float(not math.isfinite(loss.item()))], loss.device)[0] == 0
+def _on_every_process(ok: bool, device: torch.device) -> bool:
+    """Whether `ok` holds here and on every other process: under DDP the processes take a step
+    together or skip it together, or their collectives would no longer match."""
+    return all_reduce_sum([float(not ok)], device)[0] == 0
 
 
 def _nonfinite_message(loss: torch.Tensor, terms: Dict[str, torch.Tensor], epoch: int, step: int,
@@ -131,29 +132,39 @@ def train_one_epoch(
         ema=None,
         on_step: Optional[Callable[[int, Dict[str, float], int], None]] = None,
         skip_nonfinite: bool = False,
+        min_batch: int = 1,
 ) -> Tuple[Dict[str, float], int]:
-    """One pass over `loader`; returns the epoch's mean loss terms and the updated step count.
+    """One pass over `loader`; returns the epoch's mean loss terms and counts, and the updated
+    step count.
 
     A non-finite loss raises NonFiniteLossError naming the step and the term, before anything
-    is updated; with skip_nonfinite the step is skipped instead (no update) and counted.
+    is updated; with skip_nonfinite the step is skipped instead (no update) and counted. A batch
+    that unreadable images shrank is trained on as it is, except: one image of an odd batch is
+    left out under mixup (timm pairs the images; counted as `unpaired_images`), and a batch of
+    fewer than `min_batch` images (MINE and BatchNorm need 2) is skipped (`skipped_batches`).
+    Under DDP every process skips a step that any process cannot take.
     """
     objective.train()
     sums: Dict[str, float] = defaultdict(float)
     steps, images_seen, skipped_steps, skipped_images, start = 0, 0, 0, 0, time.perf_counter()
+    skipped_batches, unpaired_images = 0, 0
     params = [p for p in objective.parameters() if p.requires_grad]
     for step, batch in enumerate(loader):
         images, targets, unreadable = _unpack(batch)
         skipped_images += unreadable
-        if images is None:  # every image of the batch was unreadable
+        count = 0 if images is None else images.shape[0]
+        if mixup is not None and count % 2:  # timm's mixup pairs images up: one of an odd batch has no pair
+            images, targets, count = images[:-1], targets[:-1], count - 1
+            unpaired_images += 1
+        if not _on_every_process(count >= max(min_batch, 1), device):
+            skipped_batches += 1
             continue
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup is not None:
-            if images.shape[0] % 2:  # timm's mixup pairs images up: drop one of an odd batch
-                images, targets = images[:-1], targets[:-1]
             images, targets = mixup(images, targets)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             loss, terms = objective(images, targets)
-        if not _finite_on_every_process(loss):
+        if not _on_every_process(math.isfinite(loss.item()), device):
             if not skip_nonfinite:
                 raise NonFiniteLossError(_nonfinite_message(loss, terms, epoch, step, num_updates))
             skipped_steps += 1
@@ -178,8 +189,11 @@ def train_one_epoch(
             values['img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
             on_step(num_updates, values, images.shape[0])
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
-    metrics['skipped_steps'] = skipped_steps  # the same on every process
-    metrics['skipped_images'] = int(all_reduce_sum([float(skipped_images)], device)[0])
+    metrics['updates'] = steps  # the same on every process, as the two counts of skipped steps
+    metrics['skipped_steps'] = skipped_steps
+    metrics['skipped_batches'] = skipped_batches
+    summed = all_reduce_sum([float(skipped_images), float(unpaired_images)], device)
+    metrics['skipped_images'], metrics['unpaired_images'] = int(summed[0]), int(summed[1])
     metrics['lr'] = optimizer.param_groups[0]['lr']
     metrics['train_img_per_s'] = images_seen / max(time.perf_counter() - start, 1e-9)
     return metrics, num_updates

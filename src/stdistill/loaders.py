@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from collections import Counter
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -30,25 +31,28 @@ from .augment import guard_posterize
 from .config import TrainConfig
 from .data import FashionMNIST
 from .distributed import DistInfo
+from .folders import FolderReader, describe_counts, describe_left_out, find_split, read_class_map
+from .images import to_model_mode
 from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
-           'dataset_num_classes', 'collate_readable', 'FASHION_MNIST_NORM']
+           'dataset_num_classes', 'dataset_classes', 'check_batch_size', 'collate_readable', 'FASHION_MNIST_NORM']
 
 FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
 _ITERABLE_PREFIXES = ('tfds/', 'wds/', 'hfids/')
 
 
 class StrictImageDataset(Dataset):
-    """timm's ImageDataset, but an unreadable image is never replaced in silence: with
-    on_bad_image='stop' it is an error naming the file; with 'skip' the sample is None (left out
-    of its batch and counted by `collate_readable`) and a warning names the file once."""
+    """Images of a timm Reader, but an unreadable image is never replaced in silence (as timm's
+    ImageDataset does): with on_bad_image='stop' it is an error naming the file; with 'skip' the
+    sample is None (left out of its batch and counted by `collate_readable`) and a warning names
+    the file once. Every PIL mode becomes `input_img_mode` with its range scaled (images.py)."""
 
-    def __init__(self, dataset: ImageDataset, on_bad_image: str = 'stop') -> None:
+    def __init__(self, reader: Any, transform: Optional[Callable], input_img_mode: str = 'RGB',
+                 on_bad_image: str = 'stop') -> None:
         if on_bad_image not in ('skip', 'stop'):
             raise ValueError(f"bad_images must be 'skip' or 'stop', got {on_bad_image!r}")
-        self.reader, self.transform = dataset.reader, dataset.transform
-        self.input_img_mode = dataset.input_img_mode or 'RGB'
+        self.reader, self.transform, self.input_img_mode = reader, transform, input_img_mode
         self.on_bad_image, self.warned = on_bad_image, set()
 
     def __len__(self) -> int:
@@ -56,13 +60,13 @@ class StrictImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Optional[Tuple[Any, int]]:
         img, target, *_ = self.reader[index]
+        name = self.reader.filename(index, absolute=True)
         try:
-            img = Image.open(img)
+            img = img if isinstance(img, Image.Image) else Image.open(img)
             img.load()  # decode now: a truncated file fails here, not later inside a transform
-            img = img.convert(self.input_img_mode)
+            img = to_model_mode(img, self.input_img_mode, name)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            name = self.reader.filename(index, absolute=True)
-            reason = str(e).splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
             if self.on_bad_image == 'stop':
                 raise ValueError(f'cannot read image {name} ({reason}): remove or replace it, '
                                  f'or set bad_images: skip') from None
@@ -85,42 +89,94 @@ def collate_readable(samples: List[Optional[Tuple[Any, int]]]) -> Tuple[Any, Any
     return images, targets, len(samples) - len(readable)
 
 
-def dataset_num_classes(dataset: Dataset) -> Optional[int]:
-    if hasattr(dataset, 'classes'):
-        return len(dataset.classes)
-    reader = getattr(dataset, 'reader', None)
-    for attr in ('class_to_idx', 'num_classes'):
-        value = getattr(reader, attr, None)
-        if value:
-            return len(value) if isinstance(value, dict) else int(value)
+def dataset_classes(dataset: Dataset) -> Optional[List[str]]:
+    """The class names of a dataset in index order, when it knows them."""
+    if isinstance(dataset, Subset):
+        return dataset_classes(dataset.dataset)
+    if getattr(dataset, 'classes', None) is not None:
+        return [str(c) for c in dataset.classes]
+    mapping = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    if isinstance(mapping, dict) and mapping:
+        return [str(c) for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
     return None
 
 
-def open_dataset(cfg: TrainConfig, split: str, transform: Callable) -> Dataset:
+def dataset_num_classes(dataset: Dataset) -> Optional[int]:
+    """The class count of a dataset that names no classes but counts them (timm readers)."""
+    classes = dataset_classes(dataset)
+    if classes is not None:
+        return len(classes)
+    value = getattr(getattr(dataset, 'reader', None), 'num_classes', None)
+    return int(value) if value else None
+
+
+def dataset_counts(dataset: Dataset, classes: Sequence[str]) -> Optional[Counter]:
+    """Images per class name, when the dataset lists its labels without decoding images."""
+    reader = getattr(dataset, 'reader', None)
+    if isinstance(reader, FolderReader):
+        return reader.counts
+    targets = getattr(dataset, 'targets', None)
+    if targets is None:
+        return None
+    return Counter(classes[int(t)] for t in targets if 0 <= int(t) < len(classes))
+
+
+def _is_folder(cfg: TrainConfig) -> bool:
+    return cfg.dataset in ('', 'folder', 'imagefolder')
+
+
+def open_dataset(cfg: TrainConfig, split: str, transform: Callable, classes: Optional[Sequence[str]] = None) -> Dataset:
+    """One split of cfg's dataset. classes: the run's class map (an image folder is labelled with
+    it; another dataset must have these classes); None: the split's own (the training split)."""
     name = cfg.dataset
+    if cfg.class_map and not _is_folder(cfg):
+        raise ValueError(f'class_map applies to image folders; dataset {name} fixes its own classes: remove class_map')
     if name in ('fashion-mnist', 'fashion_mnist'):
         fm_split = {'train': 'train', 'test': 'test', 'validation': 'test', 'val': 'test'}.get(split)
         if fm_split is None:
             raise ValueError(f"fashion-mnist splits are train and test (or validation), got {split!r}")
-        return FashionMNIST(cfg.data_dir, fm_split, transform, download=cfg.download)
-    if name.startswith(_ITERABLE_PREFIXES):
+        ds = FashionMNIST(cfg.data_dir, fm_split, transform, download=cfg.download)
+    elif name.startswith(_ITERABLE_PREFIXES):
         raise ValueError(f'dataset {name}: streaming datasets are not supported; use a map-style one '
                          f'(an image folder, hfds/..., torch/...)')
-    folder = name in ('', 'folder', 'imagefolder')
-    if folder and not cfg.data_dir:
-        raise ValueError('dataset is an image folder but data_dir is not set')
+    elif _is_folder(cfg):
+        if not cfg.data_dir:
+            raise ValueError('dataset is an image folder but data_dir is not set')
+        if not os.path.isdir(cfg.data_dir):
+            raise ValueError(f'data folder not found: {cfg.data_dir}')
+        if classes is None and cfg.class_map:
+            classes = read_class_map(cfg.class_map)
+        reader = FolderReader(find_split(cfg.data_dir, split), classes, split)
+        return StrictImageDataset(reader, transform, 'L' if cfg.in_chans == 1 else 'RGB', cfg.bad_images)
+    else:
+        ds = _open_timm_dataset(cfg, split, transform)
+    found = dataset_classes(ds)
+    if classes is not None and found is not None and list(found) != list(classes):
+        raise ValueError(f'dataset {name} split {split!r} has classes {_short(found)}, the training split '
+                         f'{_short(classes)}: use splits of one dataset')
+    return ds
+
+
+def _short(names: Sequence[str], count: int = 5) -> str:
+    return '[' + ', '.join(map(str, names[:count])) + (', ...' if len(names) > count else '') + ']'
+
+
+def _open_timm_dataset(cfg: TrainConfig, split: str, transform: Callable) -> Dataset:
+    """A dataset timm's create_dataset knows by name (torch/..., hfds/...)."""
     if cfg.data_dir and not cfg.download and not os.path.isdir(cfg.data_dir):
         raise ValueError(f'data folder not found: {cfg.data_dir}')
     mode = 'L' if cfg.in_chans == 1 else 'RGB'
     try:
-        ds = create_dataset('' if folder else name, root=cfg.data_dir, split=split, is_training=split == cfg.train_split,
+        ds = create_dataset(cfg.dataset, root=cfg.data_dir, split=split, is_training=split == cfg.train_split,
                             download=cfg.download, input_img_mode=mode, transform=transform)
     except (RuntimeError, AssertionError, OSError, ValueError, KeyError) as e:
-        raise ValueError(f'cannot open dataset {name or "folder"} split {split!r} in {cfg.data_dir}: '
+        raise ValueError(f'cannot open dataset {cfg.dataset} split {split!r} in {cfg.data_dir}: '
                          f'{_first_line(e)}') from None
     if len(ds) == 0:
-        raise ValueError(f'dataset {name or cfg.data_dir} split {split!r} holds no images')
-    return StrictImageDataset(ds, cfg.bad_images) if isinstance(ds, ImageDataset) else ds
+        raise ValueError(f'dataset {cfg.dataset} split {split!r} holds no images')
+    if isinstance(ds, ImageDataset):
+        return StrictImageDataset(ds.reader, transform, mode, cfg.bad_images)
+    return ds
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -165,10 +221,24 @@ class DataBundle(NamedTuple):
     val_loader: DataLoader
     num_classes: int
     loader_generator: torch.Generator  # reseeded each epoch so worker seeds depend on (seed, epoch) only
+    classes: Optional[List[str]]  # the run's class map (names in index order), when the data names them
+    report: List[str]  # what setup found: images per class of each split, files left out
 
 
-def _val_loader(cfg: TrainConfig, info: DistInfo, transform: Callable, pin_memory: bool) -> DataLoader:
-    val_set = _fixed_subset(open_dataset(cfg, cfg.val_split, transform), cfg.val_samples, cfg.seed + 1)
+def _describe(ds: Dataset, split: str, classes: Optional[Sequence[str]]) -> List[str]:
+    if classes is None:
+        return [f'{split}: {len(ds)} images']
+    counts = dataset_counts(ds, classes)
+    lines = [describe_counts(split, classes, counts) if counts is not None
+             else f'{split}: {len(ds)} images in {len(classes)} classes']
+    reader = getattr(ds, 'reader', None)
+    if isinstance(reader, FolderReader) and reader.left_out:
+        lines.append(f'{split}: {describe_left_out(reader.left_out)}')
+    return lines
+
+
+def _val_loader(cfg: TrainConfig, info: DistInfo, val_set: Dataset, pin_memory: bool) -> DataLoader:
+    val_set = _fixed_subset(val_set, cfg.val_samples, cfg.seed + 1)
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       generator=torch.Generator().manual_seed(0), pin_memory=pin_memory,
@@ -176,23 +246,44 @@ def _val_loader(cfg: TrainConfig, info: DistInfo, transform: Callable, pin_memor
 
 
 def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...],
-                      pin_memory: bool = False) -> DataLoader:
-    return _val_loader(cfg, info, build_transforms(cfg, mean, std)[1], pin_memory)
+                      classes: Optional[Sequence[str]] = None, pin_memory: bool = False) -> DataLoader:
+    """The validation loader of cfg, labelled with `classes` (a trained model's class map) when given."""
+    val_set = open_dataset(cfg, cfg.val_split, build_transforms(cfg, mean, std)[1], classes)
+    return _val_loader(cfg, info, val_set, pin_memory)
+
+
+def check_batch_size(cfg: TrainConfig, info: DistInfo, mixup_active: bool, batch_norm: bool = False) -> None:
+    """Refuse, in one line saying what to change, a per-process batch size that mixup (pairs),
+    MINE (a derangement) or a BatchNorm student (batch statistics) cannot use."""
+    per = f'batch_size {cfg.batch_size}' + (f' (per process, {info.world_size} processes)' if info.distributed else '')
+    if mixup_active and cfg.batch_size % 2:
+        raise ValueError(f'{per} is odd, and mixup/cutmix mix the images of a batch in pairs: set batch_size='
+                         f'{cfg.batch_size + 1}, or turn them off (mixup=0 cutmix=0)')
+    if cfg.method == 'std' and cfg.mine and cfg.tokens == 'both' and cfg.batch_size < 2:
+        raise ValueError(f'{per}: MINE pairs the tokens of one image with those of another, so it needs at least 2 '
+                         f'images a batch: raise batch_size, or set mine=false')
+    if batch_norm and cfg.batch_size < 2:
+        raise ValueError(f'{per}: the student\'s BatchNorm layers need at least 2 images a batch to train: raise '
+                         f'batch_size')
 
 
 def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...],
                pin_memory: bool = False) -> DataBundle:
-    """Training and validation loaders of cfg for this process. pin_memory: for a CUDA device only
-    (page-locked host memory speeds up the copy to a GPU and is wasted on a CPU run)."""
+    """Training and validation loaders of cfg for this process, with one class map: the training
+    split's (or cfg.class_map's), which the validation split is opened with. pin_memory: for a
+    CUDA device only (page-locked host memory speeds up the copy to a GPU and is wasted on a CPU run)."""
     train_tf, val_tf = build_transforms(cfg, mean, std)
     train_set = open_dataset(cfg, cfg.train_split, train_tf)
-    found = dataset_num_classes(train_set)
+    classes = dataset_classes(train_set)
+    val_set = open_dataset(cfg, cfg.val_split, val_tf, classes)
+    found = len(classes) if classes is not None else dataset_num_classes(train_set)
     num_classes = cfg.num_classes or found
     if num_classes is None:
         raise ValueError(f'cannot tell the class count of dataset {cfg.dataset}; set num_classes')
     if found is not None and cfg.num_classes is not None and found != cfg.num_classes:
         raise ValueError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
                          f'fix num_classes (or leave it null to read it from the data)')
+    report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, cfg.val_split, classes)
     train_set = _fixed_subset(train_set, cfg.train_samples, cfg.seed)
     if cfg.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True)
@@ -200,6 +291,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
         sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
     generator = torch.Generator()
+    # drop_last, as timm and DeiT: every step a full batch; the images left over are counted per epoch
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               drop_last=True, pin_memory=pin_memory, generator=generator,
                               collate_fn=collate_readable)
@@ -207,4 +299,5 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
         raise ValueError(f'the training set ({len(train_set)} images{", repeated augmentation" if cfg.repeated_aug else ""} '
                          f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
                          f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
-    return DataBundle(train_loader, _val_loader(cfg, info, val_tf, pin_memory), num_classes, generator)
+    return DataBundle(train_loader, _val_loader(cfg, info, val_set, pin_memory), num_classes, generator,
+                      list(classes) if classes is not None else None, report)

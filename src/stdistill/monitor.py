@@ -1,7 +1,8 @@
 """What a run shows while it trains and leaves behind: progress bar, JSON lines, TensorBoard, plots.
 
     run/log.jsonl      one JSON object per epoch (train loss terms, lr, eval top-1/top-5, MI, ...)
-    run/tb/            TensorBoard scalars: every loss term, MI estimate, teacher weights, accuracy
+    run/tb/            TensorBoard scalars: every loss term, MI estimate, teacher weights, accuracy,
+                       all against one step axis, the optimizer update (the epoch is a scalar too)
     run/curves.png     accuracy and loss per epoch;  run/mi.png  the MINE estimate per epoch
 
 Only rank 0 creates a `RunMonitor`; other ranks get `None` and log nothing.
@@ -26,10 +27,14 @@ def _group(name: str) -> str:
 
 
 class RunMonitor:
-    def __init__(self, folder: str, history: List[Dict], log_interval: int, progress: bool) -> None:
+    def __init__(self, folder: str, history: List[Dict], log_interval: int, progress: bool,
+                 num_updates: int = 0) -> None:
+        """history: the epochs done (a resumed run's); num_updates: the update count they end at."""
         from torch.utils.tensorboard import SummaryWriter
         self.folder, self.log_interval, self.progress = folder, max(1, log_interval), progress
-        self.writer = SummaryWriter(os.path.join(folder, 'tb'))
+        # a resumed run redoes the epoch a kill interrupted: TensorBoard hides the events written
+        # after the checkpoint (purge_step), so that no step is shown twice
+        self.writer = SummaryWriter(os.path.join(folder, 'tb'), purge_step=num_updates + 1 if history else None)
         self.bar: Optional[tqdm] = None
         # rewrite the log from the checkpoint's history, so a resumed run has no duplicate epochs
         with open(os.path.join(folder, 'log.jsonl'), 'w') as f:
@@ -49,16 +54,16 @@ class RunMonitor:
             for name, value in values.items():
                 self.writer.add_scalar(f'{_group(name)}/{name}', value, num_updates)
 
-    def end_epoch(self, row: Dict) -> None:
+    def end_epoch(self, row: Dict, num_updates: int) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         with open(os.path.join(self.folder, 'log.jsonl'), 'a') as f:
             f.write(json.dumps(row) + '\n')
         for name, value in row.items():
-            if isinstance(value, (int, float)) and name != 'epoch':
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 prefix = 'eval' if name.startswith(('val_', 'ema_')) else 'epoch'
-                self.writer.add_scalar(f'{prefix}/{name}', value, row['epoch'])
+                self.writer.add_scalar(f'{prefix}/{name}', value, num_updates)
         self.writer.flush()
         summary = ' '.join(f'{k} {row[k]:.4g}' for k in ('loss', 'val_top1', 'val_top5', 'ema_top1', 'mi_estimate')
                            if k in row)

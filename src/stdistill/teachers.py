@@ -15,21 +15,26 @@ takes it: what cannot be adapted is a ValueError naming the teacher and the key 
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
 import torch.nn as nn
 from safetensors import safe_open
+from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import get_pretrained_cfg_value, load_state_dict
+from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 from .students import check_model_name
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
-           'recorded_contract', 'model_contract']
+           'recorded_contract', 'recorded_classes', 'model_contract', 'CLASSES_KEY', 'EMA_FILE']
+
+CLASSES_KEY = 'stdistill.classes'  # a checkpoint's class names, JSON, in its safetensors header
+EMA_FILE = 'model_ema.safetensors'  # a stdistill checkpoint's EMA weights, beside model.safetensors
 
 
 def _whole_message(e: BaseException, limit: int = 300) -> str:
@@ -43,18 +48,51 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def load_weights(path: str) -> dict:
+def load_weights(path: str, use_ema: bool = False) -> dict:
     """A state dict from safetensors or a torch file, never unpickling arbitrary objects.
 
-    Torch files load with weights_only=True; 'state_dict'/'model' wrappers and a DDP
-    'module.' prefix are unwrapped (timm's load_state_dict does this).
+    Torch files load with weights_only=True; the wrappers of timm's and DeiT's train scripts
+    ('state_dict' / 'model', or with use_ema 'state_dict_ema' / 'model_ema') and a DDP 'module.'
+    prefix are unwrapped. use_ema=True reads a stdistill checkpoint's model_ema.safetensors
+    beside the given model.safetensors. Raises ValueError when use_ema finds no EMA weights
+    (timm would fall back to the raw ones in silence).
     """
+    if use_ema and path.endswith('.safetensors') and os.path.basename(path) != EMA_FILE:
+        beside = os.path.join(os.path.dirname(path), EMA_FILE)
+        if not os.path.isfile(beside):
+            raise ValueError(f'use_ema: {path} holds one set of weights and no {EMA_FILE} lies beside it (the run '
+                             f'had no model_ema): set use_ema: false')
+        path = beside
     if not os.path.isfile(path):
         raise ValueError(f'checkpoint not found: {path}')
     try:
-        return load_state_dict(path, use_ema=False, weights_only=True)
+        if path.endswith('.safetensors'):
+            return load_file(path)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, foreign format: one clear line
         raise ValueError(f'cannot load checkpoint {path}: {_first_line(e)}') from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'cannot load checkpoint {path}: it holds a {type(checkpoint).__name__}, not a state dict')
+    keys = ('state_dict_ema', 'model_ema') if use_ema else ('state_dict', 'model')
+    key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
+    if use_ema and key is None:
+        raise ValueError(f'use_ema: {path} holds no EMA weights (no state_dict_ema or model_ema): set use_ema: false')
+    return clean_state_dict(checkpoint[key] if key else checkpoint)
+
+
+def recorded_classes(path: str) -> Optional[List[str]]:
+    """The class names (in index order) a stdistill checkpoint records; None when it records none."""
+    if not path.endswith('.safetensors') or not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(path, 'pt') as f:
+            text = (f.metadata() or {}).get(CLASSES_KEY)
+        names = json.loads(text) if text else None
+    except Exception as e:  # a damaged record
+        raise ValueError(f'cannot read the class names recorded in {path}: {_first_line(e)}') from None
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f'the class names recorded in {path} are damaged (not a list of names)')
+    return names
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:
@@ -233,6 +271,7 @@ def create_teacher(
         pretrained: bool = False,
         checkpoint: Optional[str] = None,
         input_overrides: Optional[Dict[str, Any]] = None,
+        use_ema: bool = False,
         **kwargs: Any,
 ) -> FrozenTeacher:
     """Build a frozen timm teacher and its input contract.
@@ -243,13 +282,14 @@ def create_teacher(
     through `pretrained_cfg_overlay=dict(file=...)`). `num_classes` is the student's class
     count: a teacher that predicts another number of classes is refused, since its labels
     would mean nothing to the student. `input_overrides` (mean, std, img_size, interpolation)
-    override the teacher's input contract (see `model_contract`); `kwargs` go to
-    timm.create_model. Raises ValueError for all of these, in one line.
+    override the teacher's input contract (see `model_contract`); `use_ema` takes the
+    checkpoint's EMA weights (see `load_weights`); `kwargs` go to timm.create_model. Raises
+    ValueError for all of these, in one line.
     """
     check_model_name(model_name)
     state, recorded = None, {}
     if checkpoint is not None:
-        state = _backbone_of_std_student(load_weights(checkpoint))
+        state = _backbone_of_std_student(load_weights(checkpoint, use_ema))
         recorded = recorded_contract(checkpoint)
         weight = state.get(f'{_cfg_value(model_name, "classifier", "head")}.weight')
         if weight is not None:

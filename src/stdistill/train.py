@@ -31,21 +31,22 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
-from .checkpoint import (MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
+from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
                          verify_checkpoint)
-from .config import RESIZE_INTERPOLATIONS, TrainConfig, load_config, save_config
+from .config import RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, load_config, resume_changes, save_config
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, evaluate, train_one_epoch
-from .loaders import FASHION_MNIST_NORM, build_data, build_mixup
+from .folders import read_class_map, write_class_map
+from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size
 from .losses import DistillationLoss
 from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import (FrozenTeacher, _first_line, _whole_message, create_teacher, create_with_weights, load_weights,
-                       recorded_contract)
+from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, create_teacher, create_with_weights,
+                       load_weights, recorded_classes, recorded_contract)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'student_contract']
@@ -129,10 +130,25 @@ def _contract_of_run(checkpoint: Optional[str]) -> Dict[str, Any]:
     return {'mean': run.mean, 'std': run.std, 'interpolation': run.interpolation}
 
 
+def _check_teacher_classes(checkpoint: Optional[str], classes: Optional[List[str]], label: str) -> None:
+    """A teacher whose checkpoint records its class names must name this run's classes in this
+    order: its label i is the student's label i."""
+    recorded = recorded_classes(checkpoint) if checkpoint else None
+    if recorded is None or classes is None or recorded == classes:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(recorded, classes)) if a != b), min(len(recorded), len(classes)))
+    how = 'in another order' if sorted(recorded) == sorted(classes) else 'another set of classes'
+    raise ValueError(f'{label}: {checkpoint} was trained on {how} (its class {first} is '
+                     f'{recorded[first] if first < len(recorded) else "missing"!r}, this run\'s '
+                     f'{classes[first] if first < len(classes) else "missing"!r}): give class_map the teacher\'s '
+                     f'order (its run folder\'s class_map.txt), or use a teacher trained on these classes')
+
+
 def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
-                   pretrained: Optional[bool] = None) -> List[FrozenTeacher]:
+                   pretrained: Optional[bool] = None, classes: Optional[List[str]] = None) -> List[FrozenTeacher]:
     """The frozen teachers of cfg on `device`, each adapted to the student's batches (its own
-    normalisation, size and channels) and checked with one blank image."""
+    normalisation, size and channels) and checked with one blank image. classes: the run's
+    class names, which a teacher checkpoint that records its own must match."""
     student = student_contract(cfg)
     teachers = []
     for i, spec in enumerate(cfg.teachers):
@@ -153,9 +169,13 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
         try:
             contract = _contract_of_run(spec['checkpoint'])
             contract.update({k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation') if spec[k] is not None})
-            teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract, **kwargs)
+            if spec['use_ema'] and not spec['checkpoint']:
+                raise ValueError('use_ema reads a checkpoint\'s EMA weights: give checkpoint, or set use_ema: false')
+            _check_teacher_classes(spec['checkpoint'], classes, f'teachers.{i}')
+            teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract,
+                                     use_ema=spec['use_ema'], **kwargs)
         except ValueError as e:
-            raise ValueError(f'teachers.{i}: {e}') from None
+            raise ValueError(str(e) if str(e).startswith(f'teachers.{i}') else f'teachers.{i}: {e}') from None
         except Exception as e:  # someone else's constructor given user kwargs: any error, one line
             raise ValueError(f'cannot build teachers.{i} ({spec["model"]}) with kwargs {spec["kwargs"]}: '
                              f'{type(e).__name__}: {_first_line(e)}') from None
@@ -183,14 +203,15 @@ def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]
 
 
 def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mixup_active: bool,
-                    pretrained: Optional[bool] = None) -> DistillObjective:
-    """Student + teachers + losses (+ MINE), on `device`. pretrained=False forces random weights."""
+                    pretrained: Optional[bool] = None, classes: Optional[List[str]] = None) -> DistillObjective:
+    """Student + teachers + losses (+ MINE), on `device`. pretrained=False forces random weights;
+    classes: the run's class names (teacher checkpoints that record theirs must match)."""
     if cfg.method == 'none' and cfg.teachers:
         raise ValueError('method none takes no teachers: remove them, or choose method kd, deit or std')
     if cfg.method != 'none' and not cfg.teachers:
         raise ValueError(f'method {cfg.method} needs teachers: add a list under teachers')
     student = build_student(cfg, num_classes, pretrained).to(device)
-    teachers = build_teachers(cfg, num_classes, device, pretrained)
+    teachers = build_teachers(cfg, num_classes, device, pretrained, classes)
     if mixup_active:
         base = SoftTargetCrossEntropy()  # mixup/cutmix give soft targets (with the smoothing folded in)
     elif cfg.smoothing > 0:
@@ -219,7 +240,8 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     def absolute(path: Optional[str]) -> Optional[str]:
         return os.path.abspath(path) if path else path
     teachers = [dict(t, checkpoint=absolute(t['checkpoint'])) for t in cfg.teachers]
-    return dataclasses.replace(cfg, data_dir=absolute(cfg.data_dir), teachers=teachers)
+    return dataclasses.replace(cfg, data_dir=absolute(cfg.data_dir), class_map=absolute(cfg.class_map),
+                               teachers=teachers)
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
@@ -237,7 +259,7 @@ def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict
         'epoch': epoch, 'num_updates': num_updates, 'best': best, 'history': history,
         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
         'mi': objective.mi.state_dict() if objective.mi is not None else None,
-        'ema': ema.module.state_dict() if ema is not None else None,
+        'ema': None,  # the EMA weights are a file of their own, beside the student's (EMA_FILE)
     }
 
 
@@ -259,11 +281,53 @@ def _restore_rng(saved: Any, info: DistInfo, device: torch.device, seed: int, ep
               file=sys.stderr)
 
 
+def _resume_changes(cfg: TrainConfig) -> Dict[str, List[Any]]:
+    """What `cfg` changes from the config.yaml of the run it resumes ({} for a run without one);
+    a key a resumed run may not change is a ValueError (config.resume_changes)."""
+    path = os.path.join(cfg.output, 'config.yaml')
+    if not os.path.isfile(path):
+        return {}
+    try:
+        saved = load_config(path)
+    except ValueError as e:
+        raise ValueError(f'cannot read the config of the run to resume ({e})') from None
+    return resume_changes(_with_absolute_paths(saved), _with_absolute_paths(cfg))
+
+
+def _check_classes(run: str, classes: Optional[List[str]]) -> None:
+    """A resumed run's data must have the classes it was trained on, in the same order."""
+    path = os.path.join(run, 'class_map.txt')
+    if classes is None or not os.path.isfile(path):
+        return
+    trained = read_class_map(path)
+    if trained != classes:
+        raise ValueError(f'the training data now has {len(classes)} classes ({", ".join(classes[:3])}, ...) and the '
+                         f'run was trained on {len(trained)} ({path}): point data_dir at the data it was trained on')
+
+
+def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
+    """The epoch's best top-1, of the student's weights or (with model_ema) of their EMA."""
+    if ema and row['ema_top1'] > row['val_top1']:
+        return {'top1': row['ema_top1'], 'top5': row['ema_top5'], 'epoch': row['epoch'], 'weights': 'ema'}
+    return {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': row['epoch'], 'weights': 'student'}
+
+
+def _no_update_message(epoch: int, metrics: Dict[str, Any]) -> str:
+    return (f'epoch {epoch} made no update: {metrics["skipped_steps"]} step(s) had a non-finite loss and '
+            f'{metrics["skipped_batches"]} batch(es) too few readable images ({metrics["skipped_images"]} unreadable '
+            f'image(s)); nothing of this epoch is saved: check the data (bad_images), lr and clip_grad')
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = None) -> Dict[str, Any]:
-    """Run (or continue, with resume=True) the training `cfg` describes; return the summary."""
+    """Run (or continue, with resume=True) the training `cfg` describes; return the summary.
+
+    Raises ValueError (one line) for bad input, for a key a resumed run may not change, and for
+    an epoch that made no update (the run stops there; its last checkpoint is the epoch before).
+    """
     info = init_distributed(cfg.device, cfg.dist_timeout)
     device = resolve_device(cfg.device, info)
     _check_run_folder(cfg, resume)
+    changes = _resume_changes(cfg) if resume else {}
     if info.is_main and os.path.isdir(cfg.output):
         remove_stale_temporaries(cfg.output)  # half-written checkpoints of a killed process
     random_seed(cfg.seed, info.rank)
@@ -273,18 +337,24 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
     student_input = student_contract(cfg)
     data = build_data(cfg, info, student_input.mean, student_input.std, pin_memory=device.type == 'cuda')
+    if resume:
+        _check_classes(cfg.output, data.classes)
     mixup = build_mixup(cfg, data.num_classes)
-    objective = build_objective(cfg, data.num_classes, device, mixup is not None)
+    objective = build_objective(cfg, data.num_classes, device, mixup is not None, classes=data.classes)
     student = objective.student
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+    check_batch_size(cfg, info, mixup is not None, batch_norm)
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
     # recorded in every checkpoint, so that this student can be a teacher later (teacher_input.py)
     record = {RECORD_KEY: student_input.to_json()}
+    if data.classes is not None:
+        record[CLASSES_KEY] = json.dumps(data.classes)
     teacher_inputs = [f'teachers.{i} ({t.name}) sees {t.contract.describe()}'
                       f'{"" if t.input is None or t.input.identity else " (adapted from the student batch)"}'
                       for i, t in enumerate(objective.teachers)]
     if info.is_main:
-        for line in teacher_inputs:
+        for line in data.report + teacher_inputs:
             print(line, flush=True)
 
     lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
@@ -293,31 +363,41 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                                        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
                                        updates_per_epoch=steps)
-    start_epoch, num_updates, best, history, state = 0, 0, {'top1': -1.0, 'epoch': -1}, [], None
+    ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    start_epoch, num_updates, best, history, state, changelog = 0, 0, {'top1': -1.0, 'epoch': -1}, [], None, []
     if resume:
         folder, damaged = newest_valid_checkpoint(cfg.output)
         for reason in damaged if info.is_main else ():
             print(f'stdistill: warning: passing over {reason}', file=sys.stderr)
-        state = load_checkpoint(folder, student, verified=True)
+        state = load_checkpoint(folder, student, verified=True, ema=ema.module if ema is not None else None)
+        if ema is not None and state['ema'] is not None:  # written before the EMA had a file of its own
+            ema.module.load_state_dict(state['ema'])
+        start_epoch, num_updates = state['epoch'] + 1, state['num_updates']
+        if cfg.epochs < start_epoch:
+            raise ValueError(f'epochs={cfg.epochs}, but the run has done {start_epoch} epochs: give epochs >= '
+                             f'{start_epoch}')
         optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
         if objective.mi is not None:
             objective.mi.load_state_dict(state['mi'])
-        start_epoch, num_updates = state['epoch'] + 1, state['num_updates']
-        best, history = state['best'], state['history']
+        best, history, changelog = state['best'], state['history'], state.get('changes') or []
+        rebuilt = any(k in SCHEDULE_KEYS for k in changes)
+        if not rebuilt:  # else the scheduler made above from cfg is the rebuilt one
+            scheduler.load_state_dict(state['scheduler'])
         scheduler.step_update(num_updates=num_updates)
+        changelog += [{'epoch': start_epoch, 'key': k, 'from': a, 'to': b} for k, (a, b) in changes.items()]
+        if changes and info.is_main:
+            said = ', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())
+            how = (f': the learning-rate schedule is rebuilt for {cfg.epochs} epochs and continues at update '
+                   f'{num_updates} (lr {optimizer.param_groups[0]["lr"]:.4g})') if rebuilt else ''
+            print(f'stdistill: resuming at epoch {start_epoch} with {said}{how}', flush=True)
 
     model = objective
     if info.distributed:  # teachers are not in `objective`'s modules; buffers need syncing only for BatchNorm
-        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
         ddp = nn.parallel.DistributedDataParallel
         # torch 2.14 renamed broadcast_buffers (per-forward sync) to forward_sync_buffers
         sync = 'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(ddp).parameters \
             else 'broadcast_buffers'
         model = ddp(objective, device_ids=[device.index] if device.type == 'cuda' else None, **{sync: batch_norm})
-    ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    if ema is not None and state is not None and state['ema'] is not None:
-        ema.module.load_state_dict(state['ema'])
     if cfg.compile:
         student.compile()
     if state is not None:
@@ -328,8 +408,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         os.makedirs(cfg.output, exist_ok=True)
         save_config(_with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes)),
                     os.path.join(cfg.output, 'config.yaml'))
-        monitor = RunMonitor(cfg.output, history, cfg.log_interval, cfg.progress)
+        if data.classes is not None:
+            write_class_map(data.classes, os.path.join(cfg.output, 'class_map.txt'))
+        monitor = RunMonitor(cfg.output, history, cfg.log_interval, cfg.progress, num_updates)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    # BatchNorm and MINE (a derangement of the batch) need two images of a batch
+    min_batch = 2 if batch_norm or objective.mi is not None else 1
+    # drop_last leaves the images of the sampler's incomplete last batch out of each epoch
+    dropped_last = (len(data.train_loader.sampler) - steps * cfg.batch_size) * info.world_size
     try:
         for epoch in range(start_epoch, last_epoch):
             data.train_loader.sampler.set_epoch(epoch)
@@ -340,31 +426,37 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             metrics, num_updates = train_one_epoch(
                 model, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
                 clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, amp_dtype=amp_dtype, ema=ema,
-                on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite)
-            row = {'epoch': epoch, **metrics}
+                on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite, min_batch=min_batch)
+            if metrics['updates'] == 0:
+                raise ValueError(_no_update_message(epoch, metrics))
+            row = {'epoch': epoch, **metrics, 'dropped_last_images': dropped_last}
             row.update({f'val_{k}': v for k, v in
                         evaluate(student, data.val_loader, device, info, amp_dtype, cfg.inference_head).items()})
             if ema is not None:
                 row.update({f'ema_{k}': v for k, v in
                             evaluate(ema.module, data.val_loader, device, info, amp_dtype, cfg.inference_head).items()
                             if k in ('top1', 'top5')})
+            if epoch == start_epoch and changes:
+                row['config_changes'] = changes
             row['epoch_s'] = time.perf_counter() - start
             history.append(row)
-            improved = row['val_top1'] > best['top1']
+            candidate = _best_of(row, ema is not None)
+            improved = candidate['top1'] > best['top1']
             if improved:
-                best = {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': epoch}
+                best = candidate
             rng = gather_objects(rng_state(device), info)  # every process's own states, by rank
             if info.is_main:
-                monitor.end_epoch(row)
+                monitor.end_epoch(row, num_updates)
+                ema_module = ema.module if ema is not None else None
                 # best/ before last/: last/ commits the epoch, so a crash between the two redoes
                 # the epoch (identically) and writes best/ again.
                 if improved:
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
-                                    metadata=record)
+                                    metadata=record, ema=ema_module)
                 state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema)
-                state['rng'] = rng
+                state['rng'], state['changes'] = rng, changelog
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
-                                previous=os.path.join(cfg.output, 'previous'), metadata=record)
+                                previous=os.path.join(cfg.output, 'previous'), metadata=record, ema=ema_module)
     finally:
         if monitor:
             monitor.close()
@@ -373,9 +465,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         'epochs_done': len(history), 'epochs': cfg.epochs, 'best': best,
         'final': history[-1] if history else None,
         'params_m': sum(p.numel() for p in student.parameters()) / 1e6,
-        'skipped_steps': sum(row.get('skipped_steps', 0) for row in history),
-        'skipped_images': sum(row.get('skipped_images', 0) for row in history),
+        'num_updates': num_updates,
+        **{key: sum(row.get(key, 0) for row in history)
+           for key in ('skipped_steps', 'skipped_batches', 'skipped_images', 'unpaired_images', 'dropped_last_images')},
         'world_size': info.world_size, 'weights_sha256_per_rank': digests, 'teacher_inputs': teacher_inputs,
+        'data': data.report, 'config_changes': changelog,
     }
     if info.is_main:
         summary['plots'] = write_plots(cfg.output, history)
@@ -384,25 +478,35 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     return summary
 
 
-def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str) -> Dict[str, float]:
-    """Top-1/top-5 of a saved student (a checkpoint folder or its model.safetensors) on cfg's val split."""
+def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False) -> Dict[str, float]:
+    """Top-1/top-5 of a saved student (a checkpoint folder or its model.safetensors), or with
+    ema=True of its EMA weights, on cfg's val split, labelled with the class names the
+    checkpoint records (else its run's class_map.txt). Raises ValueError (one line) for a
+    damaged checkpoint, one that does not fit cfg's model, or a missing EMA."""
     from .loaders import build_eval_loader
 
     info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
+    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(checkpoint, MODEL_FILE) if os.path.isdir(checkpoint) else checkpoint
     if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, STATE_JSON)):
         verify_checkpoint(checkpoint)  # a damaged or edited checkpoint folder is refused, not evaluated
-    weights = load_weights(path)
-    if cfg.num_classes is None:
+    if ema and not os.path.isfile(os.path.join(folder, EMA_FILE)):
+        raise ValueError(f'{checkpoint} holds no EMA weights ({EMA_FILE}; the run had model_ema off): '
+                         f'evaluate it without --ema')
+    weights = load_weights(path, use_ema=ema)
+    run_map = os.path.join(os.path.dirname(folder), 'class_map.txt')
+    classes = recorded_classes(path) or (read_class_map(run_map) if os.path.isfile(run_map) else None)
+    num_classes = len(classes) if classes else cfg.num_classes
+    if num_classes is None:
         raise ValueError('num_classes is not set in the config')
-    student = build_student(cfg, cfg.num_classes, pretrained=False)
+    student = build_student(cfg, num_classes, pretrained=False)
     try:
         student.load_state_dict(weights)
     except RuntimeError as e:
         raise ValueError(f'{path} does not fit {cfg.model} with method {cfg.method}: '
                          f'{_whole_message(e)}') from None
     student.to(device)
-    loader = build_eval_loader(cfg, info, *resolve_norm(cfg))
+    loader = build_eval_loader(cfg, info, *resolve_norm(cfg), classes=classes)
     amp_dtype = _amp_dtype(cfg)
     return evaluate(student, loader, device, info, amp_dtype, cfg.inference_head)
