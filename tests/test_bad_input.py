@@ -158,6 +158,42 @@ def _case_resume_nothing(tmp, run):
     return ['train', '--resume', str(tmp / 'out')]
 
 
+def _folder_with(tmp, change):
+    root = image_folder(tmp / 'data')
+    change(root)
+    return _train(*FOLDER, f'data_dir={root}')(tmp, None)
+
+
+def _case_val_class_unknown(tmp, run):
+    def change(root):
+        shutil.copytree(root / 'val' / 'class_1', root / 'val' / 'class_9')
+    return _folder_with(tmp, change)
+
+
+def _case_loose_image(tmp, run):
+    def change(root):
+        shutil.copy(next((root / 'train' / 'class_0').iterdir()), root / 'train' / 'stray.png')
+    return _folder_with(tmp, change)
+
+
+def _case_class_map(text, name='map.txt'):
+    def argv(tmp, run):
+        root = image_folder(tmp / 'data')
+        (tmp / name).write_text(text)
+        return _train(*FOLDER, f'data_dir={root}', f'class_map={tmp / name}')(tmp, run)
+    return argv
+
+
+def _case_float_image(tmp, run):
+    root = image_folder(tmp / 'data')
+    Image.fromarray(np.zeros((28, 28), np.float32), mode='F').save(root / 'train' / 'class_0' / 'float.tif')
+    return _train(*FOLDER, f'data_dir={root}', 'bad_images=stop')(tmp, run)
+
+
+def _case_resume_change(*overrides):
+    return lambda tmp, run: ['train', '--resume', str(copy_run(run, tmp)), *overrides]
+
+
 MATRIX = [
     ('missing data folder', _train(*FOLDER, 'data_dir=/nowhere/at/all'), ['data folder not found', '/nowhere/at/all']),
     ('empty data folder', _case_empty_folder, ['empty']),
@@ -195,6 +231,29 @@ MATRIX = [
     ('unknown option', _train('--stop-afterwards', '1'), ['unrecognized arguments: --stop-afterwards 1',
                                                          'stdistill train --help']),
     ('unknown command', lambda tmp, run: ['tran', *TINY], ["invalid choice: 'tran'"]),
+    ('validation class the training split lacks', _case_val_class_unknown, ["'class_9'", 'class_map']),
+    ('image outside a class folder', _case_loose_image, ['stray.png', 'outside a class folder']),
+    ('no validation split folder', lambda tmp, run: _train(*FOLDER, f'data_dir={image_folder(tmp / "d")}',
+                                                           'val_split=test')(tmp, run), ['no test/ folder', 'found: train, val']),
+    ('class_map file missing', lambda tmp, run: _train(*FOLDER, f'data_dir={image_folder(tmp / "d")}',
+                                                       'class_map=/nowhere/map.txt')(tmp, run),
+     ['class_map file not found', '/nowhere/map.txt']),
+    ('class_map without a training class', _case_class_map('class_0\n'), ["'class_1'", 'class_map']),
+    ('class_map with a blank line', _case_class_map('class_0\n\nclass_1\n'), ['blank line']),
+    ('class_map naming a class twice', _case_class_map('class_0\nclass_0\nclass_1\n'), ["'class_0' more than once"]),
+    ('class_map as a pickle', _case_class_map('x', 'map.pkl'), ['.txt']),
+    ('class_map for fashion-mnist', _train('class_map=map.txt'), ['class_map applies to image folders']),
+    ('image of mode F, bad_images=stop', _case_float_image, ['float.tif', 'mode F']),
+    ('odd batch with mixup', _train('batch_size=31'), ['batch_size 31 is odd', 'batch_size=32']),
+    ('MINE with one image a batch', _train('batch_size=1', 'mixup=0', 'cutmix=0'), ['batch_size 1', 'MINE']),
+    ('resume: change the optimizer', _case_resume_change('opt=sgd'), ['cannot change opt', 'new run']),
+    ('resume: change the model', _case_resume_change('model_kwargs={embed_dim: 24, num_blocks: 2}'),
+     ['cannot change model_kwargs']),
+    ('resume: turn EMA on', _case_resume_change('model_ema=true'), ['cannot change model_ema']),
+    ('eval --ema of a run without EMA', lambda tmp, run: ['eval', str(run), '--ema'], ['no EMA weights']),
+    ('teacher use_ema on a file without EMA',
+     lambda tmp, run: _train(f'teachers=[{{model: resnet10t, checkpoint: {teacher_checkpoint(tmp, 10)}, '
+                             f'use_ema: true}}]')(tmp, run), ['teachers.0', 'use_ema']),
 ]
 
 

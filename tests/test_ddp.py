@@ -35,6 +35,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     with open(out / 'log.jsonl') as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 2 and rows[-1]['val_images'] == 96
+    assert result.stdout.count('done:') == 1  # said by rank 0, not once a process
 
 
 def _torchrun(*args):
@@ -84,3 +85,48 @@ def test_resume_with_another_world_size_reseeds_and_says_so(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if 'reseeded' in line]
     assert len(warnings) == 1 and 'written by 2 process(es) on the CPU and this run has 1 process(es)' in warnings[0]
     assert _summary(run)['epochs_done'] == 2
+
+
+def _agree_on_skips(rank, store, results):
+    """One process of a 2-process group: rank 1's first batch has no readable image."""
+    import datetime
+
+    import torch.distributed as dist
+    import torch.nn as nn
+
+    from stdistill.engine import DistillObjective, train_one_epoch
+
+    class _NoSchedule:
+        def step_update(self, num_updates):
+            pass
+
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    objective = DistillObjective(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), 'none', nn.CrossEntropyLoss())
+    model = nn.parallel.DistributedDataParallel(objective)
+    images, targets = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(rank)), torch.tensor([0, 1, 2, 0])
+    first = (None, None, 4) if rank == 1 else (images, targets, 0)
+    loader = [first, (images, targets, 0), (images[:1], targets[:1], 3)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics, updates = train_one_epoch(model, loader, optimizer, _NoSchedule(), torch.device('cpu'), 0, 0, min_batch=2)
+    results.put((rank, metrics['updates'], metrics['skipped_batches'], metrics['skipped_images'], updates,
+                 [p.detach().clone() for p in objective.parameters()]))
+    dist.destroy_process_group()
+
+
+def test_processes_skip_a_step_together_when_one_cannot_take_it(tmp_path):
+    """Under DDP a process whose batch is unreadable (or too small) must not skip a step the
+    others take: the gradient all-reduce would then pair different steps, or hang."""
+    import torch.multiprocessing as mp
+    context = mp.get_context('spawn')
+    results = context.Queue()
+    procs = [context.Process(target=_agree_on_skips, args=(rank, str(tmp_path / 'store'), results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    out = sorted((results.get(timeout=120) for _ in procs), key=lambda r: r[0])
+    for p in procs:
+        p.join(timeout=60)
+    # batch 0: rank 1 has no image; batch 2: one image, below min_batch, on both ranks
+    assert [r[1:5] for r in out] == [(1, 2, 10, 1), (1, 2, 10, 1)]  # 3 + 4 + 3 unreadable in all
+    assert all(torch.equal(a, b) for a, b in zip(out[0][5], out[1][5]))
