@@ -132,7 +132,7 @@ def test_teacher_trained_on_another_class_order_is_refused(tmp_path, fashion, ca
                f'teachers=[{{model: mixer_t4_28, checkpoint: {teacher / "best" / "model.safetensors"}, '
                f'kwargs: {{embed_dim: 16, num_blocks: 2}}}}]']
     assert run('train', *student, f'data_dir={data}', f'class_map={swapped}', f'output={tmp_path / "s"}') == 2
-    one_error_line(capsys, 'teachers.0', 'another order', 'class_map')
+    one_error_line(capsys, 'teachers.0', 'trained on the same classes in another order', 'class_map')
     assert run('train', *student, f'data_dir={data}', f'output={tmp_path / "ok"}') == 0
 
 
@@ -152,7 +152,8 @@ def test_class_is_the_first_folder_under_the_split(tmp_path, fashion, capsys):
     printed = capsys.readouterr().out
     assert 'train: 20 images in 2 classes (cat 10, dog 10)' in printed, printed
     assert 'val: 6 images in 2 classes (cat 3, dog 3)' in printed, printed
-    assert 'train: 1 file(s) left out as not images by extension: .txt 1' in printed, printed
+    assert ('train: left out 1 file(s) that are not images by extension (.txt 1) and 1 hidden file(s) or folder(s)'
+            in printed), printed
     assert (out / 'class_map.txt').read_text() == 'cat\ndog\n'
     assert json.loads((out / 'summary.json').read_text())['data'][0] == 'train: 20 images in 2 classes (cat 10, dog 10)'
 
@@ -165,7 +166,7 @@ def test_layouts_that_would_mislabel_are_refused(tmp_path, fashion, capsys, layo
         Image.fromarray(fashion.images[0]).save(data / 'train' / 'stray.png')
         words = ['stray.png', 'outside a class folder']
     else:  # timm would evaluate on data_dir itself: the training images
-        words = ['no val/ folder', 'found: train']
+        words = ['no val/ folder (nor valid, validation, eval, evaluation)', 'found: train']
     assert run('train', *PLAIN, f'data_dir={data}', f'output={tmp_path / "run"}') == 2
     one_error_line(capsys, *words)
     assert not (tmp_path / 'run').exists()
@@ -307,6 +308,25 @@ def test_resume_refuses_fewer_epochs_than_done(tmp_path, fashion, capsys):
     one_error_line(capsys, 'epochs=1', 'has done 2 epochs')
 
 
+def test_a_synonym_split_folder_is_named_in_the_report(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'valid', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    capsys.readouterr()
+    assert run('train', *PLAIN, f'data_dir={data}', 'val_split=validation', f'output={tmp_path / "run"}') == 0
+    assert f'validation ({data / "valid"}): 4 images in 2 classes (a 2, b 2)' in capsys.readouterr().out
+
+
+def test_resume_on_data_with_other_classes_is_refused(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    other = write_split(tmp_path / 'other', 'train', {'a': 0, 'c': 1}, fashion, per_class=4)
+    write_split(other, 'val', {'a': 0, 'c': 1}, fashion, per_class=2, start=100)
+    out = tmp_path / 'run'
+    assert run('train', *PLAIN, f'data_dir={data}', 'epochs=2', '--stop-after', '1', f'output={out}') == 0
+    assert run('train', '--resume', out, f'data_dir={other}') == 2
+    one_error_line(capsys, 'was trained on 2', 'class_map.txt')
+
+
 # 6. numbers in YAML
 
 def test_every_numeric_form_is_read_as_its_number(tmp_path):
@@ -318,6 +338,14 @@ def test_every_numeric_form_is_read_as_its_number(tmp_path):
     assert (cfg.warmup_lr, cfg.val_samples, cfg.mine_weight) == (2e-6, 2000, 0.25)
     assert cfg.model_kwargs == {'drop_rate': 0.05} and isinstance(cfg.model_kwargs['drop_rate'], float)
     assert cfg.teachers[0]['mean'] == [0.5] and cfg.teachers[0]['std'] == [0.25]
+
+
+@pytest.mark.parametrize('key', ['model_kwargs', 'teachers.0.kwargs'])
+def test_a_mapping_key_without_its_space_is_refused(key):
+    override = 'model_kwargs={embed_dim:16}' if key == 'model_kwargs' else \
+        'teachers=[{model: resnet10t, kwargs: {drop_rate:0.1}}]'
+    with pytest.raises(ValueError, match='needs a space after the colon'):
+        load_config(None, [override])
 
 
 def test_lr_in_exponent_form_trains_from_the_command_line(tmp_path, fashion):

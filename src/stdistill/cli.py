@@ -83,8 +83,10 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = load_config(config, args.overrides)
     m = evaluate_checkpoint(cfg, checkpoint, ema=args.ema)
     heads = ''.join(f', {k[5:]} head {m[k]:.2f}' for k in ('top1_cls', 'top1_dist', 'top1_avg') if k in m)
-    print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {m["top1"]:.2f}, top-5 {m["top5"]:.2f} on {m["images"]} images '
-          f'({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}')
+    also_ema = not args.ema and os.path.isfile(os.path.join(checkpoint, 'model_ema.safetensors'))
+    print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {m["top1"]:.2f}, top-5 {m["top5"]:.2f} on '
+          f'{m["images"]} images ({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}'
+          f'{"; it also holds EMA weights: --ema scores them" if also_ema else ""}')
     return 0
 
 

@@ -231,6 +231,15 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     raise ValueError(f'config key {name} must be {"a list" if base is list else kind}, got {value!r}')
 
 
+def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
+    """`{embed_dim:16}` (no space after the colon) is YAML for the key 'embed_dim:16' with no
+    value: refuse it rather than build the model without the argument."""
+    for key, value in kwargs.items():
+        if value is None and isinstance(key, str) and ':' in key:
+            raise ValueError(f'{name} key {key!r} has no value: write it as {key.split(":", 1)[0]}: '
+                             f'{key.split(":", 1)[1]} (YAML needs a space after the colon)')
+
+
 def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
     if not isinstance(teachers, list):
         raise ValueError(f'config key teachers must be a list of mappings, got {teachers!r}')
@@ -246,6 +255,7 @@ def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
         spec = dataclasses.asdict(TeacherSpec(**t))
         hints = typing.get_type_hints(TeacherSpec)
         out.append({k: _check_type(f'teachers.{i}.{k}', v, hints[k]) for k, v in spec.items()})
+        _check_kwargs(f'teachers.{i}.kwargs', out[-1]['kwargs'])
         for key in ('mean', 'std'):
             if out[-1][key] is not None and not all(math.isfinite(v) for v in out[-1][key]):
                 raise ValueError(f'config key teachers.{i}.{key} must be finite, got {out[-1][key]}')
@@ -268,6 +278,8 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         if key not in known:
             raise ValueError(f'unknown config key {key!r}{_closest(key, known)} (stdistill train --help lists them)')
         checked[key] = _check_teachers(value) if key == 'teachers' else _check_type(key, value, hints[key])
+        if key == 'model_kwargs':
+            _check_kwargs(key, checked[key])
     cfg = TrainConfig(**checked)
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get('choices')

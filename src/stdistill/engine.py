@@ -247,7 +247,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
     names = sorted(counts)
     summed = all_reduce_sum([counts[n] for n in names] + [loss_sum, float(total)], device, info)
     total = summed[-1]
-    result = {n: v if n == 'skipped_images' else 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
+    result = {n: int(v) if n == 'skipped_images' else 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
     result['loss'] = summed[-2] / max(total, 1)
     result['images'] = int(total)
     return result

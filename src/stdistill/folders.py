@@ -39,19 +39,21 @@ def find_split(data_dir: str, split: str) -> str:
     Raises ValueError naming the folders there when there is none: falling back to data_dir
     itself (as timm does) would train and evaluate on the same images.
     """
-    candidates = [split] + next((list(s) for s in _SYNONYMS if split in s), [])
+    candidates = [split] + [s for s in next((s for s in _SYNONYMS if split in s), ()) if s != split]
     for name in candidates:
         path = os.path.join(data_dir, name)
         if os.path.isdir(path):
             return path
     found = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith('.'))
-    raise ValueError(f'{data_dir} has no {split}/ folder (found: {", ".join(found) or "no folders"}): put each split '
-                     f'in its own folder, data_dir/{split}/<class>/<image>, or set train_split / val_split')
+    also = f' (nor {", ".join(candidates[1:])})' if len(candidates) > 1 else ''
+    raise ValueError(f'{data_dir} has no {split}/ folder{also}; found: {", ".join(found) or "no folders"}: put each '
+                     f'split in its own folder, data_dir/{split}/<class>/<image>, or set train_split / val_split')
 
 
 def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
-    """(path, class name) of every image under `folder`, sorted by path, and a Counter of the
-    extensions of the files left out as not images.
+    """(path, class name) of every image under `folder`, sorted by path, and a Counter of what
+    was left out: files that are not images by their extension (by extension), and hidden
+    files and folders (under 'hidden').
 
     Raises ValueError when images lie directly in `folder` (outside any class folder).
     """
@@ -62,12 +64,16 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
         raise ValueError(f'{len(loose)} image(s) lie directly in {folder} (e.g. {loose[0]}), outside a class folder: '
                          f'put each class in its own folder, {folder}/<class>/<image>')
     for entry in os.scandir(folder):
+        if entry.name.startswith('.'):
+            others['hidden'] += 1
         if not entry.is_dir() or entry.name.startswith('.'):
             continue
         for root, dirs, files in os.walk(entry.path, followlinks=True):
+            others['hidden'] += sum(d.startswith('.') for d in dirs)
             dirs[:] = [d for d in dirs if not d.startswith('.')]
             for name in files:
                 if name.startswith('.'):
+                    others['hidden'] += 1
                     continue
                 ext = os.path.splitext(name)[1].lower()
                 if ext in IMAGE_EXTENSIONS:
@@ -75,7 +81,7 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
                 else:
                     others[ext or '(no extension)'] += 1
     samples.sort(key=lambda s: natural_key(s[0]))
-    return samples, others
+    return samples, +others  # without zero counts
 
 
 def read_class_map(path: str) -> List[str]:
@@ -133,7 +139,7 @@ class FolderReader(Reader):
         if unknown:
             raise ValueError(f'{split or "split"} class {unknown[0]!r} ({os.path.join(folder, unknown[0])}) is not '
                              f'among the run\'s {len(self.classes)} classes{" and " + str(len(unknown) - 1) + " more" if len(unknown) > 1 else ""}: '
-                             f'remove it, or name it in class_map (with the training split holding it)')
+                             f'remove it, or name it in class_map')
         self.samples = [(path, self.class_to_idx[c]) for path, c in samples]
         self.counts = Counter(c for _, c in samples)
 
@@ -151,8 +157,15 @@ class FolderReader(Reader):
 
 
 def describe_left_out(others: Counter) -> str:
-    listed = ', '.join(f'{ext} {n}' for ext, n in others.most_common(5))
-    return f'{sum(others.values())} file(s) left out as not images by extension: {listed}'
+    """What scan_split left out, in words."""
+    parts = []
+    files = Counter({k: v for k, v in others.items() if k != 'hidden'})
+    if files:
+        listed = ', '.join(f'{ext} {n}' for ext, n in files.most_common(5))
+        parts.append(f'{sum(files.values())} file(s) that are not images by extension ({listed})')
+    if others.get('hidden'):
+        parts.append(f'{others["hidden"]} hidden file(s) or folder(s)')
+    return 'left out ' + ' and '.join(parts)
 
 
 def describe_counts(split: str, classes: Sequence[str], counts: Counter, listed: int = 20) -> str:

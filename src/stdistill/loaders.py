@@ -234,6 +234,8 @@ def _describe(ds: Dataset, split: str, classes: Optional[Sequence[str]]) -> List
     reader = getattr(ds, 'reader', None)
     if isinstance(reader, FolderReader) and reader.left_out:
         lines.append(f'{split}: {describe_left_out(reader.left_out)}')
+    if isinstance(reader, FolderReader) and os.path.basename(reader.root) != split:  # a synonym: say which
+        lines[0] = lines[0].replace(f'{split}:', f'{split} ({reader.root}):', 1)
     return lines
 
 

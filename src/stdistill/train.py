@@ -137,7 +137,7 @@ def _check_teacher_classes(checkpoint: Optional[str], classes: Optional[List[str
     if recorded is None or classes is None or recorded == classes:
         return
     first = next((i for i, (a, b) in enumerate(zip(recorded, classes)) if a != b), min(len(recorded), len(classes)))
-    how = 'in another order' if sorted(recorded) == sorted(classes) else 'another set of classes'
+    how = 'the same classes in another order' if sorted(recorded) == sorted(classes) else 'another set of classes'
     raise ValueError(f'{label}: {checkpoint} was trained on {how} (its class {first} is '
                      f'{recorded[first] if first < len(recorded) else "missing"!r}, this run\'s '
                      f'{classes[first] if first < len(classes) else "missing"!r}): give class_map the teacher\'s '
@@ -240,8 +240,8 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     def absolute(path: Optional[str]) -> Optional[str]:
         return os.path.abspath(path) if path else path
     teachers = [dict(t, checkpoint=absolute(t['checkpoint'])) for t in cfg.teachers]
-    return dataclasses.replace(cfg, data_dir=absolute(cfg.data_dir), class_map=absolute(cfg.class_map),
-                               teachers=teachers)
+    return dataclasses.replace(cfg, output=absolute(cfg.output), data_dir=absolute(cfg.data_dir),
+                               class_map=absolute(cfg.class_map), teachers=teachers)
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
