@@ -3,6 +3,7 @@ the dataset layout, PIL image modes, batch-size assumptions, overrides on --resu
 YAML, EMA weights, and DDP step agreement. Each test checks the value a correct run gives."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -416,13 +417,109 @@ def test_tensorboard_shows_each_step_once_after_a_redone_epoch(tmp_path, fashion
     out = tmp_path / 'run'
     assert run('train', *PLAIN, f'data_dir={data}', 'epochs=2', 'log_interval=1', '--stop-after', '1',
                f'output={out}') == 0
-    # a kill half way through epoch 1: its first steps reached TensorBoard, its checkpoint did not
+    # a kill half way through epoch 1: its first steps reached TensorBoard, its checkpoint did not.
+    # (TensorBoard orders event files by their name: the time in seconds, then a per-process
+    # counter; in one test process the seconds must differ, as they do between real processes.)
+    time.sleep(1.1)
     writer = SummaryWriter(str(out / 'tb'))
     for step in (3, 4):
         writer.add_scalar('loss/loss', 123.0, step)
     writer.close()
+    time.sleep(1.1)
     assert run('train', '--resume', out) == 0
     events = EventAccumulator(str(out / 'tb'))
     events.Reload()
     steps = [e.step for e in events.Scalars('loss/loss')]
     assert steps == [1, 2, 3, 4] and 123.0 not in [e.value for e in events.Scalars('loss/loss')]
+
+
+# found by trying to break the above
+
+def test_a_resume_that_fails_before_saving_keeps_its_change_for_the_next(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=8)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    broken = tmp_path / 'broken'
+    import shutil
+    shutil.copytree(data, broken)
+    Image.fromarray(np.zeros((28, 28), np.float32), mode='F').save(broken / 'train' / 'a' / 'float.tif')
+    out = tmp_path / 'run'
+    assert run('train', *PLAIN, f'data_dir={data}', 'epochs=3', '--stop-after', '1', f'output={out}') == 0
+    assert run('train', '--resume', out, 'lr=5e-4', f'data_dir={broken}', 'bad_images=stop') == 2
+    assert load_config(str(out / 'config.yaml')).lr == 5e-4  # config.yaml said so, but no epoch ran with it
+    capsys.readouterr()
+    assert run('train', '--resume', out, f'data_dir={data}') == 0
+    assert 'lr 0.003 -> 0.0005' in capsys.readouterr().out
+    assert read_jsonl(out / 'log.jsonl')[1]['config_changes']['lr'] == [0.003, 0.0005]
+
+
+@pytest.mark.parametrize('case', ['symlink loop', 'symlink to another class', 'name with a trailing space'])
+def test_folders_that_would_mislabel_through_links_or_names_are_refused(tmp_path, fashion, capsys, case):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    if case == 'symlink loop':
+        os.symlink('..', data / 'train' / 'a' / 'up')
+        words = ['symbolic link']
+    elif case == 'symlink to another class':
+        os.symlink(data / 'train' / 'b', data / 'train' / 'a' / 'more')
+        words = ['symbolic link', 'remove the link']
+    else:
+        os.rename(data / 'train' / 'b', data / 'train' / 'b ')
+        words = ["train/b '", 'spaces at its ends']
+    assert run('train', *PLAIN, f'data_dir={data}', f'output={tmp_path / "run"}') == 2
+    one_error_line(capsys, *words)
+
+
+def test_validation_split_without_a_readable_image_is_one_line(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    for name in ('a', 'b'):
+        (data / 'val' / name).mkdir(parents=True)
+        (data / 'val' / name / 'x.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'x' * 40)
+    assert run('train', *PLAIN, f'data_dir={data}', f'output={tmp_path / "run"}') == 2
+    err = capsys.readouterr().err.strip().splitlines()  # a warning for each unreadable image, then the error
+    assert err[-1].startswith('stdistill: error: the evaluation split has no readable image (2 unreadable)'), err
+    assert all(line.startswith('stdistill: warning: skipping') for line in err[:-1]) and 'Traceback' not in err
+    assert not (tmp_path / 'run' / 'last').exists()
+
+
+def test_run_trained_with_a_class_map_resumes_after_the_file_moved(tmp_path, fashion):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    order = tmp_path / 'order.txt'
+    order.write_text('b\na\n')
+    out = tmp_path / 'run'
+    assert run('train', *PLAIN, f'data_dir={data}', f'class_map={order}', 'epochs=2', '--stop-after', '1',
+               f'output={out}') == 0
+    os.remove(order)
+    assert run('train', '--resume', out, f'class_map={out / "class_map.txt"}') == 0
+    assert (out / 'class_map.txt').read_text() == 'b\na\n'
+
+
+def test_resume_names_the_teacher_key_it_refuses(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    out = tmp_path / 'run'
+    assert run('train', *PLAIN, f'data_dir={data}', 'method=kd', 'teachers=[{model: resnet10t, pretrained: false}]',
+               'epochs=2', '--stop-after', '1', f'output={out}') == 0
+    assert run('train', '--resume', out, 'teachers.0.token_position=-2') == 2
+    one_error_line(capsys, 'cannot change teachers.0.token_position (-1 -> -2)')
+
+
+def test_eval_of_a_weights_file_in_a_run_and_use_ema_only_beside_model_safetensors(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert run('train', *TINY, 'epochs=1', f'output={out}') == 0
+    row = read_jsonl(out / 'log.jsonl')[0]
+    capsys.readouterr()
+    assert run('eval', out / 'best' / 'model.safetensors', '--ema') == 0
+    assert f'top-1 {row["ema_top1"]:.2f}' in capsys.readouterr().out
+    import shutil
+    shutil.copy(out / 'best' / 'model.safetensors', out / 'best' / 'renamed.safetensors')
+    teacher = f'teachers=[{{model: mixer_t4_28, checkpoint: {out / "best" / "renamed.safetensors"}, use_ema: true, ' \
+              f'kwargs: {{embed_dim: 16, num_blocks: 2}}}}]'
+    assert run('train', *TINY, 'method=kd', teacher, f'output={tmp_path / "s"}') == 2
+    one_error_line(capsys, 'teachers.0', 'holds one set of weights')
+
+
+@pytest.mark.parametrize('key', ['opt=adamz', 'sched=cosinus'])
+def test_unknown_optimizer_or_scheduler_names_the_key(tmp_path, capsys, key):
+    assert run('train', *TINY, key, f'output={tmp_path / "run"}') == 2
+    one_error_line(capsys, f'config key {key.split("=")[0]}')

@@ -35,7 +35,7 @@ from .teachers import EMA_FILE, _first_line, _whole_message
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
            'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
-           'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
+           'checkpoint_entry', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
 
 MODEL_FILE, STATE_FILE, STATE_JSON = 'model.safetensors', 'state.safetensors', 'state.json'
 FORMAT = 'stdistill-checkpoint/1'
@@ -245,6 +245,15 @@ def newest_valid_checkpoint(run: str) -> Tuple[str, List[str]]:
         raise ValueError(f'nothing to resume in {run}: {reasons}')
     # the highest epoch; between equal epochs, the first in RESUMABLE order (max keeps the first)
     return max(valid, key=lambda v: v[0])[1], rejected
+
+
+def checkpoint_entry(folder: str, key: str) -> Any:
+    """A plain (tensor-free) top-level entry of a checkpoint's training state, read from its
+    state.json without loading any tensor; None when it has none."""
+    with open(os.path.join(folder, STATE_JSON)) as f:
+        skeleton = json.load(f).get('state')
+    pairs = skeleton.get('__dict__', []) if isinstance(skeleton, dict) else []
+    return next((join_tensors(v, {}) for k, v in pairs if k == key), None)
 
 
 def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False,

@@ -76,9 +76,12 @@ def _eval(args: argparse.Namespace) -> int:
     checkpoint = os.path.join(target, args.which) if os.path.isfile(os.path.join(target, 'config.yaml')) else target
     config = args.config
     if config is None:
-        run = target if checkpoint != target else os.path.dirname(os.path.abspath(target.rstrip('/')))
-        config = os.path.join(run, 'config.yaml')
-        if not os.path.isfile(config):
+        # the run folder: the target, or above a checkpoint folder, or above RUN/best/model.safetensors
+        here = os.path.abspath(target.rstrip('/'))
+        runs = [target] if checkpoint != target else [os.path.dirname(here), os.path.dirname(os.path.dirname(here))]
+        config = next((os.path.join(r, 'config.yaml') for r in runs if os.path.isfile(os.path.join(r, 'config.yaml'))),
+                      None)
+        if config is None:
             raise ValueError(f'no config.yaml beside {target}: give the run folder, or --config')
     cfg = load_config(config, args.overrides)
     m = evaluate_checkpoint(cfg, checkpoint, ema=args.ema)

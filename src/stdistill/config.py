@@ -360,8 +360,22 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
 # continues at the update the run stands at; the run-time keys take effect as they are. Any
 # other key would change the model, the data or the optimizer the run was trained with.
 SCHEDULE_KEYS = ('epochs', 'lr', 'min_lr', 'warmup_epochs', 'warmup_lr', 'sched')
+# (data_dir and class_map may move: train checks that the data still has the run's classes)
 RUNTIME_KEYS = ('workers', 'log_interval', 'progress', 'device', 'dist_timeout', 'bad_images', 'compile',
-                'skip_nonfinite', 'amp', 'channels_last', 'clip_grad', 'clip_mode', 'data_dir', 'download')
+                'skip_nonfinite', 'amp', 'channels_last', 'clip_grad', 'clip_mode', 'data_dir', 'download', 'class_map')
+
+
+def _first_difference(name: str, old: Any, new: Any) -> tuple:
+    """(dotted key, old, new) of the first place two values differ (teachers.0.use_ema)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return _first_difference(f'{name}.{key}', old.get(key), new.get(key))
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return _first_difference(f'{name}.{i}', a, b)
+    return name, old, new
 
 
 def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]:
@@ -377,6 +391,7 @@ def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]
         return text if len(text) <= 80 else text[:77] + '...'
     for key, (before, after) in changed.items():
         if key not in SCHEDULE_KEYS + RUNTIME_KEYS:
+            key, before, after = _first_difference(key, before, after)
             raise ValueError(f'--resume cannot change {key} ({short(before)} -> {short(after)}): the run was trained '
                              f'with {short(before)}; resume without it, or start a new run (output=...). A resumed run may '
                              f'change the schedule ({", ".join(SCHEDULE_KEYS)}) and run-time keys')

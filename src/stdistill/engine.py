@@ -244,9 +244,13 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
             if len(outputs) > 1:
                 counts[f'top1_{name}'] += top1
         total += targets.shape[0]
-    names = sorted(counts)
+    names = sorted(set(counts) | {'top1', 'top5', 'skipped_images'})
     summed = all_reduce_sum([counts[n] for n in names] + [loss_sum, float(total)], device, info)
     total = summed[-1]
+    if total == 0:
+        skipped = int(summed[names.index('skipped_images')])
+        raise ValueError(f'the evaluation split has no readable image ({skipped} unreadable): check val_split, '
+                         f'data_dir and the images')
     result = {n: int(v) if n == 'skipped_images' else 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
     result['loss'] = summed[-2] / max(total, 1)
     result['images'] = int(total)

@@ -63,12 +63,17 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
     if loose:
         raise ValueError(f'{len(loose)} image(s) lie directly in {folder} (e.g. {loose[0]}), outside a class folder: '
                          f'put each class in its own folder, {folder}/<class>/<image>')
+    seen: Dict[str, str] = {}  # real path -> the path it was first reached by (symbolic links)
     for entry in os.scandir(folder):
         if entry.name.startswith('.'):
             others['hidden'] += 1
         if not entry.is_dir() or entry.name.startswith('.'):
             continue
+        if entry.name != entry.name.strip() or '\n' in entry.name or '\r' in entry.name:
+            raise ValueError(f'class folder {entry.path!r} has a name with spaces at its ends or a line break: '
+                             f'rename it (class_map.txt holds one name a line)')
         for root, dirs, files in os.walk(entry.path, followlinks=True):
+            _visit(os.path.realpath(root), root, seen)
             others['hidden'] += sum(d.startswith('.') for d in dirs)
             dirs[:] = [d for d in dirs if not d.startswith('.')]
             for name in files:
@@ -77,15 +82,27 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
                     continue
                 ext = os.path.splitext(name)[1].lower()
                 if ext in IMAGE_EXTENSIONS:
-                    samples.append((os.path.join(root, name), entry.name))
+                    path = os.path.join(root, name)
+                    _visit(os.path.realpath(path), path, seen)
+                    samples.append((path, entry.name))
                 else:
                     others[ext or '(no extension)'] += 1
     samples.sort(key=lambda s: natural_key(s[0]))
     return samples, +others  # without zero counts
 
 
+def _visit(real: str, path: str, seen: Dict[str, str]) -> None:
+    """Refuse a folder or image reached a second time (through a symbolic link): it would be
+    read again, and labelled with the class of the folder the link lies in."""
+    if real in seen:
+        raise ValueError(f'{path} is {seen[real]} again, reached through a symbolic link: remove the link (an image '
+                         f'must lie in its class folder once)')
+    seen[real] = path
+
+
 def read_class_map(path: str) -> List[str]:
-    """Class names in index order from a timm class_map text file (one name a line).
+    """Class names in index order from a timm class_map text file (one name a line, taken as it
+    is: timm strips spaces, which would make a folder named ' a' another class).
 
     Raises ValueError for a missing file, another format, an empty file, blank lines or
     repeated names.
@@ -95,16 +112,21 @@ def read_class_map(path: str) -> List[str]:
     if not path.lower().endswith('.txt'):  # timm's other format is a pickle, which could run code
         raise ValueError(f'class_map {path}: give a .txt file, one class name a line')
     try:
-        with open(path, encoding='utf-8') as f:
-            names = [line.strip() for line in f.read().splitlines()]
+        with open(path, encoding='utf-8-sig') as f:  # -sig: a byte-order mark is not part of the first name
+            names = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f'cannot read class_map {path}: {e}') from None
     while names and not names[-1]:
         names.pop()
     if not names:
         raise ValueError(f'class_map {path} names no class')
-    if '' in names:
-        raise ValueError(f'class_map {path} has a blank line ({names.index("") + 1}): one class name a line')
+    blank = [i for i, n in enumerate(names) if not n.strip()]
+    if blank:
+        raise ValueError(f'class_map {path} has a blank line ({blank[0] + 1}): one class name a line')
+    padded = [i for i, n in enumerate(names) if n != n.strip()]
+    if padded:  # no class folder has such a name (scan_split refuses them)
+        raise ValueError(f'class_map {path} line {padded[0] + 1} ({names[padded[0]]!r}) has spaces at its ends: '
+                         f'remove them')
     repeated = [n for n, c in Counter(names).items() if c > 1]
     if repeated:
         raise ValueError(f'class_map {path} names {repeated[0]!r} more than once')
@@ -137,9 +159,9 @@ class FolderReader(Reader):
         self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         unknown = [c for c in found if c not in self.class_to_idx]
         if unknown:
+            more = f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''
             raise ValueError(f'{split or "split"} class {unknown[0]!r} ({os.path.join(folder, unknown[0])}) is not '
-                             f'among the run\'s {len(self.classes)} classes{" and " + str(len(unknown) - 1) + " more" if len(unknown) > 1 else ""}: '
-                             f'remove it, or name it in class_map')
+                             f'among the run\'s {len(self.classes)} classes{more}: remove it, or name it in class_map')
         self.samples = [(path, self.class_to_idx[c]) for path, c in samples]
         self.counts = Counter(c for _, c in samples)
 

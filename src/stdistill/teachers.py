@@ -59,7 +59,8 @@ def load_weights(path: str, use_ema: bool = False) -> dict:
     """
     if use_ema and path.endswith('.safetensors') and os.path.basename(path) != EMA_FILE:
         beside = os.path.join(os.path.dirname(path), EMA_FILE)
-        if not os.path.isfile(beside):
+        # only a stdistill checkpoint's model.safetensors has its EMA beside it, under that name
+        if os.path.basename(path) != 'model.safetensors' or not os.path.isfile(beside):
             raise ValueError(f'use_ema: {path} holds one set of weights and no {EMA_FILE} lies beside it (the run '
                              f'had no model_ema): set use_ema: false')
         path = beside

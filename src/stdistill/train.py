@@ -31,10 +31,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
-from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, load_checkpoint, newest_valid_checkpoint,
+from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint_entry, load_checkpoint,
+                         newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
                          verify_checkpoint)
-from .config import RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, load_config, resume_changes, save_config
+from .config import (RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, config_from_dict, load_config, resume_changes,
+                     save_config)
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, evaluate, train_one_epoch
@@ -254,12 +256,13 @@ def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
 
 
 def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict], optimizer, scheduler,
-                    objective: DistillObjective, ema) -> Dict[str, Any]:
+                    objective: DistillObjective, ema, config: TrainConfig) -> Dict[str, Any]:
     return {
         'epoch': epoch, 'num_updates': num_updates, 'best': best, 'history': history,
         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
         'mi': objective.mi.state_dict() if objective.mi is not None else None,
         'ema': None,  # the EMA weights are a file of their own, beside the student's (EMA_FILE)
+        'config': json.dumps(dataclasses.asdict(config)),  # what trained this epoch: --resume compares with it
     }
 
 
@@ -281,22 +284,31 @@ def _restore_rng(saved: Any, info: DistInfo, device: torch.device, seed: int, ep
               file=sys.stderr)
 
 
-def _resume_changes(cfg: TrainConfig) -> Dict[str, List[Any]]:
-    """What `cfg` changes from the config.yaml of the run it resumes ({} for a run without one);
-    a key a resumed run may not change is a ValueError (config.resume_changes)."""
+def _resume_changes(cfg: TrainConfig, folder: str) -> Dict[str, List[Any]]:
+    """What `cfg` changes from the config the checkpoint `folder` was trained with (recorded in
+    it; for an older checkpoint, the run's config.yaml; {} for a run with neither). config.yaml
+    is not enough: a resume that changed it and then failed before saving an epoch would hide
+    the change from the next one. A key a resumed run may not change is a ValueError."""
+    recorded = checkpoint_entry(folder, 'config')
     path = os.path.join(cfg.output, 'config.yaml')
-    if not os.path.isfile(path):
-        return {}
     try:
-        saved = load_config(path)
-    except ValueError as e:
+        if recorded is not None:
+            saved = config_from_dict(json.loads(recorded))
+        elif os.path.isfile(path):
+            saved = load_config(path)
+        else:
+            return {}
+    except (ValueError, TypeError) as e:
         raise ValueError(f'cannot read the config of the run to resume ({e})') from None
     return resume_changes(_with_absolute_paths(saved), _with_absolute_paths(cfg))
 
 
-def _check_classes(run: str, classes: Optional[List[str]]) -> None:
+def _check_classes(run: str, classes: Optional[List[str]], trained_count: Optional[int], count: int) -> None:
     """A resumed run's data must have the classes it was trained on, in the same order."""
     path = os.path.join(run, 'class_map.txt')
+    if trained_count is not None and count != trained_count:
+        raise ValueError(f'the training data now has {count} classes and the run was trained on {trained_count}: '
+                         f'point data_dir at the data it was trained on')
     if classes is None or not os.path.isfile(path):
         return
     trained = read_class_map(path)
@@ -327,7 +339,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     info = init_distributed(cfg.device, cfg.dist_timeout)
     device = resolve_device(cfg.device, info)
     _check_run_folder(cfg, resume)
-    changes = _resume_changes(cfg) if resume else {}
+    changes, folder = {}, None
+    if resume:
+        folder, damaged = newest_valid_checkpoint(cfg.output)
+        for reason in damaged if info.is_main else ():
+            print(f'stdistill: warning: passing over {reason}', file=sys.stderr)
+        changes = _resume_changes(cfg, folder)
     if info.is_main and os.path.isdir(cfg.output):
         remove_stale_temporaries(cfg.output)  # half-written checkpoints of a killed process
     random_seed(cfg.seed, info.rank)
@@ -336,9 +353,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
     student_input = student_contract(cfg)
-    data = build_data(cfg, info, student_input.mean, student_input.std, pin_memory=device.type == 'cuda')
+    # a resumed run reads its class count from the data, and checks it against the run's below
+    data = build_data(dataclasses.replace(cfg, num_classes=None) if resume else cfg, info, student_input.mean,
+                      student_input.std, pin_memory=device.type == 'cuda')
     if resume:
-        _check_classes(cfg.output, data.classes)
+        _check_classes(cfg.output, data.classes, cfg.num_classes, data.num_classes)
     mixup = build_mixup(cfg, data.num_classes)
     objective = build_objective(cfg, data.num_classes, device, mixup is not None, classes=data.classes)
     student = objective.student
@@ -358,17 +377,21 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             print(line, flush=True)
 
     lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
-    optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     steps = len(data.train_loader)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=steps)
+    try:  # timm's factories: an unknown name is an assertion or a bare message
+        optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum)
+    except (AssertionError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f'config key opt: {_first_line(e)} (timm optimizer names: adamw, sgd, lamb, ...)') from None
+    try:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                           warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                                           step_on_epochs=False, updates_per_epoch=steps)
+    except (AssertionError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f'config key sched: {_first_line(e)} (timm scheduler names: cosine, step, ...)') from None
     ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
     start_epoch, num_updates, best, history, state, changelog = 0, 0, {'top1': -1.0, 'epoch': -1}, [], None, []
     if resume:
-        folder, damaged = newest_valid_checkpoint(cfg.output)
-        for reason in damaged if info.is_main else ():
-            print(f'stdistill: warning: passing over {reason}', file=sys.stderr)
         state = load_checkpoint(folder, student, verified=True, ema=ema.module if ema is not None else None)
         if ema is not None and state['ema'] is not None:  # written before the EMA had a file of its own
             ema.module.load_state_dict(state['ema'])
@@ -403,11 +426,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if state is not None:
         _restore_rng(state['rng'], info, device, cfg.seed, start_epoch)
 
-    monitor = None
+    monitor, resolved = None, _with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes))
     if info.is_main:
         os.makedirs(cfg.output, exist_ok=True)
-        save_config(_with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes)),
-                    os.path.join(cfg.output, 'config.yaml'))
+        save_config(resolved, os.path.join(cfg.output, 'config.yaml'))
         if data.classes is not None:
             write_class_map(data.classes, os.path.join(cfg.output, 'class_map.txt'))
         monitor = RunMonitor(cfg.output, history, cfg.log_interval, cfg.progress, num_updates)
@@ -453,7 +475,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 if improved:
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
                                     metadata=record, ema=ema_module)
-                state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema)
+                state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema,
+                                        resolved)
                 state['rng'], state['changes'] = rng, changelog
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
                                 previous=os.path.join(cfg.output, 'previous'), metadata=record, ema=ema_module)
