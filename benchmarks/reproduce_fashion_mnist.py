@@ -132,6 +132,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--data-dir', default=None, help="Fashion-MNIST IDX folder (default: Debian's)")
     parser.add_argument('--device', default='auto')
     args = parser.parse_args(argv)
+    # absolute, as each run's config.yaml keeps its paths: a finished run is then found again
+    args.output = os.path.abspath(args.output)
     budget = BUDGETS[args.budget]
     common = dict(workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False)
     start = time.perf_counter()
