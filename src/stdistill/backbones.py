@@ -14,13 +14,15 @@ from functools import partial
 from typing import Any, Optional
 
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.mlp_mixer import Affine, MixerBlock, MlpMixer, ResBlock, SpatialGatingBlock
 from timm.models.mlp_mixer import checkpoint_filter_fn as mixer_checkpoint_filter_fn
 
 from .cyclemlp import CycleBlock, CycleMLP
 
-__all__ = ['TokenDims', 'num_blocks', 'token_dims', 'patch_grid', 'mixer_t4_28', 'resmlp_b24_224']
+__all__ = ['TokenDims', 'num_blocks', 'token_dims', 'patch_grid', 'mixer_t4_28', 'mixer_t4_32', 'resmlp_t4_32',
+           'mixer_t8_64', 'resmlp_t8_64', 'resmlp_b24_224', 'SMALL_STUDENTS']
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,21 @@ def _mixer_cfg(**kwargs: Any) -> dict:
     }
 
 
-def _small_cfg() -> dict:
-    return {'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': None, 'crop_pct': 1.0,
-            'interpolation': 'bilinear', 'mean': (0.2860,), 'std': (0.3530,), 'first_conv': 'stem.proj',
+def _small_cfg(size: int = 28, chans: int = 1) -> dict:
+    # 1 channel: Fashion-MNIST's statistics; 3 channels: ImageNet's, what a folder of photos is near
+    mean, std = ((0.2860,), (0.3530,)) if chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    return {'url': '', 'num_classes': 10, 'input_size': (chans, size, size), 'pool_size': None, 'crop_pct': 1.0,
+            'interpolation': 'bilinear', 'mean': mean, 'std': std, 'first_conv': 'stem.proj',
             'classifier': 'head'}
 
 
 default_cfgs = generate_default_cfgs({
     'resmlp_b24_224.untrained': _mixer_cfg(),
     'mixer_t4_28.untrained': _small_cfg(),
+    'mixer_t4_32.untrained': _small_cfg(32, 3),
+    'resmlp_t4_32.untrained': _small_cfg(32, 3),
+    'mixer_t8_64.untrained': _small_cfg(64, 3),
+    'resmlp_t8_64.untrained': _small_cfg(64, 3),
 })
 
 
@@ -113,3 +121,43 @@ def mixer_t4_28(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
     return build_model_with_cfg(MlpMixer, 'mixer_t4_28', pretrained,
                                 feature_cfg=dict(out_indices=3, feature_cls='getter'), **dict(args, **kwargs))
 
+
+
+def _small(name: str, pretrained: bool, args: dict, kwargs: dict) -> MlpMixer:
+    return build_model_with_cfg(MlpMixer, name, pretrained, feature_cfg=dict(out_indices=3, feature_cls='getter'),
+                                **dict(args, **kwargs))
+
+
+_RESMLP = dict(mlp_ratio=4, block_layer=partial(ResBlock, init_values=1e-1), norm_layer=Affine)
+
+
+@register_model
+def mixer_t4_32(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+    """A small MLP-Mixer for 32x32 RGB images (CIFAR-sized): patch 4 (8x8 = 64 positions), dim 128,
+    6 blocks (~0.85M params)."""
+    return _small('mixer_t4_32', pretrained, dict(img_size=32, patch_size=4, num_blocks=6, embed_dim=128), kwargs)
+
+
+@register_model
+def resmlp_t4_32(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+    """A small ResMLP for 32x32 RGB images: patch 4 (64 positions), dim 128, 6 blocks (~0.83M params)."""
+    return _small('resmlp_t4_32', pretrained,
+                  dict(img_size=32, patch_size=4, num_blocks=6, embed_dim=128, **_RESMLP), kwargs)
+
+
+@register_model
+def mixer_t8_64(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+    """A small MLP-Mixer for 64x64 RGB images: patch 8 (8x8 = 64 positions), dim 192, 8 blocks (~2.5M params)."""
+    return _small('mixer_t8_64', pretrained, dict(img_size=64, patch_size=8, num_blocks=8, embed_dim=192), kwargs)
+
+
+@register_model
+def resmlp_t8_64(pretrained: bool = False, **kwargs: Any) -> MlpMixer:
+    """A small ResMLP for 64x64 RGB images: patch 8 (64 positions), dim 192, 8 blocks (~2.4M params)."""
+    return _small('resmlp_t8_64', pretrained,
+                  dict(img_size=64, patch_size=8, num_blocks=8, embed_dim=192, **_RESMLP), kwargs)
+
+
+# The students for small images (and the input each is built for), listed by `stdistill models`
+SMALL_STUDENTS = {'mixer_t4_28': '1x28x28', 'mixer_t4_32': '3x32x32', 'resmlp_t4_32': '3x32x32',
+                  'mixer_t8_64': '3x64x64', 'resmlp_t8_64': '3x64x64'}

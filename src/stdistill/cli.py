@@ -1,4 +1,4 @@
-"""Command line: `stdistill train | eval | quickstart | profile`.
+"""Command line: `stdistill train | eval | models | quickstart | profile`.
 
     stdistill train --config recipes/fashion_mnist/std.yaml epochs=5 output=runs/std
     torchrun --nproc_per_node 8 -m stdistill train --config recipes/imagenet/cyclemlp_b2_std.yaml data_dir=/data/imagenet
@@ -93,6 +93,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from .catalog import catalog, format_catalog
+    print(format_catalog(catalog()))
+    print('\nA student is `model: NAME` (method: std adds the token pairs); a teacher, `teachers: [{model: NAME}]`. '
+          'Any other timm name works too; `model_kwargs` / `kwargs` change a model\'s size.')
+    return 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
     run_quickstart(args.output, long=args.long, data_dir=args.data_dir, workers=args.workers)
@@ -142,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--config', help='config to use instead of the run\'s config.yaml')
     ev.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. inference_head=cls data_dir=...')
     ev.set_defaults(func=_eval)
+
+    mo = sub.add_parser('models', help='students and teachers this package knows, and the input each expects')
+    mo.set_defaults(func=_models)
 
     qs = sub.add_parser('quickstart', help='teacher, plain student and STD student on Fashion-MNIST, compared')
     qs.add_argument('--output', default='runs/quickstart', help='folder for the three runs, table, plot and results.json')

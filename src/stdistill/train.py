@@ -199,8 +199,11 @@ def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]
         pcfg = get_pretrained_cfg(cfg.model)
         mean, std = (tuple(pcfg.mean), tuple(pcfg.std)) if pcfg else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     if len(mean) != cfg.in_chans or len(std) != cfg.in_chans:
-        raise ValueError(f'mean and std need {cfg.in_chans} values (in_chans), got {len(mean)} and {len(std)}: '
-                         f'set mean and std in the config')
+        given = 'the config\'s' if cfg.mean is not None else f'{cfg.model}\'s'
+        hint = (f'e.g. mean={list(mean) * cfg.in_chans} std={list(std) * cfg.in_chans} (its values repeated), '
+                f'or your data\'s' if len(mean) == 1 else 'e.g. your data\'s per-channel values')
+        raise ValueError(f'mean and std need {cfg.in_chans} values (in_chans {cfg.in_chans}), {given} have {len(mean)}: '
+                         f'set mean and std, {hint}')
     return mean, std
 
 
