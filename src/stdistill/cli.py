@@ -1,4 +1,4 @@
-"""Command line: `stdistill train | eval | models | quickstart | profile`.
+"""Command line: `stdistill train | eval | export | predict | models | quickstart | profile`.
 
     stdistill train --config recipes/fashion_mnist/std.yaml epochs=5 output=runs/std
     torchrun --nproc_per_node 8 -m stdistill train --config recipes/imagenet/cyclemlp_b2_std.yaml data_dir=/data/imagenet
@@ -93,6 +93,29 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+    done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx)
+    how = (f"timm.create_model('local-dir:{done['folder']}')" if done['kind'] == 'timm'
+           else f"stdistill.export.load_exported('{done['folder']}') (token heads)")
+    onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
+    print(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {done['folder']}: "
+          f"{', '.join(done['files'])}; load it with {how}{onnx}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .predict import predict
+    results = predict(args.target, args.images, top_k=args.top_k, ema=args.ema)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    for r in results if not args.json else ():
+        print(f"{r['image']}: " + ', '.join(f"{t['class']} {t['probability']:.3f}" for t in r['top']))
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from .catalog import catalog, format_catalog
     print(format_catalog(catalog()))
@@ -150,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--config', help='config to use instead of the run\'s config.yaml')
     ev.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. inference_head=cls data_dir=...')
     ev.set_defaults(func=_eval)
+
+    ex = sub.add_parser('export', help='a trained student as a folder timm loads (config.json + weights), or ONNX')
+    ex.add_argument('run', help='a run folder')
+    ex.add_argument('output', help='a new folder for the export')
+    ex.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of the run')
+    ex.add_argument('--ema', action='store_true', help='the EMA weights (runs with model_ema)')
+    ex.add_argument('--onnx', action='store_true', help='also model.onnx, checked against PyTorch with onnxruntime')
+    ex.set_defaults(func=_export)
+
+    pr = sub.add_parser('predict', help='top-k classes of images, with the model\'s own preprocessing')
+    pr.add_argument('target', help='a run folder (its best student) or an exported folder')
+    pr.add_argument('images', nargs='+', help='image files')
+    pr.add_argument('--top-k', type=int, default=5, help='classes per image')
+    pr.add_argument('--ema', action='store_true', help='a run\'s EMA weights')
+    pr.add_argument('--json', action='store_true', help='JSON for scripts')
+    pr.set_defaults(func=_predict)
 
     mo = sub.add_parser('models', help='students and teachers this package knows, and the input each expects')
     mo.set_defaults(func=_models)

@@ -1,0 +1,183 @@
+"""A trained student out of its run folder: a timm model folder, and optionally ONNX.
+
+    stdistill export runs/my_std exported/            # best/ checkpoint; --ema, --which last, --onnx
+
+With inference head `cls` (or a run without tokens), the folder is what timm's
+`save_for_hf` writes: `config.json` (architecture, its arguments, class count and names,
+mean/std, input size, crop and interpolation) and `model.safetensors`, the backbone alone.
+timm loads it with `timm.create_model('local-dir:exported/')`, and needs no stdistill when the
+architecture is timm's own (`mixer_s16_224`, `resmlp_24_224`, ...; the small students this
+package registers, `mixer_t4_32` and the like, need `import stdistill` to be known by name).
+
+With the token heads (`avg` or `dist`), the prediction needs STD's tokens, so the folder holds
+the whole student (`model.safetensors`) and `stdistill.json`, the run's model keys, and
+`stdistill predict` / `load_exported` rebuild it. `--onnx` adds `model.onnx`, the model as it
+predicts (for token heads, with those heads), checked against PyTorch under onnxruntime.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import EMA_FILE, MODEL_FILE, STATE_JSON, verify_checkpoint
+from .config import TrainConfig, config_from_dict, load_config
+from .folders import read_class_map
+from .teachers import _whole_message, load_weights, recorded_classes
+from .train import build_student, resolve_norm
+
+__all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'STDISTILL_JSON']
+
+STDISTILL_JSON = 'stdistill.json'
+# the run keys that rebuild a student with its token pairs
+_MODEL_KEYS = ('model', 'model_kwargs', 'method', 'teachers', 'tokens', 'token_depth', 'inference_head', 'img_size',
+               'in_chans', 'num_classes', 'mean', 'std', 'interpolation', 'crop_pct', 'dataset')
+
+
+class LoadedStudent(NamedTuple):
+    model: nn.Module          # in eval mode: (B, C, H, W) -> (B, num_classes) logits of the inference head
+    classes: List[str]        # class names in index order (indices as strings when the data named none)
+    cfg: TrainConfig          # the run's config: preprocessing (img_size, mean/std, crop_pct, interpolation)
+
+
+class _Predictor(nn.Module):
+    """A token student as it predicts: the inference head's logits only (ONNX exports one output)."""
+
+    def __init__(self, student: nn.Module, head: str) -> None:
+        super().__init__()
+        self.student, self.head = student, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .students import combine_heads
+        return combine_heads(self.student.forward_head(self.student.forward_features(x)), self.head)
+
+
+def _run_config(run: str) -> TrainConfig:
+    path = os.path.join(run, 'config.yaml')
+    if not os.path.isfile(path):
+        raise ValueError(f'{run} is not a run folder (no config.yaml)')
+    return load_config(path)
+
+
+def load_run_student(run: str, which: str = 'best', ema: bool = False) -> LoadedStudent:
+    """The student of a run folder's `which` checkpoint (or its EMA weights), ready to predict.
+
+    Raises ValueError (one line) for a missing or damaged checkpoint, or missing EMA weights.
+    """
+    cfg = _run_config(run)
+    folder = os.path.join(run, which)
+    if os.path.isfile(os.path.join(folder, STATE_JSON)):
+        verify_checkpoint(folder)
+    path = os.path.join(folder, MODEL_FILE)
+    if ema and not os.path.isfile(os.path.join(folder, EMA_FILE)):
+        raise ValueError(f'{folder} holds no EMA weights (the run had model_ema off): leave out --ema')
+    weights = load_weights(path, use_ema=ema)
+    classes = recorded_classes(path)
+    if classes is None and os.path.isfile(os.path.join(run, 'class_map.txt')):
+        classes = read_class_map(os.path.join(run, 'class_map.txt'))
+    num_classes = len(classes) if classes else cfg.num_classes
+    student = build_student(cfg, num_classes, pretrained=False)
+    try:
+        student.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f'{path} does not fit the run\'s {cfg.model}: {_whole_message(e)}') from None
+    student.eval()
+    tokens = hasattr(student, 'token_pairs') or hasattr(student, 'head_dist')
+    if tokens:
+        model = student.backbone if cfg.inference_head == 'cls' else _Predictor(student, cfg.inference_head)
+    else:
+        model = student
+    return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)
+
+
+def export_onnx(model: nn.Module, cfg: TrainConfig, path: str, atol: float = 1e-4) -> float:
+    """Write `model` as ONNX (batch size dynamic) and return the largest difference of its logits
+    from PyTorch's under onnxruntime on a random batch; a ValueError above `atol`."""
+    import numpy as np
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's ONNX exporter writes through it)
+    except ImportError as e:
+        raise ValueError(f'--onnx needs {e.name}: pip install "stdistill[export]"') from None
+
+    sample = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim('batch', min=1, max=4096)
+    torch.onnx.export(model, (sample,), path, input_names=['images'], output_names=['logits'],
+                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    with torch.no_grad():
+        expected = model(sample).numpy()
+    got = session.run(['logits'], {'images': sample.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if not diff <= atol:
+        raise ValueError(f'the ONNX model differs from PyTorch by {diff:.2e} (more than {atol}): not written')
+    return diff
+
+
+def export_run(run: str, output: str, which: str = 'best', ema: bool = False, onnx: bool = False) -> Dict[str, Any]:
+    """Export a run's student to `output` (a new folder, written whole or not at all); returns
+    what was written ({'folder', 'kind': 'timm' | 'stdistill', 'files', 'onnx_max_diff'})."""
+    from timm.models import save_for_hf
+
+    if os.path.exists(output):
+        raise ValueError(f'{output} exists: export to a new folder')
+    loaded = load_run_student(run, which, ema)
+    cfg = loaded.cfg
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.export.', dir=parent)
+    try:
+        mean, std = resolve_norm(cfg)
+        data = {'mean': tuple(mean), 'std': tuple(std), 'crop_pct': cfg.crop_pct,
+                'interpolation': cfg.interpolation, 'input_size': (cfg.in_chans, cfg.img_size, cfg.img_size)}
+        if isinstance(loaded.model, _Predictor):  # token heads: the whole student, rebuilt by stdistill
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in loaded.model.student.state_dict().items()},
+                      os.path.join(tmp, MODEL_FILE))
+            keys = {k: getattr(cfg, k) for k in _MODEL_KEYS}
+            keys.update(num_classes=len(loaded.classes), mean=list(data['mean']), std=list(data['std']))
+            with open(os.path.join(tmp, STDISTILL_JSON), 'w') as f:
+                json.dump({'config': keys, 'classes': loaded.classes}, f, indent=1)
+            kind = 'stdistill'
+        else:
+            save_for_hf(loaded.model, tmp, safe_serialization=True, model_config={'label_names': loaded.classes},
+                        data_config=data)
+            kind = 'timm'
+        diff = export_onnx(loaded.model, cfg, os.path.join(tmp, 'model.onnx')) if onnx else None
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {'folder': output, 'kind': kind, 'files': sorted(os.listdir(output)), 'onnx_max_diff': diff}
+
+
+def load_exported(folder: str) -> LoadedStudent:
+    """An exported folder, ready to predict: timm's kind through `timm.create_model('local-dir:...')`,
+    the token kind rebuilt from its stdistill.json. Raises ValueError for a folder of neither."""
+    import timm
+
+    if os.path.isfile(os.path.join(folder, STDISTILL_JSON)):
+        with open(os.path.join(folder, STDISTILL_JSON)) as f:
+            doc = json.load(f)
+        cfg = config_from_dict(doc['config'])
+        student = build_student(cfg, cfg.num_classes, pretrained=False)
+        student.load_state_dict(load_weights(os.path.join(folder, MODEL_FILE)))
+        return LoadedStudent(_Predictor(student.eval(), cfg.inference_head).eval(), doc['classes'], cfg)
+    if not os.path.isfile(os.path.join(folder, 'config.json')):
+        raise ValueError(f'{folder} is neither a run folder nor an exported one (no config.json)')
+    with open(os.path.join(folder, 'config.json')) as f:
+        architecture = json.load(f).get('architecture', '')
+    model = timm.create_model(f'local-dir:{os.path.abspath(folder)}', pretrained=True).eval()
+    pcfg = model.pretrained_cfg
+    chans, size = pcfg['input_size'][0], pcfg['input_size'][-1]
+    # a config for the preprocessing only (predict's transforms), from the export's own cfg
+    cfg = config_from_dict({'model': architecture, 'img_size': size, 'in_chans': chans, 'mean': list(pcfg['mean']),
+                            'std': list(pcfg['std']), 'crop_pct': pcfg.get('crop_pct', 1.0),
+                            'interpolation': pcfg.get('interpolation', 'bicubic'), 'method': 'none'})
+    names = pcfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+    return LoadedStudent(model, list(names), cfg)

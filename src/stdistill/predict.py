@@ -1,0 +1,55 @@
+"""Top-k classes of images, with the preprocessing the model was trained with.
+
+    stdistill predict runs/my_std a.png b.jpg           # or an exported folder; --json, --top-k 3
+
+The model is a run folder's best student (or `--ema`) or a folder `stdistill export` wrote.
+Each image goes through the run's evaluation transform (resize, centre crop, mean/std) after
+`to_model_mode` (every PIL mode, its range scaled), so a prediction sees what evaluation saw.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+import torch
+from PIL import Image
+
+from .export import load_exported, load_run_student
+from .images import to_model_mode
+from .loaders import build_transforms
+from .train import resolve_norm
+
+__all__ = ['predict']
+
+
+def predict(target: str, images: List[str], top_k: int = 5, ema: bool = False) -> List[Dict[str, Any]]:
+    """For each image path: {'image', 'top': [{'class', 'index', 'probability'}, ...]} (top_k,
+    softmax probabilities in [0, 1], best first). Raises ValueError (one line) for a target that
+    is neither a run nor an export, and for an image that cannot be read."""
+    if top_k < 1:
+        raise ValueError(f'--top-k must be at least 1, got {top_k}')
+    if os.path.isfile(os.path.join(target, 'config.yaml')):
+        loaded = load_run_student(target, ema=ema)
+    elif ema:
+        raise ValueError(f'--ema applies to a run folder; {target} is not one (export with --ema instead)')
+    else:
+        loaded = load_exported(target)
+    mean, std = resolve_norm(loaded.cfg)
+    transform = build_transforms(loaded.cfg, mean, std)[1]
+    mode = 'L' if loaded.cfg.in_chans == 1 else 'RGB'
+    batch = []
+    for path in images:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                batch.append(transform(to_model_mode(img, mode, path)))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ValueError(f'cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
+                from None
+    with torch.no_grad():
+        probabilities = torch.softmax(loaded.model(torch.stack(batch)).float(), dim=1)
+    top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+    return [{'image': path,
+             'top': [{'class': loaded.classes[i], 'index': i, 'probability': float(p)}
+                     for p, i in zip(values.tolist(), indices.tolist())]}
+            for path, values, indices in zip(images, top.values, top.indices)]

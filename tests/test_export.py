@@ -1,0 +1,133 @@
+"""A trained student out of its run: `stdistill export` (timm's folder format, ONNX) and
+`stdistill predict`, on real images through the command line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stdistill.cli import main
+from stdistill.export import load_exported, load_run_student
+from test_user_faults import PLAIN, one_error_line, write_split
+
+
+@pytest.fixture(scope='module')
+def fashion():
+    from stdistill.data import FashionMNIST
+    return FashionMNIST(split='test')
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory, fashion):
+    data = write_split(tmp_path_factory.mktemp('data'), 'train', {'top': 0, 'trouser': 1, 'bag': 8}, fashion,
+                       per_class=16)
+    return write_split(data, 'val', {'top': 0, 'trouser': 1, 'bag': 8}, fashion, per_class=6, start=100)
+
+
+def _images(folder):
+    return sorted(str(folder / 'val' / c / f) for c in os.listdir(folder / 'val') for f in os.listdir(folder / 'val' / c))
+
+
+def _train(folder, out, *extra):
+    assert main(['train', *PLAIN, *extra, f'data_dir={folder}', f'output={out}']) == 0
+    return out
+
+
+@pytest.fixture(scope='module')
+def std_run(tmp_path_factory, folder):
+    """An STD student predicting with the mean of its heads (avg), with an EMA."""
+    return _train(folder, tmp_path_factory.mktemp('std') / 'run', 'method=std',
+                  'teachers=[{model: resnet10t, pretrained: false}]', 'mine_hidden=32', 'epochs=2',
+                  'model_ema=true', 'model_ema_decay=0.9')
+
+
+def test_predict_agrees_with_eval_on_every_validation_image(std_run, folder, capsys):
+    capsys.readouterr()
+    assert main(['eval', str(std_run)]) == 0
+    top1 = float(capsys.readouterr().out.split('top-1 ')[1].split(',')[0])
+    images = _images(folder)
+    assert main(['predict', str(std_run), *images, '--json', '--top-k', '3']) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r['image'] for r in results] == images
+    hits = sum(r['top'][0]['class'] == os.path.basename(os.path.dirname(r['image'])) for r in results)
+    assert 100.0 * hits / len(images) == pytest.approx(top1, abs=0.006)  # eval prints 2 decimals
+    for r in results:
+        probabilities = [t['probability'] for t in r['top']]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1, abs=1e-5)
+
+
+def test_token_student_exports_with_its_heads_and_onnx_matches_on_real_images(std_run, folder, tmp_path, capsys):
+    out = tmp_path / 'exported'
+    assert main(['export', str(std_run), str(out), '--onnx']) == 0
+    assert sorted(os.listdir(out)) == ['model.onnx', 'model.safetensors', 'stdistill.json']
+    assert 'ONNX matches PyTorch within' in capsys.readouterr().out
+    run, exported = load_run_student(str(std_run)), load_exported(str(out))
+    assert run.classes == exported.classes == ['bag', 'top', 'trouser']
+    # real validation images through the run's own evaluation transform
+    from stdistill.loaders import build_transforms
+    from stdistill.train import resolve_norm
+    transform = build_transforms(run.cfg, *resolve_norm(run.cfg))[1]
+    batch = torch.stack([transform(Image.open(p).convert('L')) for p in _images(folder)])
+    with torch.no_grad():
+        expected = run.model(batch)
+        assert torch.equal(exported.model(batch), expected)
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(out / 'model.onnx'), providers=['CPUExecutionProvider'])
+    got = session.run(['logits'], {'images': batch.numpy()})[0]
+    assert np.abs(got - expected.numpy()).max() < 1e-4
+
+
+def test_ema_export_holds_the_ema_weights(std_run, tmp_path):
+    assert main(['export', str(std_run), str(tmp_path / 'ema'), '--ema']) == 0
+    raw, ema = load_run_student(str(std_run)), load_exported(str(tmp_path / 'ema'))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(ema.model(x), load_run_student(str(std_run), ema=True).model(x))
+        assert not torch.equal(ema.model(x), raw.model(x))
+
+
+def test_class_head_export_is_a_timm_folder_timm_loads_without_stdistill(folder, tmp_path, capsys):
+    """A timm architecture (gMLP) with method none: the folder loads with timm alone."""
+    run = _train(folder, tmp_path / 'run', 'model=gmlp_ti16_224', 'model_kwargs={}', 'img_size=32',
+                 'crop_pct=1.0')
+    out = tmp_path / 'exported'
+    assert main(['export', str(run), str(out)]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'gmlp_ti16_224' and config['label_names'] == ['bag', 'top', 'trouser']
+    assert config['pretrained_cfg']['mean'] == [0.5] and config['pretrained_cfg']['input_size'] == [1, 32, 32]
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_run_student(str(run)).model(x)
+    torch.save(x, tmp_path / 'x.pt')
+    script = (f"import sys, timm, torch; m = timm.create_model('local-dir:{out}', pretrained=True).eval(); "
+              f"y = m(torch.load('{tmp_path / 'x.pt'}')); assert 'stdistill' not in sys.modules; "
+              f"torch.save(y, '{tmp_path / 'y.pt'}')")
+    subprocess.run([sys.executable, '-c', script], check=True, capture_output=True, timeout=300)
+    assert torch.allclose(torch.load(tmp_path / 'y.pt'), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('case', ['existing output', 'ema without ema', 'missing image', 'not a model folder',
+                                  'not an image'])
+def test_export_and_predict_refuse_bad_input_in_one_line(folder, std_run, tmp_path, capsys, case):
+    plain_run = std_run  # has an EMA; the 'ema without ema' case uses a run without one
+    if case == 'existing output':
+        (tmp_path / 'taken').mkdir()
+        argv, words = ['export', str(plain_run), str(tmp_path / 'taken')], ['exists', 'new folder']
+    elif case == 'ema without ema':
+        run = _train(folder, tmp_path / 'noema')
+        argv, words = ['export', str(run), str(tmp_path / 'e'), '--ema'], ['no EMA weights']
+    elif case == 'missing image':
+        argv, words = ['predict', str(plain_run), str(tmp_path / 'none.png')], ['cannot read image', 'none.png']
+    elif case == 'not a model folder':
+        argv, words = ['predict', str(tmp_path), _images(folder)[0]], ['neither a run folder nor an exported one']
+    else:
+        (tmp_path / 'notes.png').write_text('not an image')
+        argv, words = ['predict', str(plain_run), str(tmp_path / 'notes.png')], ['cannot read image', 'notes.png']
+    capsys.readouterr()
+    assert main(argv) == 2
+    one_error_line(capsys, *words)
+    assert not any(n.startswith('.export.') for n in os.listdir(tmp_path))
