@@ -26,7 +26,7 @@ def test_step_time_prints_ratios(capsys):
     last = re.fullmatch(r'std_overhead=([\d.]+) peak_fraction_plain=([\d.]+) peak_fraction_std=([\d.]+)', out[-1])
     assert last, out[-1]
     assert all(float(v) > 0 for v in last.groups())
-    # the FLOP count is the real one: STD adds 12-13% to Mixer-S16's step (METHOD.md section 6)
+    # the FLOP count is the real one: STD adds 12-13% to Mixer-S16's step (docs/method.md section 6)
     mac = re.search(r'mac_overhead=([\d.]+)', '\n'.join(out))
     assert 1.11 < float(mac.group(1)) < 1.14
 

@@ -18,7 +18,7 @@ def test_tolerance_check_can_fail():
 
 
 def test_std_overhead_counts_exactly():
-    """Two Mixer-S16 pairs add exactly the token layers and heads METHOD.md section 6 derives."""
+    """Two Mixer-S16 pairs add exactly the token layers and heads docs/method.md section 6 derives."""
     base = profile_model('mixer_s16_224')
     std = profile_model('std_mixer_s16_224', num_teachers=2)
     P, N, DS, DC, K = 196, 512, 256, 2048, 1000

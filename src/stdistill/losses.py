@@ -1,4 +1,4 @@
-"""Distillation losses (METHOD.md section 3).
+"""Distillation losses (docs/method.md section 3).
 
     L = (1 - alpha) * base(class_logits, y) + alpha * sum_j w_j(x) * l_j
 

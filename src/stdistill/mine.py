@@ -1,4 +1,4 @@
-"""Mutual information regularisation with MINE (METHOD.md section 4; Belghazi et al., 2018).
+"""Mutual information regularisation with MINE (docs/method.md section 4; Belghazi et al., 2018).
 
     I(T_S; T_C) >= E_joint[psi(T_S, T_C)] - log E_marginal[exp(psi(T_S, T_C'))]
 

@@ -1,4 +1,4 @@
-"""Spatial and channel distillation tokens (METHOD.md section 2).
+"""Spatial and channel distillation tokens (docs/method.md section 2).
 
 For features Z of P positions x N channels taken after a backbone block:
 
