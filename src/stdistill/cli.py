@@ -95,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_run
-    done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx)
+    done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx, head=args.head)
     how = (f"timm.create_model('local-dir:{done['folder']}')" if done['kind'] == 'timm'
            else f"stdistill.export.load_exported('{done['folder']}') (token heads)")
     onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of the run')
     ex.add_argument('--ema', action='store_true', help='the EMA weights (runs with model_ema)')
     ex.add_argument('--onnx', action='store_true', help='also model.onnx, checked against PyTorch with onnxruntime')
+    ex.add_argument('--head', choices=('avg', 'cls', 'dist'), default=None,
+                    help='inference head of a token student (default: the run\'s); cls gives a plain timm model')
     ex.set_defaults(func=_export)
 
     pr = sub.add_parser('predict', help='top-k classes of images, with the model\'s own preprocessing')

@@ -16,6 +16,7 @@ predicts (for token heads, with those heads), checked against PyTorch under onnx
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -64,12 +65,15 @@ def _run_config(run: str) -> TrainConfig:
     return load_config(path)
 
 
-def load_run_student(run: str, which: str = 'best', ema: bool = False) -> LoadedStudent:
-    """The student of a run folder's `which` checkpoint (or its EMA weights), ready to predict.
+def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Optional[str] = None) -> LoadedStudent:
+    """The student of a run folder's `which` checkpoint (or its EMA weights), ready to predict
+    with `head` (a token student's inference head; None: the run's `inference_head`).
 
     Raises ValueError (one line) for a missing or damaged checkpoint, or missing EMA weights.
     """
     cfg = _run_config(run)
+    if head is not None:
+        cfg = dataclasses.replace(cfg, inference_head=head)
     folder = os.path.join(run, which)
     if os.path.isfile(os.path.join(folder, STATE_JSON)):
         verify_checkpoint(folder)
@@ -119,14 +123,16 @@ def export_onnx(model: nn.Module, cfg: TrainConfig, path: str, atol: float = 1e-
     return diff
 
 
-def export_run(run: str, output: str, which: str = 'best', ema: bool = False, onnx: bool = False) -> Dict[str, Any]:
-    """Export a run's student to `output` (a new folder, written whole or not at all); returns
-    what was written ({'folder', 'kind': 'timm' | 'stdistill', 'files', 'onnx_max_diff'})."""
+def export_run(run: str, output: str, which: str = 'best', ema: bool = False, onnx: bool = False,
+               head: Optional[str] = None) -> Dict[str, Any]:
+    """Export a run's student to `output` (a new folder, written whole or not at all); head='cls'
+    exports a token student's backbone and class head alone, a timm model. Returns what was
+    written ({'folder', 'kind': 'timm' | 'stdistill', 'files', 'onnx_max_diff'})."""
     from timm.models import save_for_hf
 
     if os.path.exists(output):
         raise ValueError(f'{output} exists: export to a new folder')
-    loaded = load_run_student(run, which, ema)
+    loaded = load_run_student(run, which, ema, head)
     cfg = loaded.cfg
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
