@@ -2,7 +2,10 @@
 import json
 import os
 
-from stdistill.quickstart import run_quickstart
+import pytest
+
+from stdistill.config import load_config
+from stdistill.quickstart import quickstart_configs, run_quickstart
 
 
 def test_quickstart_writes_table_plot_and_results(tmp_path, capsys):
@@ -21,5 +24,24 @@ def test_quickstart_writes_table_plot_and_results(tmp_path, capsys):
         assert str(out / 'teacher' / 'best' / 'model.safetensors') in f.read()
     printed = capsys.readouterr().out
     assert 'STD vs plain student' in printed and 'mixer_t4_28' in printed
-    # a second run in the same folder replaces the first
-    run_quickstart(str(out), workers=0, train_samples=256, val_samples=200, epochs=1, progress=False)
+    # run again: the finished stages are kept (nothing retrains) and the table is the same
+    summaries = {n: (out / n / 'summary.json').stat().st_mtime_ns for n in ('teacher', 'plain', 'std')}
+    again = run_quickstart(str(out), workers=0, train_samples=256, val_samples=200, epochs=1, progress=False)
+    assert again['rows'] == rows and 'finished earlier: kept' in capsys.readouterr().out
+    assert {n: (out / n / 'summary.json').stat().st_mtime_ns for n in summaries} == summaries
+    # a stage a kill interrupted (no summary yet, a checkpoint there) resumes; the teacher is kept
+    os.remove(out / 'std' / 'summary.json')
+    resumed = run_quickstart(str(out), workers=0, train_samples=256, val_samples=200, epochs=1, progress=False)
+    assert ', resumed ==' in capsys.readouterr().out and resumed['rows'][2]['top1'] == rows[2]['top1']
+    # another preset is another run: every stage starts again
+    run_quickstart(str(out), workers=0, train_samples=128, val_samples=200, epochs=1, progress=False)
+    assert 'finished earlier' not in capsys.readouterr().out
+    assert load_config(str(out / 'plain' / 'config.yaml')).train_samples == 128
+
+
+def test_small_preset_is_smaller_than_the_default(tmp_path):
+    small, default = (quickstart_configs(str(tmp_path), small=flag) for flag in (True, False))
+    for name in small:
+        assert small[name].train_samples * small[name].epochs < default[name].train_samples * default[name].epochs
+    with pytest.raises(ValueError, match='--small or --long'):
+        quickstart_configs(str(tmp_path), long=True, small=True)

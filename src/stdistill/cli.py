@@ -126,7 +126,8 @@ def _models(args: argparse.Namespace) -> int:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
-    run_quickstart(args.output, long=args.long, data_dir=args.data_dir, workers=args.workers)
+    run_quickstart(args.output, long=args.long, data_dir=args.data_dir, workers=args.workers, small=args.small,
+                   restart=args.restart)
     return 0
 
 
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     qs = sub.add_parser('quickstart', help='teacher, plain student and STD student on Fashion-MNIST, compared')
     qs.add_argument('--output', default='runs/quickstart', help='folder for the three runs, table, plot and results.json')
     qs.add_argument('--long', action='store_true', help='more data and epochs: slower, better figures')
+    qs.add_argument('--small', action='store_true', help='fewer images and epochs: a few minutes even on a busy machine')
+    qs.add_argument('--restart', action='store_true', help='start every stage again (default: keep finished ones, '
+                                                           'resume an interrupted one)')
     qs.add_argument('--data-dir', default=None, help='folder with the Fashion-MNIST IDX files (default: Debian\'s)')
     qs.add_argument('--workers', type=int, default=2, help='data loader processes')
     qs.set_defaults(func=_quickstart)

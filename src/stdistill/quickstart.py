@@ -9,17 +9,23 @@ with the same data, epochs and seed for both students, then prints a table, writ
 `comparison.png` and `results.json` ({"rows": [{"name", "model", "params_m", "top1", ...}]}).
 
 The recipes are `recipes/fashion_mnist/{teacher,plain,std}.yaml`; the quickstart sets the
-data size, epochs and folders on top of them (PRESETS; `--long`: all 60k images, more epochs).
+data size, epochs and folders on top of them (PRESETS; `--small`: a few minutes even on a busy
+machine, on fewer images; `--long`: all 60k images, more epochs).
+
+A quickstart run again with the same preset keeps the stages it finished and resumes the one a
+kill interrupted (from its last checkpoint); a stage whose config changed starts again
+(`--restart`: every stage starts again).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
 from typing import Any, Dict, List, Optional
 
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, config_from_dict, load_config
 
 __all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
 
@@ -44,14 +50,18 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 # The teacher sees more images than the students, as a pretrained teacher would have; the two
 # students get exactly the same data, epochs and seed.
 PRESETS = {
+    'small': {'teacher': dict(train_samples=10000, epochs=2, val_samples=2000),
+              'student': dict(train_samples=6000, epochs=3, val_samples=2000)},
     'default': {'teacher': dict(train_samples=30000, epochs=3), 'student': dict(train_samples=12000, epochs=4)},
     'long': {'teacher': dict(train_samples=0, epochs=6), 'student': dict(train_samples=0, epochs=8)},
 }
 
 
 def quickstart_configs(output: str, long: bool = False, data_dir: Optional[str] = None,
-                       workers: int = 2, **extra: Any) -> Dict[str, TrainConfig]:
-    presets = PRESETS['long' if long else 'default']
+                       workers: int = 2, small: bool = False, **extra: Any) -> Dict[str, TrainConfig]:
+    if long and small:
+        raise ValueError('choose --small or --long, not both')
+    presets = PRESETS['long' if long else 'small' if small else 'default']
     configs = {}
     for name, recipe in RECIPES.items():
         preset = presets['teacher' if name == 'teacher' else 'student']
@@ -61,6 +71,29 @@ def quickstart_configs(output: str, long: bool = False, data_dir: Optional[str] 
                                   for t in recipe['teachers']]
         configs[name] = config_from_dict(values)
     return configs
+
+
+def _stage(cfg: TrainConfig) -> str:
+    """'done' (a finished run of exactly cfg is there), 'resume' (cfg's run, interrupted) or 'new'."""
+    from .checkpoint import RESUMABLE
+    from .train import with_absolute_paths  # the paths as a run's config.yaml keeps them
+
+    saved = os.path.join(cfg.output, 'config.yaml')
+    if not os.path.isfile(saved):
+        return 'new'
+    try:
+        before = load_config(saved)
+    except ValueError:
+        return 'new'
+    now = with_absolute_paths(dataclasses.replace(cfg, num_classes=cfg.num_classes or before.num_classes))
+    if dataclasses.asdict(with_absolute_paths(before)) != dataclasses.asdict(now):
+        return 'new'
+    summary = os.path.join(cfg.output, 'summary.json')
+    if os.path.isfile(summary):
+        with open(summary) as f:
+            if json.load(f).get('epochs_done') == cfg.epochs:
+                return 'done'
+    return 'resume' if any(os.path.isdir(os.path.join(cfg.output, n)) for n in RESUMABLE) else 'new'
 
 
 def _clear_run(folder: str) -> None:
@@ -94,17 +127,25 @@ def _comparison_plot(path: str, rows: List[Dict[str, Any]], histories: Dict[str,
 
 
 def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir: Optional[str] = None,
-                   workers: int = 2, **extra: Any) -> Dict[str, Any]:
+                   workers: int = 2, small: bool = False, restart: bool = False, **extra: Any) -> Dict[str, Any]:
     from .train import train
 
-    configs = quickstart_configs(output, long, data_dir, workers, **extra)
-    for cfg in configs.values():
-        _clear_run(cfg.output)
+    configs = quickstart_configs(output, long, data_dir, workers, small, **extra)
+    stages = {name: 'new' if restart else _stage(cfg) for name, cfg in configs.items()}
+    for name, cfg in configs.items():
+        if stages[name] == 'new' or any(stages[n] == 'new' for n in list(configs)[:list(configs).index(name)]):
+            stages[name] = 'new'  # a new teacher makes the students' runs stale too
+            _clear_run(cfg.output)
     rows, histories, start = [], {}, time.perf_counter()
     for name, cfg in configs.items():
+        what = {'new': '', 'resume': ', resumed', 'done': ', finished earlier: kept'}[stages[name]]
         print(f'== {name}: {cfg.model} ({cfg.method}), {cfg.epochs} epochs on '
-              f'{cfg.train_samples or "all"} training images ==', flush=True)
-        summary = train(cfg)
+              f'{cfg.train_samples or "all"} training images{what} ==', flush=True)
+        if stages[name] == 'done':
+            with open(os.path.join(cfg.output, 'summary.json')) as f:
+                summary = json.load(f)
+        else:
+            summary = train(cfg, resume=stages[name] == 'resume')
         with open(os.path.join(cfg.output, 'log.jsonl')) as f:
             histories[name] = [json.loads(line) for line in f]
         final = summary['final']

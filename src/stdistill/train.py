@@ -51,7 +51,7 @@ from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, 
                        load_weights, recorded_classes, recorded_contract)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
-           'student_contract']
+           'student_contract', 'with_absolute_paths']
 
 
 def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple[str, ...] = ()) -> nn.Module:
@@ -239,7 +239,7 @@ def _amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
     return torch.bfloat16 if cfg.amp else None
 
 
-def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """cfg with its data folder and teacher checkpoints as absolute paths: `--resume` from another
     working directory must read the same files, not others that happen to share a relative name."""
     def absolute(path: Optional[str]) -> Optional[str]:
@@ -303,7 +303,7 @@ def _resume_changes(cfg: TrainConfig, folder: str) -> Dict[str, List[Any]]:
             return {}
     except (ValueError, TypeError) as e:
         raise ValueError(f'cannot read the config of the run to resume ({e})') from None
-    return resume_changes(_with_absolute_paths(saved), _with_absolute_paths(cfg))
+    return resume_changes(with_absolute_paths(saved), with_absolute_paths(cfg))
 
 
 def _check_classes(run: str, classes: Optional[List[str]], trained_count: Optional[int], count: int) -> None:
@@ -429,7 +429,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if state is not None:
         _restore_rng(state['rng'], info, device, cfg.seed, start_epoch)
 
-    monitor, resolved = None, _with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes))
+    monitor, resolved = None, with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes))
     if info.is_main:
         os.makedirs(cfg.output, exist_ok=True)
         save_config(resolved, os.path.join(cfg.output, 'config.yaml'))
