@@ -251,6 +251,10 @@ MATRIX = [
      ['cannot change model_kwargs']),
     ('resume: turn EMA on', _case_resume_change('model_ema=true'), ['cannot change model_ema']),
     ('eval --ema of a run without EMA', lambda tmp, run: ['eval', str(run), '--ema'], ['no EMA weights']),
+    ('a model that fixes its patch size', _train('model=mixer_s16_224', 'model_kwargs={patch_size: 4}'),
+     ['mixer_s16_224 fixes its patch_size', 'stdistill models']),
+    ('3 channels for a 1-channel student', _train('in_chans=3'),
+     ['mean and std need 3 values', 'mean=[0.286, 0.286, 0.286]']),
     ('teacher use_ema on a file without EMA',
      lambda tmp, run: _train(f'teachers=[{{model: resnet10t, checkpoint: {teacher_checkpoint(tmp, 10)}, '
                              f'use_ema: true}}]')(tmp, run), ['teachers.0', 'use_ema']),

@@ -170,12 +170,12 @@ def _nan_on_calls(monkeypatch, calls):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     out = tmp_path / 'run'
-    _nan_on_calls(monkeypatch, {5})  # 4 steps per epoch: epoch 1, step 1 (update 6)
+    _nan_on_calls(monkeypatch, {5})  # 4 steps per epoch: the second step of the second epoch (update 6)
     capsys.readouterr()
     assert main(['train', *TINY, 'epochs=3', f'output={out}']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert 'non-finite loss at epoch 1, step 1 (update 6): loss_dist = nan, loss_dist_0 = nan' in err[0]
+    assert 'non-finite loss at epoch 2, step 2 (update 6): loss_dist = nan, loss_dist_0 = nan' in err[0]
     assert 'loss_cls' not in err[0]  # the label loss stayed finite: only the guilty terms are named
     state = load_checkpoint(str(out / 'last'), build_student(
         tiny_config(out), 10, pretrained=False))

@@ -245,7 +245,7 @@ def test_a_run_that_makes_no_update_fails_and_saves_nothing(tmp_path, fashion, c
     captured = capsys.readouterr()
     assert code == 2 and 'done:' not in captured.out
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith('stdistill: error: epoch 0 made no update') and '4 batch(es)' in last, last
+    assert last.startswith('stdistill: error: epoch 1 made no update') and '4 batch(es)' in last, last
     assert not any((out / name).exists() for name in ('last', 'best', 'summary.json'))
 
 
@@ -262,7 +262,7 @@ def test_resume_with_a_longer_schedule_and_a_new_lr_applies_both(tmp_path, fashi
     capsys.readouterr()
     assert run('train', '--resume', out, 'epochs=4', 'lr=0.01') == 0
     printed = capsys.readouterr().out
-    assert 'resuming at epoch 2 with epochs 2 -> 4, lr 0.003 -> 0.01' in printed, printed
+    assert 'resuming at epoch 3 with epochs 2 -> 4, lr 0.003 -> 0.01' in printed, printed
     rows = read_jsonl(out / 'log.jsonl')
     assert [r['epoch'] for r in rows] == [0, 1, 2, 3]
     assert rows[2]['config_changes'] == {'epochs': [2, 4], 'lr': [0.003, 0.01]}
@@ -523,3 +523,17 @@ def test_eval_of_a_weights_file_in_a_run_and_use_ema_only_beside_model_safetenso
 def test_unknown_optimizer_or_scheduler_names_the_key(tmp_path, capsys, key):
     assert run('train', *TINY, key, f'output={tmp_path / "run"}') == 2
     one_error_line(capsys, f'config key {key.split("=")[0]}')
+
+
+# issue 13: what a new user with their own small images meets
+
+def test_small_images_on_a_patch_16_model_warn_and_extra_workers_are_cut(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    capsys.readouterr()
+    assert run('train', *PLAIN, 'model=gmlp_ti16_224', 'model_kwargs={}', 'img_size=32', 'workers=512',
+               f'data_dir={data}', f'output={tmp_path / "run"}') == 0
+    captured = capsys.readouterr()
+    assert 'gmlp_ti16_224 at img_size 32 sees a 2x2 grid of patches' in captured.err
+    assert f'workers 512 -> {len(os.sched_getaffinity(0))}' in captured.out
+    assert load_config(str(tmp_path / 'run' / 'config.yaml')).workers == 512  # what was asked, as given

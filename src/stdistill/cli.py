@@ -66,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         best = summary['best']
         weights = ', EMA weights' if best.get('weights') == 'ema' else ''
         print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {best["top1"]:.2f} '
-              f'(epoch {best["epoch"]}{weights}), run folder {cfg.output}')
+              f'(epoch {best["epoch"] + 1}{weights}), run folder {cfg.output}')
     return 0
 
 

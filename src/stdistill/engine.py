@@ -47,7 +47,8 @@ def _nonfinite_message(loss: torch.Tensor, terms: Dict[str, torch.Tensor], epoch
     if not bad:
         bad = [f'loss = {loss.item()}' if not math.isfinite(loss.item()) else 'the loss of another process']
     where = ', '.join(bad)
-    return (f'non-finite loss at epoch {epoch}, step {step} (update {num_updates + 1}): {where}; the last good '
+    # epochs and steps counted from 1 in text, as the progress bar counts them
+    return (f'non-finite loss at epoch {epoch + 1}, step {step + 1} (update {num_updates + 1}): {where}; the last good '
             f'checkpoint is kept. Lower lr, set clip_grad, check the data, or set skip_nonfinite: true')
 
 

@@ -42,6 +42,7 @@ class RunMonitor:
                 f.write(json.dumps(row) + '\n')
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
         if self.progress:
             self.bar = tqdm(total=steps, desc=f'epoch {epoch + 1}/{epochs}', unit='step', dynamic_ncols=True, leave=False)
 
@@ -67,7 +68,7 @@ class RunMonitor:
         self.writer.flush()
         summary = ' '.join(f'{k} {row[k]:.4g}' for k in ('loss', 'val_top1', 'val_top5', 'ema_top1', 'mi_estimate')
                            if k in row)
-        tqdm.write(f'epoch {row["epoch"]}: {summary}')
+        tqdm.write(f'epoch {row["epoch"] + 1}/{self.epochs}: {summary}')  # counted from 1, as the bar
 
     def close(self) -> None:
         self.writer.close()
@@ -80,18 +81,21 @@ def write_plots(folder: str, history: List[Dict]) -> List[str]:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    epochs = [row['epoch'] for row in history]
+    epochs = [row['epoch'] + 1 for row in history]  # counted from 1, as every printed line
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (('val_top1', 'top-1'), ('ema_top1', 'EMA top-1'), ('val_top1_cls', 'class head'),
                        ('val_top1_dist', 'distillation heads')):
         if key in history[0]:
             acc_ax.plot(epochs, [row[key] for row in history], marker='o', label=label)
-    acc_ax.set(xlabel='epoch', ylabel='top-1 (%)', title='evaluation accuracy')
+    acc_ax.set(xlabel='epoch', ylabel='top-1 (%)', title='evaluation accuracy', ylim=(0, 100))
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.legend()
     for key in [k for k in history[0] if k == 'loss' or k.startswith('loss_')]:
         loss_ax.plot(epochs, [row[key] for row in history], label=key)
     loss_ax.set(xlabel='epoch', ylabel='mean per step', title='training losses')
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.legend(fontsize='small')
     fig.tight_layout()
     paths = [os.path.join(folder, 'curves.png')]
@@ -101,6 +105,7 @@ def write_plots(folder: str, history: List[Dict]) -> List[str]:
         fig, ax = plt.subplots(figsize=(5, 4))
         ax.plot(epochs, [row['mi_estimate'] for row in history], marker='o')
         ax.set(xlabel='epoch', ylabel='nats', title='MINE estimate of I(spatial token; channel token)')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         paths.append(os.path.join(folder, 'mi.png'))
         fig.savefig(paths[1], dpi=100)

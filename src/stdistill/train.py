@@ -61,6 +61,10 @@ def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple
         return create_with_weights(name, pretrained, 'student', **kwargs)
     except TypeError as e:
         unused = [k for k in optional if f"'{k}'" in str(e)]
+        if 'multiple values for keyword argument' in str(e):  # timm's registrations fix their sizes
+            key = str(e).split("'")[-2]
+            raise ValueError(f'{name} fixes its {key}: model_kwargs cannot change it; take a student whose sizes '
+                             f'model_kwargs can change (stdistill models: mixer_t4_32, resmlp_t8_64, ...)') from None
         if not unused:
             raise ValueError(f'cannot build {name}: {e}') from None
         return _create(name, pretrained, {k: v for k, v in kwargs.items() if k not in unused}, optional)
@@ -287,6 +291,27 @@ def _restore_rng(saved: Any, info: DistInfo, device: torch.device, seed: int, ep
               file=sys.stderr)
 
 
+def _fit_workers(cfg: TrainConfig, info: DistInfo) -> TrainConfig:
+    """cfg with at most as many data-loader workers as this process has CPUs (more only contend;
+    torch warns of them), said once."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    if cfg.workers <= cpus:
+        return cfg
+    if info.is_main:
+        print(f'stdistill: workers {cfg.workers} -> {cpus}: this machine gives a process {cpus} CPU(s)', flush=True)
+    return dataclasses.replace(cfg, workers=cpus)
+
+
+def _warn_small_grid(cfg: TrainConfig, student: nn.Module) -> None:
+    """Say so when a patch-16 model gets small images: a 2x2 grid leaves nothing to mix."""
+    stem = getattr(getattr(student, 'backbone', student), 'stem', None)
+    grid = getattr(stem, 'grid_size', None)
+    if grid is not None and grid[0] * grid[1] < 16:
+        print(f'stdistill: warning: {cfg.model} at img_size {cfg.img_size} sees a {grid[0]}x{grid[1]} grid of '
+              f'patches: take a student for small images (stdistill models), or a larger img_size',
+              file=sys.stderr, flush=True)
+
+
 def _resume_changes(cfg: TrainConfig, folder: str) -> Dict[str, List[Any]]:
     """What `cfg` changes from the config the checkpoint `folder` was trained with (recorded in
     it; for an older checkpoint, the run's config.yaml; {} for a run with neither). config.yaml
@@ -328,7 +353,7 @@ def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
 
 
 def _no_update_message(epoch: int, metrics: Dict[str, Any]) -> str:
-    return (f'epoch {epoch} made no update: {metrics["skipped_steps"]} step(s) had a non-finite loss and '
+    return (f'epoch {epoch + 1} made no update: {metrics["skipped_steps"]} step(s) had a non-finite loss and '
             f'{metrics["skipped_batches"]} batch(es) too few readable images ({metrics["skipped_images"]} unreadable '
             f'image(s)); nothing of this epoch is saved: check the data (bad_images), lr and clip_grad')
 
@@ -356,8 +381,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
     student_input = student_contract(cfg)
+    loading = _fit_workers(cfg, info)
     # a resumed run reads its class count from the data, and checks it against the run's below
-    data = build_data(dataclasses.replace(cfg, num_classes=None) if resume else cfg, info, student_input.mean,
+    data = build_data(dataclasses.replace(loading, num_classes=None) if resume else loading, info, student_input.mean,
                       student_input.std, pin_memory=device.type == 'cuda')
     if resume:
         _check_classes(cfg.output, data.classes, cfg.num_classes, data.num_classes)
@@ -366,6 +392,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     student = objective.student
     batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
     check_batch_size(cfg, info, mixup is not None, batch_norm)
+    if info.is_main:
+        _warn_small_grid(cfg, student)
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
     # recorded in every checkpoint, so that this student can be a teacher later (teacher_input.py)
@@ -415,7 +443,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             said = ', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())
             how = (f': the learning-rate schedule is rebuilt for {cfg.epochs} epochs and continues at update '
                    f'{num_updates} (lr {optimizer.param_groups[0]["lr"]:.4g})') if rebuilt else ''
-            print(f'stdistill: resuming at epoch {start_epoch} with {said}{how}', flush=True)
+            print(f'stdistill: resuming at epoch {start_epoch + 1} with {said}{how}', flush=True)
 
     model = objective
     if info.distributed:  # teachers are not in `objective`'s modules; buffers need syncing only for BatchNorm
