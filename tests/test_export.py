@@ -116,7 +116,8 @@ def test_export_and_predict_refuse_bad_input_in_one_line(folder, std_run, tmp_pa
     plain_run = std_run  # has an EMA; the 'ema without ema' case uses a run without one
     if case == 'existing output':
         (tmp_path / 'taken').mkdir()
-        argv, words = ['export', str(plain_run), str(tmp_path / 'taken')], ['exists', 'new folder']
+        (tmp_path / 'taken' / 'notes.txt').write_text('mine')
+        argv, words = ['export', str(plain_run), str(tmp_path / 'taken')], ['exists and is not an empty folder']
     elif case == 'ema without ema':
         run = _train(folder, tmp_path / 'noema')
         argv, words = ['export', str(run), str(tmp_path / 'e'), '--ema'], ['no EMA weights']
@@ -131,3 +132,54 @@ def test_export_and_predict_refuse_bad_input_in_one_line(folder, std_run, tmp_pa
     assert main(argv) == 2
     one_error_line(capsys, *words)
     assert not any(n.startswith('.export.') for n in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize('case', ['inside a checkpoint', 'under a file', 'empty name', 'head without tokens',
+                                  'config edited', 'state.json missing'])
+def test_export_refuses_what_would_go_wrong(folder, tmp_path, capsys, case):
+    import shutil
+    run = _train(folder, tmp_path / 'run')
+    argv = ['export', str(run), str(tmp_path / 'out')]
+    if case == 'inside a checkpoint':
+        argv[2], words = str(run / 'last' / 'exp'), ['inside the run', 'last/']
+    elif case == 'under a file':
+        argv[2], words = str(run / 'config.yaml' / 'x'), ['cannot write the export']
+    elif case == 'empty name':
+        argv[2], words = '', ['give the export a folder']
+    elif case == 'head without tokens':
+        argv, words = argv + ['--head', 'avg'], ['no distillation tokens']
+    elif case == 'config edited':  # predict and export must not use preprocessing the model was not trained with
+        text = (run / 'config.yaml').read_text().replace('- 0.5\n', '- 0.2\n', 1)
+        (run / 'config.yaml').write_text(text)
+        words = ['was trained with mean [0.5]']
+    else:
+        os.remove(run / 'best' / 'state.json')
+        words = ['state.json is missing']
+    capsys.readouterr()
+    assert main(argv) == 2
+    one_error_line(capsys, *words)
+    assert not (tmp_path / 'out').exists() and not any(n.startswith('.export.') for n in os.listdir(tmp_path))
+    shutil.rmtree(run)
+
+
+@pytest.mark.parametrize('damage', ['empty stdistill.json', 'class list cut', 'weights cut', 'head size edited'])
+def test_damaged_exports_are_refused_in_one_line(std_run, folder, tmp_path, capsys, damage):
+    token = damage in ('empty stdistill.json', 'class list cut')
+    out = tmp_path / 'exp'
+    assert main(['export', str(std_run), str(out)] + ([] if token else ['--head', 'cls'])) == 0
+    if damage == 'empty stdistill.json':
+        (out / 'stdistill.json').write_text('{}')
+    elif damage == 'class list cut':
+        doc = json.loads((out / 'stdistill.json').read_text())
+        doc['classes'] = doc['classes'][:2]
+        (out / 'stdistill.json').write_text(json.dumps(doc))
+    elif damage == 'weights cut':
+        weights = out / 'model.safetensors'
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:
+        doc = json.loads((out / 'config.json').read_text())
+        doc['num_classes'] = 5
+        (out / 'config.json').write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(['predict', str(out), _images(folder)[0]]) == 2
+    one_error_line(capsys, str(out))

@@ -45,3 +45,15 @@ def test_small_preset_is_smaller_than_the_default(tmp_path):
         assert small[name].train_samples * small[name].epochs < default[name].train_samples * default[name].epochs
     with pytest.raises(ValueError, match='--small or --long'):
         quickstart_configs(str(tmp_path), long=True, small=True)
+
+
+def test_quickstart_never_replaces_runs_it_did_not_write(tmp_path, capsys):
+    from stdistill.cli import main
+    (tmp_path / 'mine' / 'teacher').mkdir(parents=True)
+    (tmp_path / 'mine' / 'teacher' / 'config.yaml').write_text('epochs: 3\n')
+    assert main(['quickstart', '--small', '--output', str(tmp_path / 'mine')]) == 2
+    assert 'not written by stdistill quickstart' in capsys.readouterr().err
+    assert (tmp_path / 'mine' / 'teacher' / 'config.yaml').read_text() == 'epochs: 3\n'
+    (tmp_path / 'file').write_text('x')
+    assert main(['quickstart', '--output', str(tmp_path / 'file')]) == 2
+    assert '--output must be a folder' in capsys.readouterr().err

@@ -118,6 +118,7 @@ def test_natural_order_and_a_class_map_file_fixing_another(tmp_path, fashion, ca
     # a map that leaves out a training class is refused, naming it
     partial = tmp_path / 'partial.txt'
     partial.write_text('1\n2\n')
+    capsys.readouterr()
     assert run('train', *PLAIN, f'data_dir={data}', f'class_map={partial}', f'output={tmp_path / "p"}') == 2
     one_error_line(capsys, "'10'", 'class_map')
 
@@ -537,3 +538,28 @@ def test_small_images_on_a_patch_16_model_warn_and_extra_workers_are_cut(tmp_pat
     assert 'gmlp_ti16_224 at img_size 32 sees a 2x2 grid of patches' in captured.err
     assert f'workers 512 -> {len(os.sched_getaffinity(0))}' in captured.out
     assert load_config(str(tmp_path / 'run' / 'config.yaml')).workers == 512  # what was asked, as given
+
+
+def test_imagenet_settings_on_a_small_folder_are_warned(tmp_path, fashion, capsys):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=10)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    capsys.readouterr()  # 20 images in batches of 12: 8 left out each epoch; 1 update against an EMA of 25000
+    assert run('train', *PLAIN, 'batch_size=12', 'model_ema=true', f'data_dir={data}', f'output={tmp_path / "r"}') == 0
+    err = capsys.readouterr().err
+    assert 'batch_size 12 leaves 8 of 20 training images out of each epoch' in err, err
+    assert 'with model_ema_decay 0.99996, after this run\'s 1 updates the EMA is still 100% the initial' in err, err
+
+
+def test_checkpoints_and_exports_are_as_readable_as_any_new_file(tmp_path, fashion):
+    data = write_split(tmp_path / 'data', 'train', {'a': 0, 'b': 1}, fashion, per_class=4)
+    write_split(data, 'val', {'a': 0, 'b': 1}, fashion, per_class=2, start=100)
+    out, exported = tmp_path / 'run', tmp_path / 'exported'
+    exported.mkdir()  # an empty folder may be the export's
+    old = os.umask(0o022)
+    try:
+        assert run('train', *PLAIN, f'data_dir={data}', f'output={out}') == 0
+        assert run('export', out, exported) == 0
+    finally:
+        os.umask(old)
+    for path in (out / 'best', out / 'best' / 'model.safetensors', exported, exported / 'model.safetensors'):
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path

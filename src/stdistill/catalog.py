@@ -20,7 +20,7 @@ KNOWN_TEACHERS = ('resnet18', 'resnet50d', 'resnet101d', 'swin_base_patch4_windo
 
 
 class ModelEntry(NamedTuple):
-    role: str  # 'student (small images)', 'student (paper)' or 'teacher'
+    role: str  # 'student (small images)', 'student (224 px)' or 'teacher'
     name: str  # the timm name to give as `model` (student) or `teachers.N.model`
     input_size: Tuple[int, int, int]  # channels, height, width the model is built for
     mean: Tuple[float, ...]
@@ -35,7 +35,7 @@ def _entry(role: str, name: str) -> ModelEntry:
 def catalog() -> List[ModelEntry]:
     """Small-image students, the paper's students (their base names) and the known teachers."""
     return ([_entry('student (small images)', n) for n in SMALL_STUDENTS]
-            + [_entry('student (paper)', n) for n in STUDENT_BASES.values()]
+            + [_entry('student (224 px)', n) for n in STUDENT_BASES.values()]
             + [_entry('teacher', n) for n in KNOWN_TEACHERS])
 
 

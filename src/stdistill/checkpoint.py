@@ -35,7 +35,7 @@ from .teachers import EMA_FILE, _first_line, _whole_message
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
            'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
-           'checkpoint_entry', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
+           'checkpoint_entry', 'readable_as_umask', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
 
 MODEL_FILE, STATE_FILE, STATE_JSON = 'model.safetensors', 'state.safetensors', 'state.json'
 FORMAT = 'stdistill-checkpoint/1'
@@ -147,6 +147,7 @@ def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}.', dir=parent)
     try:
+        readable_as_umask(tmp)
         files = {}
         skeleton, tensors = split_tensors(state, 'state')
         header = {'format': 'pt', **(metadata or {})}
@@ -156,6 +157,7 @@ def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], 
         for name, content, header in parts:
             path = os.path.join(tmp, name)
             save_file(content, path, metadata=header)
+            readable_as_umask(path)
             _fsync(path)
             files[name] = {'bytes': os.path.getsize(path), 'sha256': _sha256(path)}
         doc = {'format': FORMAT, 'epoch': state.get('epoch'), 'files': files, 'state': skeleton}
@@ -175,6 +177,14 @@ def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def readable_as_umask(path: str) -> None:
+    """Give a file or folder the permissions the umask gives a new one (mkdtemp makes folders
+    0700, and safetensors files 0600: a checkpoint or export must be shareable as any file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def remove_stale_temporaries(run: str) -> List[str]:

@@ -119,8 +119,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from .catalog import catalog, format_catalog
     print(format_catalog(catalog()))
-    print('\nA student is `model: NAME` (method: std adds the token pairs); a teacher, `teachers: [{model: NAME}]`. '
-          'Any other timm name works too; `model_kwargs` / `kwargs` change a model\'s size.')
+    print('\nmean/std: each model\'s own cfg, used when a recipe sets none (recipes/folder sets 0.5). A student is '
+          '`model: NAME` (method: std adds the token pairs); a teacher, `teachers: [{model: NAME}]`. Any other timm '
+          'name works too; `model_kwargs` / `kwargs` change a model\'s size.')
     return 0
 
 

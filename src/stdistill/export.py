@@ -26,10 +26,10 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from .checkpoint import EMA_FILE, MODEL_FILE, STATE_JSON, verify_checkpoint
+from .checkpoint import EMA_FILE, MODEL_FILE, STATE_JSON, readable_as_umask, verify_checkpoint
 from .config import TrainConfig, config_from_dict, load_config
 from .folders import read_class_map
-from .teachers import _whole_message, load_weights, recorded_classes
+from .teachers import _first_line, _whole_message, load_weights, recorded_classes, recorded_contract
 from .train import build_student, resolve_norm
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'STDISTILL_JSON']
@@ -75,9 +75,15 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     if head is not None:
         cfg = dataclasses.replace(cfg, inference_head=head)
     folder = os.path.join(run, which)
-    if os.path.isfile(os.path.join(folder, STATE_JSON)):
-        verify_checkpoint(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f'{run} has no {which}/ checkpoint')
+    verify_checkpoint(folder)  # a missing state.json (and its checksums) is refused too
     path = os.path.join(folder, MODEL_FILE)
+    recorded = recorded_contract(path)
+    mean, std = resolve_norm(cfg)
+    if recorded and (_rounded(recorded.get('mean')) != _rounded(mean) or _rounded(recorded.get('std')) != _rounded(std)):
+        raise ValueError(f'{run}/config.yaml gives mean {list(mean)} std {list(std)} but {path} was trained with mean '
+                         f'{list(recorded["mean"])} std {list(recorded["std"])}: restore the run\'s config.yaml')
     if ema and not os.path.isfile(os.path.join(folder, EMA_FILE)):
         raise ValueError(f'{folder} holds no EMA weights (the run had model_ema off): leave out --ema')
     weights = load_weights(path, use_ema=ema)
@@ -92,11 +98,17 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
         raise ValueError(f'{path} does not fit the run\'s {cfg.model}: {_whole_message(e)}') from None
     student.eval()
     tokens = hasattr(student, 'token_pairs') or hasattr(student, 'head_dist')
+    if head is not None and head != 'cls' and not tokens:
+        raise ValueError(f'--head {head}: the run\'s student has no distillation tokens, only its class head')
     if tokens:
         model = student.backbone if cfg.inference_head == 'cls' else _Predictor(student, cfg.inference_head)
     else:
         model = student
     return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)
+
+
+def _rounded(values) -> Optional[tuple]:
+    return None if values is None else tuple(round(float(v), 6) for v in values)
 
 
 def export_onnx(model: nn.Module, cfg: TrainConfig, path: str, atol: float = 1e-4) -> float:
@@ -130,13 +142,21 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
     written ({'folder', 'kind': 'timm' | 'stdistill', 'files', 'onnx_max_diff'})."""
     from timm.models import save_for_hf
 
-    if os.path.exists(output):
-        raise ValueError(f'{output} exists: export to a new folder')
+    if not output:
+        raise ValueError('give the export a folder')
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        raise ValueError(f'{output} exists and is not an empty folder: export to a new folder')
+    inside = os.path.relpath(os.path.abspath(output), os.path.abspath(run)).split(os.sep)[0]
+    if inside in ('best', 'last', 'previous', 'last.old'):
+        raise ValueError(f'{output} is inside the run\'s {inside}/ checkpoint, which training replaces: export elsewhere')
     loaded = load_run_student(run, which, ema, head)
     cfg = loaded.cfg
     parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.export.', dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix='.export.', dir=parent)
+    except OSError as e:
+        raise ValueError(f'cannot write the export {output}: {_first_line(e)}') from None
     try:
         mean, std = resolve_norm(cfg)
         data = {'mean': tuple(mean), 'std': tuple(std), 'crop_pct': cfg.crop_pct,
@@ -155,7 +175,15 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
                         data_config=data)
             kind = 'timm'
         diff = export_onnx(loaded.model, cfg, os.path.join(tmp, 'model.onnx')) if onnx else None
+        for name in os.listdir(tmp):  # mkdtemp's 0700 and safetensors' 0600 would hide it from other users
+            readable_as_umask(os.path.join(tmp, name))
+        readable_as_umask(tmp)
+        if os.path.isdir(output):
+            os.rmdir(output)  # an empty folder given as the output
         os.replace(tmp, output)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f'cannot write the export {output}: {_first_line(e)}') from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -164,13 +192,39 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
 
 def load_exported(folder: str) -> LoadedStudent:
     """An exported folder, ready to predict: timm's kind through `timm.create_model('local-dir:...')`,
-    the token kind rebuilt from its stdistill.json. Raises ValueError for a folder of neither."""
+    the token kind rebuilt from its stdistill.json. Raises ValueError (one line naming the
+    folder) for a folder of neither kind, or a damaged or edited one."""
+    if not os.path.isdir(folder):
+        raise ValueError(f'folder not found: {folder}')
+    try:
+        loaded = _load_exported(folder)
+    except ValueError as e:
+        raise ValueError(str(e) if folder in str(e) else f'{folder}: {e}') from None
+    except Exception as e:  # edited JSON, missing or truncated weights, foreign architecture: one line
+        raise ValueError(f'{folder} is a damaged export ({type(e).__name__}: {_first_line(e)}): export it again') \
+            from None
+    count = _head_size(loaded.model)
+    if count is not None and count != len(loaded.classes):
+        raise ValueError(f'{folder} names {len(loaded.classes)} classes but its model predicts {count}: export it '
+                         f'again')
+    return loaded
+
+
+def _head_size(model: nn.Module) -> Optional[int]:
+    num = getattr(model, 'num_classes', None)
+    return int(num) if isinstance(num, int) else None
+
+
+def _load_exported(folder: str) -> LoadedStudent:
     import timm
+    from safetensors.torch import load_file
 
     if os.path.isfile(os.path.join(folder, STDISTILL_JSON)):
         with open(os.path.join(folder, STDISTILL_JSON)) as f:
             doc = json.load(f)
         cfg = config_from_dict(doc['config'])
+        if len(doc['classes']) != cfg.num_classes:
+            raise ValueError(f'{folder} names {len(doc["classes"])} classes but its model predicts {cfg.num_classes}')
         student = build_student(cfg, cfg.num_classes, pretrained=False)
         student.load_state_dict(load_weights(os.path.join(folder, MODEL_FILE)))
         return LoadedStudent(_Predictor(student.eval(), cfg.inference_head).eval(), doc['classes'], cfg)
@@ -180,6 +234,13 @@ def load_exported(folder: str) -> LoadedStudent:
         architecture = json.load(f).get('architecture', '')
     model = timm.create_model(f'local-dir:{os.path.abspath(folder)}', pretrained=True).eval()
     pcfg = model.pretrained_cfg
+    # timm re-initialises a classifier whose size config.json changed: the weights file decides
+    key = f'{pcfg.get("classifier", "head")}.weight'
+    head = load_file(os.path.join(folder, 'model.safetensors')).get(key)
+    loaded_head = model.state_dict()[key]
+    if head is not None and not (head.shape == loaded_head.shape and torch.equal(head, loaded_head)):
+        raise ValueError(f'{folder}/config.json does not fit its weights (their classifier has {head.shape[0]} '
+                         f'classes; timm would start it again from random)')
     chans, size = pcfg['input_size'][0], pcfg['input_size'][-1]
     # a config for the preprocessing only (predict's transforms), from the export's own cfg
     cfg = config_from_dict({'model': architecture, 'img_size': size, 'in_chans': chans, 'mean': list(pcfg['mean']),

@@ -25,7 +25,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional
 
-from .config import TrainConfig, config_from_dict, load_config
+from .config import RUNTIME_KEYS, TrainConfig, config_from_dict, load_config
 
 __all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
 
@@ -86,7 +86,8 @@ def _stage(cfg: TrainConfig) -> str:
     except ValueError:
         return 'new'
     now = with_absolute_paths(dataclasses.replace(cfg, num_classes=cfg.num_classes or before.num_classes))
-    if dataclasses.asdict(with_absolute_paths(before)) != dataclasses.asdict(now):
+    old, new = dataclasses.asdict(with_absolute_paths(before)), dataclasses.asdict(now)
+    if any(old[k] != new[k] for k in new if k not in RUNTIME_KEYS):  # workers etc. change no result
         return 'new'
     summary = os.path.join(cfg.output, 'summary.json')
     if os.path.isfile(summary):
@@ -94,6 +95,23 @@ def _stage(cfg: TrainConfig) -> str:
             if json.load(f).get('epochs_done') == cfg.epochs:
                 return 'done'
     return 'resume' if any(os.path.isdir(os.path.join(cfg.output, n)) for n in RESUMABLE) else 'new'
+
+
+MARKER = '.stdistill-quickstart'  # in --output: the stage folders below are the quickstart's to replace
+
+
+def _check_output(output: str) -> None:
+    """Refuse an --output the quickstart did not write that holds its stage folders: they would
+    be someone's runs (the README's own walkthrough names its runs teacher, plain and std)."""
+    if not output or os.path.isfile(output):
+        raise ValueError(f'--output must be a folder, got {output!r}')
+    mine = os.path.isfile(os.path.join(output, MARKER)) or os.path.isfile(os.path.join(output, 'results.json'))
+    taken = [n for n in RECIPES if os.path.exists(os.path.join(output, n))]
+    if taken and not mine:
+        raise ValueError(f'{output} holds {", ".join(taken)}/ not written by stdistill quickstart: choose another '
+                         f'--output')
+    os.makedirs(output, exist_ok=True)
+    open(os.path.join(output, MARKER), 'a').close()
 
 
 def _clear_run(folder: str) -> None:
@@ -132,9 +150,13 @@ def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir
     from .train import train
 
     configs = quickstart_configs(output, long, data_dir, workers, small, **extra)
+    _check_output(output)
     stages = {name: 'new' if restart else _stage(cfg) for name, cfg in configs.items()}
     for name, cfg in configs.items():
         if stages[name] == 'new' or any(stages[n] == 'new' for n in list(configs)[:list(configs).index(name)]):
+            if os.path.isdir(cfg.output) and not restart:
+                print(f'{cfg.output}: another preset or an earlier stage changed, so this stage starts again',
+                      flush=True)
             stages[name] = 'new'  # a new teacher makes the students' runs stale too
             _clear_run(cfg.output)
     rows, histories, start = [], {}, time.perf_counter()

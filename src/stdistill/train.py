@@ -312,6 +312,20 @@ def _warn_small_grid(cfg: TrainConfig, student: nn.Module) -> None:
               file=sys.stderr, flush=True)
 
 
+def _warn_short_data(cfg: TrainConfig, dropped: int, images: int, steps: int) -> None:
+    """Say so when settings made for ImageNet waste a small dataset: an incomplete last batch
+    that leaves out a large part of each epoch, or an EMA longer than the whole run."""
+    if dropped > 0.1 * images:
+        print(f'stdistill: warning: batch_size {cfg.batch_size} leaves {dropped} of {images} training images out '
+              f'of each epoch (the incomplete last batch): lower batch_size', file=sys.stderr, flush=True)
+    updates = steps * cfg.epochs
+    initial = cfg.model_ema_decay ** updates  # the share of the initial weights in the EMA at the end
+    if cfg.model_ema and initial > 0.5:
+        print(f'stdistill: warning: with model_ema_decay {cfg.model_ema_decay}, after this run\'s {updates} updates the '
+              f'EMA is still {initial:.0%} the initial weights: lower it (e.g. {0.001 ** (1 / updates):.4g})',
+              file=sys.stderr, flush=True)
+
+
 def _resume_changes(cfg: TrainConfig, folder: str) -> Dict[str, List[Any]]:
     """What `cfg` changes from the config the checkpoint `folder` was trained with (recorded in
     it; for an older checkpoint, the run's config.yaml; {} for a run with neither). config.yaml
@@ -469,6 +483,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     min_batch = 2 if batch_norm or objective.mi is not None else 1
     # drop_last leaves the images of the sampler's incomplete last batch out of each epoch
     dropped_last = (len(data.train_loader.sampler) - steps * cfg.batch_size) * info.world_size
+    if info.is_main:
+        _warn_short_data(cfg, dropped_last, len(data.train_loader.sampler) * info.world_size, steps)
     try:
         for epoch in range(start_epoch, last_epoch):
             data.train_loader.sampler.set_epoch(epoch)
