@@ -26,11 +26,10 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from .checkpoint import EMA_FILE, MODEL_FILE, STATE_JSON, readable_as_umask, verify_checkpoint
+from .checkpoint import MODEL_FILE, readable_as_umask, verify_checkpoint
 from .config import TrainConfig, config_from_dict, load_config
-from .folders import read_class_map
-from .teachers import _first_line, _whole_message, load_weights, recorded_classes, recorded_contract
-from .train import build_student, resolve_norm
+from .teachers import _first_line, load_weights, recorded_contract
+from .train import build_student, load_student_checkpoint, resolve_norm
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'STDISTILL_JSON']
 
@@ -84,18 +83,8 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     if recorded and (_rounded(recorded.get('mean')) != _rounded(mean) or _rounded(recorded.get('std')) != _rounded(std)):
         raise ValueError(f'{run}/config.yaml gives mean {list(mean)} std {list(std)} but {path} was trained with mean '
                          f'{list(recorded["mean"])} std {list(recorded["std"])}: restore the run\'s config.yaml')
-    if ema and not os.path.isfile(os.path.join(folder, EMA_FILE)):
-        raise ValueError(f'{folder} holds no EMA weights (the run had model_ema off): leave out --ema')
-    weights = load_weights(path, use_ema=ema)
-    classes = recorded_classes(path)
-    if classes is None and os.path.isfile(os.path.join(run, 'class_map.txt')):
-        classes = read_class_map(os.path.join(run, 'class_map.txt'))
+    student, classes = load_student_checkpoint(cfg, path, ema)  # the file: verified above
     num_classes = len(classes) if classes else cfg.num_classes
-    student = build_student(cfg, num_classes, pretrained=False)
-    try:
-        student.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f'{path} does not fit the run\'s {cfg.model}: {_whole_message(e)}') from None
     student.eval()
     tokens = hasattr(student, 'token_pairs') or hasattr(student, 'head_dist')
     if head is not None and head != 'cls' and not tokens:

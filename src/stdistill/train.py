@@ -51,7 +51,7 @@ from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, 
                        load_weights, recorded_classes, recorded_contract)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
-           'student_contract', 'with_absolute_paths']
+           'student_contract', 'with_absolute_paths', 'load_student_checkpoint']
 
 
 def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple[str, ...] = ()) -> nn.Module:
@@ -548,22 +548,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     return summary
 
 
-def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False) -> Dict[str, float]:
-    """Top-1/top-5 of a saved student (a checkpoint folder or its model.safetensors), or with
-    ema=True of its EMA weights, on cfg's val split, labelled with the class names the
-    checkpoint records (else its run's class_map.txt). Raises ValueError (one line) for a
-    damaged checkpoint, one that does not fit cfg's model, or a missing EMA."""
-    from .loaders import build_eval_loader
-
-    info = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, info)
+def load_student_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False
+                            ) -> Tuple[nn.Module, Optional[List[str]]]:
+    """The student a checkpoint holds (a checkpoint folder or its model.safetensors), built from
+    cfg, with its weights or (ema=True) their EMA; and the class names it was trained on (recorded
+    in it, else its run's class_map.txt; None when neither names them). A checkpoint folder with
+    a state.json is checked against its checksums first. Raises ValueError (one line) for a
+    damaged checkpoint, missing EMA weights, or weights that do not fit cfg's model."""
     folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(checkpoint, MODEL_FILE) if os.path.isdir(checkpoint) else checkpoint
     if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, STATE_JSON)):
-        verify_checkpoint(checkpoint)  # a damaged or edited checkpoint folder is refused, not evaluated
+        verify_checkpoint(checkpoint)  # a damaged or edited checkpoint folder is refused, not used
     if ema and not os.path.isfile(os.path.join(folder, EMA_FILE)):
         raise ValueError(f'{checkpoint} holds no EMA weights ({EMA_FILE}; the run had model_ema off): '
-                         f'evaluate it without --ema')
+                         f'use it without --ema')
     weights = load_weights(path, use_ema=ema)
     run_map = os.path.join(os.path.dirname(folder), 'class_map.txt')
     classes = recorded_classes(path) or (read_class_map(run_map) if os.path.isfile(run_map) else None)
@@ -576,6 +574,17 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False) ->
     except RuntimeError as e:
         raise ValueError(f'{path} does not fit {cfg.model} with method {cfg.method}: '
                          f'{_whole_message(e)}') from None
+    return student, classes
+
+
+def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False) -> Dict[str, float]:
+    """Top-1/top-5 of a saved student (see load_student_checkpoint), or with ema=True of its EMA
+    weights, on cfg's val split, labelled with the class names the checkpoint was trained on."""
+    from .loaders import build_eval_loader
+
+    info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, info)
+    student, classes = load_student_checkpoint(cfg, checkpoint, ema)
     student.to(device)
     loader = build_eval_loader(cfg, info, *resolve_norm(cfg), classes=classes)
     amp_dtype = _amp_dtype(cfg)
