@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
+           'config_changes',
            'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
 
 METHODS = ('none', 'kd', 'deit', 'std')
@@ -378,14 +379,20 @@ def _first_difference(name: str, old: Any, new: Any) -> tuple:
     return name, old, new
 
 
-def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]:
+def config_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]:
     """The keys `cfg` changes from a run's `saved` config, as {key: [old, new]} (output and a
-    num_classes left null are not changes). Raises ValueError, naming the key, for a key that a
-    resumed run may not change (not in SCHEDULE_KEYS or RUNTIME_KEYS)."""
+    num_classes left null, to be read from the data, are not changes)."""
     old, new = dataclasses.asdict(saved), dataclasses.asdict(cfg)
     if new['num_classes'] is None:
         new['num_classes'] = old['num_classes']
-    changed = {k: [old[k], new[k]] for k in new if k != 'output' and old[k] != new[k]}
+    return {k: [old[k], new[k]] for k in new if k != 'output' and old[k] != new[k]}
+
+
+def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]:
+    """config_changes(saved, cfg), or a ValueError naming the first key that a resumed run may
+    not change (not in SCHEDULE_KEYS or RUNTIME_KEYS)."""
+    changed = config_changes(saved, cfg)
+
     def short(value: Any) -> str:
         text = repr(value)
         return text if len(text) <= 80 else text[:77] + '...'

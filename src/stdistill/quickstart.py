@@ -18,14 +18,13 @@ kill interrupted (from its last checkpoint); a stage whose config changed starts
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import time
 from typing import Any, Dict, List, Optional
 
-from .config import RUNTIME_KEYS, TrainConfig, config_from_dict, load_config
+from .config import RUNTIME_KEYS, TrainConfig, config_changes, config_from_dict, load_config
 
 __all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
 
@@ -85,9 +84,8 @@ def _stage(cfg: TrainConfig) -> str:
         before = load_config(saved)
     except ValueError:
         return 'new'
-    now = with_absolute_paths(dataclasses.replace(cfg, num_classes=cfg.num_classes or before.num_classes))
-    old, new = dataclasses.asdict(with_absolute_paths(before)), dataclasses.asdict(now)
-    if any(old[k] != new[k] for k in new if k not in RUNTIME_KEYS):  # workers etc. change no result
+    changed = config_changes(with_absolute_paths(before), with_absolute_paths(cfg))
+    if any(k not in RUNTIME_KEYS for k in changed):  # workers etc. change no result
         return 'new'
     summary = os.path.join(cfg.output, 'summary.json')
     if os.path.isfile(summary):
@@ -151,14 +149,15 @@ def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir
 
     configs = quickstart_configs(output, long, data_dir, workers, small, **extra)
     _check_output(output)
-    stages = {name: 'new' if restart else _stage(cfg) for name, cfg in configs.items()}
-    for name, cfg in configs.items():
-        if stages[name] == 'new' or any(stages[n] == 'new' for n in list(configs)[:list(configs).index(name)]):
+    stages, stale = {}, restart
+    for name, cfg in configs.items():  # teacher first: a new teacher makes the students' runs stale too
+        stages[name] = 'new' if stale else _stage(cfg)
+        if stages[name] == 'new':
             if os.path.isdir(cfg.output) and not restart:
                 print(f'{cfg.output}: another preset or an earlier stage changed, so this stage starts again',
                       flush=True)
-            stages[name] = 'new'  # a new teacher makes the students' runs stale too
             _clear_run(cfg.output)
+            stale = True
     rows, histories, start = [], {}, time.perf_counter()
     for name, cfg in configs.items():
         what = {'new': '', 'resume': ', resumed', 'done': ', finished earlier: kept'}[stages[name]]
