@@ -58,6 +58,13 @@ def test_predict_agrees_with_eval_on_every_validation_image(std_run, folder, cap
     for r in results:
         probabilities = [t['probability'] for t in r['top']]
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1, abs=1e-5)
+    # batches of any size (the last one short) predict the same classes
+    from stdistill.predict import predict
+    chunked = predict(str(std_run), images, top_k=3, batch_size=7)
+    assert len(images) % 7 and [[t['class'] for t in r['top']] for r in chunked] == \
+        [[t['class'] for t in r['top']] for r in results]
+    for a, b in zip(chunked, results):
+        assert [t['probability'] for t in a['top']] == pytest.approx([t['probability'] for t in b['top']], abs=1e-5)
 
 
 def test_token_student_exports_with_its_heads_and_onnx_matches_on_real_images(std_run, folder, tmp_path, capsys):
@@ -183,3 +190,20 @@ def test_damaged_exports_are_refused_in_one_line(std_run, folder, tmp_path, caps
     capsys.readouterr()
     assert main(['predict', str(out), _images(folder)[0]]) == 2
     one_error_line(capsys, str(out))
+
+
+def test_a_best_checkpoint_kept_for_its_ema_says_so_without_ema(tmp_path):
+    """best/ is kept for whichever of the student's and the EMA weights scored higher: taking the
+    student's weights of a checkpoint kept for its EMA gets a note naming --ema."""
+    from stdistill.export import ema_hint
+    (tmp_path / 'best').mkdir()
+    (tmp_path / 'last').mkdir()
+    state = {'epoch': 3, 'metrics': {'val_top1': 71.5, 'ema_top1': 80.25}}
+    (tmp_path / 'best' / 'state.json').write_text(json.dumps(state))
+    (tmp_path / 'last' / 'state.json').write_text(json.dumps({'history': [{'val_top1': 90.0, 'ema_top1': 85.0}]}))
+    assert ema_hint(str(tmp_path)) == (f'note: {tmp_path}/best was scored top-1 80.25 with its EMA weights and 71.50 '
+                                       'with the student\'s, which these are: add --ema to take the EMA weights')
+    assert ema_hint(str(tmp_path), ema=True) is None
+    assert ema_hint(str(tmp_path), 'last') is None  # the student's weights scored higher there
+    (tmp_path / 'best' / 'state.json').write_text(json.dumps({'metrics': {'val_top1': 71.5}}))  # no EMA
+    assert ema_hint(str(tmp_path)) is None

@@ -1,6 +1,7 @@
 """The README's "Your own data" section, run command by command as a new user would: a real
 second dataset (scikit-learn's digits as a PNG folder), teacher, plain and STD students, eval,
-export, a timm load of the export, and predictions for real images."""
+export, predictions for real images, and a student of a timm architecture exported to a folder
+that timm loads and predicts with alone."""
 import json
 import os
 import re
@@ -28,21 +29,38 @@ def test_your_own_data_section_runs_as_written(tmp_path):
         assert result.returncode == 0, f'{command}\n{result.stderr[-2000:]}'
         outputs.append(result.stdout)
     runs = tmp_path / 'runs' / 'digits'
-    summaries = {name: json.loads((runs / name / 'summary.json').read_text()) for name in ('teacher', 'plain', 'std')}
+    names = ('teacher', 'plain', 'std', 'std_s16')
+    summaries = {name: json.loads((runs / name / 'summary.json').read_text()) for name in names}
     for name, summary in summaries.items():  # 10 classes: chance is 10%
         assert summary['final']['val_top1'] > 60, (name, summary['final']['val_top1'])
         assert summary['data'][0].startswith('train: 1437 images in 10 classes')
-    # the STD run's teacher sees the normalisation its own checkpoint records
+    # the STD runs' teacher sees the normalisation and size its own checkpoint records
     assert summaries['std']['teacher_inputs'] == [
-        'teachers.0 (resnet18) sees 3 channel(s), any size, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)']
+        'teachers.0 (resnet18) sees 3 channel(s), 32x32, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)']
+    assert summaries['std_s16']['teacher_inputs'] == [
+        'teachers.0 (resnet18) sees 3 channel(s), 32x32, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) '
+        '(adapted from the student batch)']
     assert sorted(os.listdir(tmp_path / 'exported' / 'digits')) == ['model.onnx', 'model.safetensors',
                                                                      'stdistill.json']
     assert sorted(os.listdir(tmp_path / 'exported' / 'digits_timm')) == ['config.json', 'model.safetensors']
-    assert outputs[-1].strip() == "MlpMixer ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']"
-    predictions = outputs[-3].strip().splitlines()
-    assert [p.split(':')[0] for p in predictions] == ['data/digits/validation/0/0000.png',
-                                                      'data/digits/validation/3/0045.png',
-                                                      'data/digits/validation/7/0240.png']
-    assert all(len(p.split(': ')[1].split(', ')) == 5 for p in predictions)  # top-5 with probabilities
-    # the exported student predicts as the run evaluated: most of these three right
-    assert sum(p.split(': ')[1].split(' ')[0] == p.split('/')[-2] for p in predictions) >= 2, predictions
+    config = json.loads((tmp_path / 'exported' / 'digits_timm' / 'config.json').read_text())
+    assert config['architecture'] == 'mixer_s16_224' and config['pretrained_cfg']['input_size'] == [3, 64, 64]
+    images = ['data/digits/validation/0/0000.png', 'data/digits/validation/3/0045.png',
+              'data/digits/validation/7/0240.png']
+    by_command = dict(zip(readme_commands(), outputs))
+    ours_first = next(out for command, out in by_command.items() if command.startswith('stdistill predict'))
+    for predictions in (ours_first.strip().splitlines(), outputs[-1].strip().splitlines()):
+        assert [p.split(':')[0] for p in predictions] == images
+        assert all(len(p.split(': ')[1].split(', ')) == 5 for p in predictions)  # top-5 with probabilities
+        # the exported students predict as their runs evaluated: most of these three right
+        assert sum(p.split(': ')[1].split(' ')[0] == p.split('/')[-2] for p in predictions) >= 2, predictions
+    # timm alone: the example never imports stdistill, and predicts what `stdistill predict` does
+    script = ("import runpy, sys; sys.argv = ['predict_with_timm.py', 'exported/digits_timm', *sys.argv[1:]]; "
+              "runpy.run_path('examples/predict_with_timm.py', run_name='__main__'); "
+              "assert 'stdistill' not in sys.modules, 'stdistill was imported'")
+    alone = subprocess.run([sys.executable, '-c', script, *images], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    ours = subprocess.run(['stdistill', 'predict', 'exported/digits_timm', *images], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert alone.stdout == outputs[-1] == ours.stdout, (alone.stdout, ours.stdout)

@@ -92,6 +92,28 @@ def test_a_stdistill_run_records_its_contract_and_serves_as_a_teacher(tmp_path):
         InputContract(*FASHION_MNIST_NORM, 1, (28, 28))).input.identity
 
 
+def test_a_cnn_checkpoint_is_fed_the_size_it_was_trained_at(tmp_path):
+    """A CNN takes any size, but one trained by stdistill on 32x32 images predicts badly on a
+    64x64 student's batch (its receptive fields see digits twice as large): the size its
+    checkpoint records is the size it sees. Without a record, the student's size is kept."""
+    torch.manual_seed(0)
+    cnn = timm.create_model('resnet10t', num_classes=10)
+    path = str(tmp_path / 'cnn.safetensors')
+    recorded = InputContract((0.5,) * 3, (0.5,) * 3, 3, (32, 32), 'bilinear')
+    save_file(cnn.state_dict(), path, metadata={'format': 'pt', RECORD_KEY: recorded.to_json()})
+    teacher = create_teacher('resnet10t', num_classes=10, checkpoint=path)
+    assert teacher.contract == recorded
+    teacher.adapt_to(InputContract((0.5,) * 3, (0.5,) * 3, 3, (64, 64)))
+    assert teacher.input.size == (32, 32)
+    raw = real_images(64, rgb=True)
+    expected = teacher.model(own_preprocessing(raw, teacher.contract).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(teacher(TF.normalize(raw, [0.5] * 3, [0.5] * 3)), expected, rtol=0, atol=1e-5)
+    assert expected.shape == (6, 10)
+    # a file without a record (another tool's): the student's size, as for timm's cfg
+    save_file(cnn.state_dict(), path, metadata={'format': 'pt'})
+    assert create_teacher('resnet10t', num_classes=10, checkpoint=path).contract.img_size is None
+
+
 def test_a_checkpoint_of_an_older_run_takes_the_normalisation_of_its_run(tmp_path):
     """Checkpoints written before they recorded their contract: the run's config.yaml has it."""
     from safetensors.torch import load_file

@@ -94,21 +94,28 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from .export import ema_hint, export_run
     done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx, head=args.head)
     how = (f"timm.create_model('local-dir:{done['folder']}')" if done['kind'] == 'timm'
            else f"stdistill.export.load_exported('{done['folder']}') (token heads)")
     onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
     print(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {done['folder']}: "
           f"{', '.join(done['files'])}; load it with {how}{onnx}")
+    hint = ema_hint(args.run, args.which, args.ema)
+    if hint:
+        print(hint, file=sys.stderr)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     import json
 
+    from .export import ema_hint
     from .predict import predict
     results = predict(args.target, args.images, top_k=args.top_k, ema=args.ema)
+    hint = ema_hint(args.target, 'best', args.ema) if os.path.isfile(os.path.join(args.target, 'config.yaml')) else None
+    if hint:
+        print(hint, file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=1))
     for r in results if not args.json else ():

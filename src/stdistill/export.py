@@ -31,7 +31,8 @@ from .config import TrainConfig, config_from_dict, load_config
 from .teachers import _first_line, load_weights, recorded_contract
 from .train import build_student, load_student_checkpoint, resolve_norm
 
-__all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'STDISTILL_JSON']
+__all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'ema_hint',
+           'STDISTILL_JSON']
 
 STDISTILL_JSON = 'stdistill.json'
 # the run keys that rebuild a student with its token pairs
@@ -94,6 +95,24 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     else:
         model = student
     return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)
+
+
+def ema_hint(run: str, which: str = 'best', ema: bool = False) -> Optional[str]:
+    """A line for the user when the checkpoint's EMA weights scored better than the student's
+    weights that are being taken (best/ is kept for whichever of the two scored best), else None."""
+    if ema:
+        return None
+    try:
+        with open(os.path.join(run, which, 'state.json')) as f:
+            state = json.load(f)
+        row = state.get('metrics') or (state.get('history') or [{}])[-1]
+        student, averaged = float(row['val_top1']), float(row['ema_top1'])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return None  # no EMA in this run (or no record of it): nothing to say
+    if averaged <= student:
+        return None
+    return (f'note: {run}/{which} was scored top-1 {averaged:.2f} with its EMA weights and {student:.2f} with the '
+            f'student\'s, which these are: add --ema to take the EMA weights')
 
 
 def _rounded(values) -> Optional[tuple]:

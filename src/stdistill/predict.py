@@ -22,10 +22,12 @@ from .train import resolve_norm
 __all__ = ['predict']
 
 
-def predict(target: str, images: List[str], top_k: int = 5, ema: bool = False) -> List[Dict[str, Any]]:
+def predict(target: str, images: List[str], top_k: int = 5, ema: bool = False,
+            batch_size: int = 64) -> List[Dict[str, Any]]:
     """For each image path: {'image', 'top': [{'class', 'index', 'probability'}, ...]} (top_k,
-    softmax probabilities in [0, 1], best first). Raises ValueError (one line) for a target that
-    is neither a run nor an export, and for an image that cannot be read."""
+    softmax probabilities in [0, 1], best first), `batch_size` images at a time. Raises
+    ValueError (one line) for a target that is neither a run nor an export, and for an image
+    that cannot be read."""
     if top_k < 1:
         raise ValueError(f'--top-k must be at least 1, got {top_k}')
     if os.path.isfile(os.path.join(target, 'config.yaml')):
@@ -37,19 +39,26 @@ def predict(target: str, images: List[str], top_k: int = 5, ema: bool = False) -
     mean, std = resolve_norm(loaded.cfg)
     transform = build_transforms(loaded.cfg, mean, std)[1]
     mode = 'L' if loaded.cfg.in_chans == 1 else 'RGB'
-    batch = []
-    for path in images:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                batch.append(transform(to_model_mode(img, mode, path)))
-        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ValueError(f'cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
-                from None
-    with torch.no_grad():
-        probabilities = torch.softmax(loaded.model(torch.stack(batch)).float(), dim=1)
-    top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-    return [{'image': path,
-             'top': [{'class': loaded.classes[i], 'index': i, 'probability': float(p)}
-                     for p, i in zip(values.tolist(), indices.tolist())]}
-            for path, values, indices in zip(images, top.values, top.indices)]
+    results = []
+    for start in range(0, len(images), batch_size):  # a bounded batch: any number of images fits in memory
+        paths = images[start:start + batch_size]
+        batch = torch.stack([transform(_read(path, mode)) for path in paths])
+        with torch.no_grad():
+            probabilities = torch.softmax(loaded.model(batch).float(), dim=1)
+        top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+        results += [{'image': path,
+                     'top': [{'class': loaded.classes[i], 'index': i, 'probability': float(p)}
+                             for p, i in zip(values.tolist(), indices.tolist())]}
+                    for path, values, indices in zip(paths, top.values, top.indices)]
+    return results
+
+
+def _read(path: str, mode: str) -> Image.Image:
+    """The image at `path` in the model's mode; ValueError (one line) when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_model_mode(img, mode, path)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f'cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
+            from None

@@ -140,15 +140,17 @@ def _fixed_size(model: nn.Module) -> Optional[Tuple[int, int]]:
 def model_contract(model: nn.Module, recorded: Optional[Dict[str, Any]] = None,
                    overrides: Optional[Dict[str, Any]] = None) -> InputContract:
     """A model's input contract: `overrides` (mean, std, img_size, interpolation; None = unset)
-    over `recorded` (a stdistill checkpoint's) over its timm pretrained cfg. A size is kept only
-    when the model needs a fixed one, or an override gives it. Raises ValueError when the mean
-    and std do not have one value per input channel."""
+    over `recorded` (a stdistill checkpoint's) over its timm pretrained cfg. A size is kept when
+    the model needs a fixed one, when the checkpoint records the size it was trained at (a CNN
+    trained on 32x32 images does not predict well on 64x64 ones), or when an override gives it;
+    otherwise (timm's cfg alone) the student's size is used. Raises ValueError when the mean and
+    std do not have one value per input channel."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     fields = {'mean': tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN)), 'std': tuple(cfg.get('std', IMAGENET_DEFAULT_STD)),
               'interpolation': cfg.get('interpolation') or 'bicubic'}
     fields.update({k: v for k, v in (recorded or {}).items() if k != 'img_size'})
     fields['in_chans'] = _in_chans(model)
-    fields['img_size'] = _fixed_size(model)
+    fields['img_size'] = _fixed_size(model) or (recorded or {}).get('img_size')
     for key, value in (overrides or {}).items():
         if value is not None:
             fields[key] = (value, value) if key == 'img_size' and isinstance(value, int) else \
