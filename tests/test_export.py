@@ -102,7 +102,9 @@ def test_class_head_export_is_a_timm_folder_timm_loads_without_stdistill(folder,
     run = _train(folder, tmp_path / 'run', 'model=gmlp_ti16_224', 'model_kwargs={}', 'img_size=32',
                  'crop_pct=1.0')
     out = tmp_path / 'exported'
+    capsys.readouterr()
     assert main(['export', str(run), str(out)]) == 0
+    assert 'import stdistill' not in capsys.readouterr().out  # timm knows its own architecture
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'gmlp_ti16_224' and config['label_names'] == ['bag', 'top', 'trouser']
     assert config['pretrained_cfg']['mean'] == [0.5] and config['pretrained_cfg']['input_size'] == [1, 32, 32]
@@ -207,3 +209,27 @@ def test_a_best_checkpoint_kept_for_its_ema_says_so_without_ema(tmp_path):
     assert ema_hint(str(tmp_path), 'last') is None  # the student's weights scored higher there
     (tmp_path / 'best' / 'state.json').write_text(json.dumps({'metrics': {'val_top1': 71.5}}))  # no EMA
     assert ema_hint(str(tmp_path)) is None
+
+
+def test_a_small_student_export_says_timm_needs_stdistill_imported(std_run, tmp_path, capsys):
+    """mixer_t4_28 is registered by stdistill: its class-head folder loads in timm after the import."""
+    capsys.readouterr()
+    assert main(['export', str(std_run), str(tmp_path / 'cls'), '--head', 'cls']) == 0
+    assert "after `import stdistill`, which registers mixer_t4_28" in capsys.readouterr().out
+
+
+def test_an_export_stopped_by_sigterm_leaves_nothing(std_run, tmp_path):
+    """`kill` and `timeout` send SIGTERM: the partial export folder is removed, as on Ctrl-C."""
+    import signal
+    import time
+    out = tmp_path / 'exports' / 'stopped'
+    proc = subprocess.Popen([sys.executable, '-m', 'stdistill', 'export', str(std_run), str(out), '--onnx'],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.parent.is_dir() and any(n.startswith('.export.') for n in os.listdir(out.parent))):
+        assert proc.poll() is None and time.monotonic() < deadline, 'the export ended before it was stopped'
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert 'stdistill: interrupted' in proc.stderr.read()
+    assert os.listdir(out.parent) == []

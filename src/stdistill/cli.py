@@ -94,10 +94,18 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import ema_hint, export_run
+    import signal
+
+    from .export import ema_hint, export_run, timm_needs_stdistill
+
+    def stop(signum, frame):  # `kill` and `timeout` send SIGTERM: unwind, so the partial export is removed
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
     done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx, head=args.head)
     how = (f"timm.create_model('local-dir:{done['folder']}')" if done['kind'] == 'timm'
            else f"stdistill.export.load_exported('{done['folder']}') (token heads)")
+    if done['kind'] == 'timm' and timm_needs_stdistill(done['architecture']):
+        how += f" after `import stdistill`, which registers {done['architecture']}"
     onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
     print(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {done['folder']}: "
           f"{', '.join(done['files'])}; load it with {how}{onnx}")

@@ -17,6 +17,7 @@ predicts (for token heads, with those heads), checked against PyTorch under onnx
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from .teachers import _first_line, load_weights, recorded_contract
 from .train import build_student, load_student_checkpoint, resolve_norm
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'ema_hint',
+           'timm_needs_stdistill',
            'STDISTILL_JSON']
 
 STDISTILL_JSON = 'stdistill.json'
@@ -97,6 +99,12 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)
 
 
+def timm_needs_stdistill(arch: str) -> bool:
+    """Whether timm knows `arch` only once stdistill is imported (a student stdistill registers)."""
+    import timm.models
+    return timm.models.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith('stdistill')
+
+
 def ema_hint(run: str, which: str = 'best', ema: bool = False) -> Optional[str]:
     """A line for the user when the checkpoint's EMA weights scored better than the student's
     weights that are being taken (best/ is kept for whichever of the two scored best), else None."""
@@ -123,11 +131,12 @@ def export_onnx(model: nn.Module, cfg: TrainConfig, path: str, atol: float = 1e-
     """Write `model` as ONNX (batch size dynamic) and return the largest difference of its logits
     from PyTorch's under onnxruntime on a random batch; a ValueError above `atol`."""
     import numpy as np
-    try:
-        import onnxruntime
-        import onnxscript  # noqa: F401  (torch's ONNX exporter writes through it)
-    except ImportError as e:
-        raise ValueError(f'--onnx needs {e.name}: pip install "stdistill[export]"') from None
+    for needed in ('onnx', 'onnxscript', 'onnxruntime'):  # torch's ONNX exporter writes through onnxscript
+        try:
+            importlib.import_module(needed)
+        except ImportError:  # e.name is None for some failed imports: name the package ourselves
+            raise ValueError(f'--onnx needs {needed}: pip install "stdistill[export]"') from None
+    import onnxruntime
 
     sample = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim('batch', min=1, max=4096)
@@ -147,7 +156,7 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
                head: Optional[str] = None) -> Dict[str, Any]:
     """Export a run's student to `output` (a new folder, written whole or not at all); head='cls'
     exports a token student's backbone and class head alone, a timm model. Returns what was
-    written ({'folder', 'kind': 'timm' | 'stdistill', 'files', 'onnx_max_diff'})."""
+    written ({'folder', 'kind': 'timm' | 'stdistill', 'architecture', 'files', 'onnx_max_diff'})."""
     from timm.models import save_for_hf
 
     if not output:
@@ -195,7 +204,9 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {'folder': output, 'kind': kind, 'files': sorted(os.listdir(output)), 'onnx_max_diff': diff}
+    arch = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('architecture', cfg.model)
+    return {'folder': output, 'kind': kind, 'architecture': arch, 'files': sorted(os.listdir(output)),
+            'onnx_max_diff': diff}
 
 
 def load_exported(folder: str) -> LoadedStudent:

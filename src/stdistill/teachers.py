@@ -320,6 +320,9 @@ def create_teacher(
     try:
         contract = model_contract(model, recorded, input_overrides)
     except (ValueError, TypeError) as e:
+        if given & {'mean', 'std'}:  # the user's own values: say so, and what they must be
+            raise ValueError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the mean and std given in '
+                             f'its config entry do not fit ({e}): give {_in_chans(model)} values each') from None
         source = 'recorded in its checkpoint' if recorded else 'of its timm cfg'
         raise ValueError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the input {source} does not fit '
                          f'({e}): set its mean, std and interpolation in its config entry') from None
