@@ -411,3 +411,13 @@ def test_an_older_run_whose_config_cannot_be_read_is_refused_not_guessed(tmp_pat
                  f'kwargs: {{embed_dim: 16, num_blocks: 2}}}}]']) == 2
     line = _error_line(capsys)
     assert 'records no input normalisation and its run' in line and "set the teacher's mean and std" in line
+
+
+def test_a_teachers_own_mean_and_std_that_miss_its_channels_are_named_as_given(tmp_path, capsys):
+    """mean/std set in a teacher's config entry with one value for an RGB teacher: the message
+    blames the entry (not a checkpoint or timm's cfg) and says how many values to give."""
+    assert main(['train', *TINY, 'teachers=[{model: resnet10t, pretrained: false, mean: [0.5], std: [0.5]}]',
+                 f'output={tmp_path / "run"}']) == 2
+    line = _error_line(capsys)
+    assert 'teacher resnet10t takes 3 channel(s); the mean and std given in its config entry do not fit' in line
+    assert line.endswith('give 3 values each') and not (tmp_path / 'run').exists()
