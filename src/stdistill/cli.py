@@ -100,8 +100,11 @@ def _export(args: argparse.Namespace) -> int:
 
     def stop(signum, frame):  # `kill` and `timeout` send SIGTERM: unwind, so the partial export is removed
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx, head=args.head)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx, head=args.head)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() may be called in a longer-lived process
     how = (f"timm.create_model('local-dir:{done['folder']}')" if done['kind'] == 'timm'
            else f"stdistill.export.load_exported('{done['folder']}') (token heads)")
     if done['kind'] == 'timm' and timm_needs_stdistill(done['architecture']):

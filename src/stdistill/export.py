@@ -33,8 +33,7 @@ from .teachers import _first_line, load_weights, recorded_contract
 from .train import build_student, load_student_checkpoint, resolve_norm
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'ema_hint',
-           'timm_needs_stdistill',
-           'STDISTILL_JSON']
+           'timm_needs_stdistill', 'STDISTILL_JSON']
 
 STDISTILL_JSON = 'stdistill.json'
 # the run keys that rebuild a student with its token pairs
