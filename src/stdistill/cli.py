@@ -1,9 +1,11 @@
-"""Command line: `stdistill train | eval | export | predict | models | quickstart | profile`.
+"""Command line: `stdistill train | teacher-pass | eval | export | predict | models | quickstart | profile`.
 
     stdistill train --config recipes/fashion_mnist/std.yaml epochs=5 output=runs/std
     torchrun --nproc_per_node 8 -m stdistill train --config recipes/imagenet/cyclemlp_b2_std.yaml data_dir=/data/imagenet
     stdistill train --resume runs/std                # continue exactly where it stopped
     stdistill eval runs/std                          # top-1/top-5 of runs/std/best
+    stdistill teacher-pass --config recipes/fashion_mnist/std.yaml --output stores/fm   # teachers once
+    stdistill train --config recipes/fashion_mnist/std.yaml teacher_outputs=stores/fm   # ... replayed
 
 Bad input ends with one line on stderr naming what to fix and exit status 2, never a traceback.
 """
@@ -67,6 +69,16 @@ def _train(args: argparse.Namespace) -> int:
         weights = ', EMA weights' if best.get('weights') == 'ema' else ''
         print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {best["top1"]:.2f} '
               f'(epoch {best["epoch"] + 1}{weights}), run folder {cfg.output}')
+    return 0
+
+
+def _teacher_pass(args: argparse.Namespace) -> int:
+    from .teacher_pass import teacher_pass
+    summary = teacher_pass(load_config(args.config, args.overrides), args.output, shard_steps=args.shard_steps)
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(f'done: {summary["images"]} images through the teachers in {summary["seconds"]:.1f} s '
+              f'({summary["img_per_s"]:.1f} img/s on this process), store {args.output}; train from it with '
+              f'teacher_outputs={args.output}')
     return 0
 
 
@@ -185,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument('--stop-after', type=int, metavar='N', help='stop after N epochs of this process (resume later)')
     tr.add_argument('overrides', nargs='*', metavar='key=value')
     tr.set_defaults(func=_train)
+
+    tp = sub.add_parser('teacher-pass', help='run a recipe\'s teachers once over its data schedule, into a store '
+                                              'that train reads (teacher_outputs=STORE)',
+                        description='Walk every epoch of the recipe\'s data schedule through its teachers and store '
+                                    'what the loss needs (hard labels and entropies; with distill=soft the top '
+                                    'store_topk logits). Run again after an interruption: it continues.')
+    tp.add_argument('--config', help='YAML recipe (the one you will train with)')
+    tp.add_argument('--output', required=True, metavar='STORE', help='folder for the store')
+    tp.add_argument('--shard-steps', type=int, default=256, metavar='N',
+                    help='steps a shard (what an interruption can lose)')
+    tp.add_argument('overrides', nargs='*', metavar='key=value')
+    tp.set_defaults(func=_teacher_pass)
 
     ev = sub.add_parser('eval', help='top-1/top-5 of a trained student on its validation split')
     ev.add_argument('target', help='a run folder (evaluates its best/ checkpoint) or a checkpoint folder')

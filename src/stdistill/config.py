@@ -23,8 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
-           'config_changes',
-           'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
+           'config_changes', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
 
 METHODS = ('none', 'kd', 'deit', 'std')
 # Bounds of an input contract (teacher_input.py checks contracts with the same ones)
@@ -77,6 +76,9 @@ class TrainConfig:
     # run
     output: str = _f('runs/std', 'run folder: config, logs, checkpoints, plots')
     seed: int = _f(0, 'random seed (each process adds its rank)')
+    data_seed: Optional[int] = _f(None, 'seed of the data schedule (training and evaluation subsets, sample order, '
+                                        'augmentation, mixup); null: seed. '
+                                        'Runs with one data_seed see the same batches')
     # data
     dataset: str = _f('', "'' or 'folder' (ImageFolder under data_dir), 'fashion-mnist', or any "
                           "timm.data.create_dataset name ('hfds/...', 'torch/cifar10', ...)")
@@ -136,6 +138,10 @@ class TrainConfig:
     token_depth: int = _f(1, 'token layers per pair (K)')
     inference_head: str = _f('avg', 'prediction at evaluation: class head, distillation heads, or their mean',
                              ('avg', 'cls', 'dist'))
+    teacher_outputs: Optional[str] = _f(None, 'a teacher-output store (stdistill teacher-pass) to read the teachers\' '
+                                              'outputs from, instead of running them')
+    store_topk: int = _f(10, 'teacher-pass for soft distillation: logits stored per image and teacher (the rest '
+                             'as one bucket); the class count stores them all')
     mine: bool = _f(True, 'mutual-information regulariser between the two tokens of a pair (std, tokens=both)')
     mine_weight: float = _f(0.1, 'lambda of the MI penalty')
     mine_hidden: int = _f(512, 'hidden width of the MINE statistics network')
@@ -166,7 +172,7 @@ class TrainConfig:
 
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 # Numeric keys with an inclusive lower bound, > 0, or in [0, 1]; checked when a config is built.
-_AT_LEAST = {'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1, 'recount': 1,
+_AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1, 'recount': 1,
              'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
              'weight_decay': 0, 'mine_weight': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0, 'min_lr': 0,
              'num_classes': 1}
@@ -363,7 +369,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
 SCHEDULE_KEYS = ('epochs', 'lr', 'min_lr', 'warmup_epochs', 'warmup_lr', 'sched')
 # (data_dir and class_map may move: train checks that the data still has the run's classes)
 RUNTIME_KEYS = ('workers', 'log_interval', 'progress', 'device', 'dist_timeout', 'bad_images', 'compile',
-                'skip_nonfinite', 'amp', 'channels_last', 'clip_grad', 'clip_mode', 'data_dir', 'download', 'class_map')
+                'skip_nonfinite', 'amp', 'channels_last', 'clip_grad', 'clip_mode', 'data_dir', 'download', 'class_map',
+                'teacher_outputs')
 
 
 def _first_difference(name: str, old: Any, new: Any) -> tuple:

@@ -16,19 +16,21 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.utils import dispatch_clip_grad
 
 from .distributed import DistInfo, all_reduce_sum
-from .losses import DistillationLoss
+from .losses import DistillationLoss, TeacherTargets
 from .mine import MIRegularizer
+from .schedule import scheduled_mixup
 from .students import INFERENCE_HEADS, STDOutput, combine_heads
 from .teachers import FrozenTeacher
 
-__all__ = ['DistillObjective', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float']
+__all__ = ['DistillObjective', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float', 'Batch',
+           'prepare_batch']
 
 
 class NonFiniteLossError(ValueError):
@@ -57,6 +59,40 @@ def _unpack(batch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]
     return batch[0], batch[1], int(batch[2]) if len(batch) > 2 else 0
 
 
+class Batch(NamedTuple):
+    """A training batch as the step uses it: images (B, C, H, W) and targets ((B,) or mixed
+    (B, classes)) on the device, after mixup; indices (B,) the dataset indices of the images
+    (None from a loader without the data schedule); the counts of unreadable images left out
+    by the loader and of the unpaired image left out under mixup. images is None when the
+    loader found no readable image."""
+    images: Optional[torch.Tensor]
+    targets: Optional[torch.Tensor]
+    indices: Optional[torch.Tensor]
+    unreadable: int
+    unpaired: int
+
+
+def prepare_batch(batch, device: torch.device, mixup: Optional[Callable], data_seed: int, epoch: int, step: int,
+                  rank: int) -> Batch:
+    """A loader's batch as the training step (and the teacher pass, store.py) sees it: moved to
+    `device`; under mixup an odd batch loses its last image (timm pairs the images) and the
+    batch is mixed with draws seeded from (data_seed, epoch, step, rank) (schedule.py)."""
+    images, targets, unreadable = _unpack(batch)
+    indices = batch[3] if len(batch) > 3 else None
+    unpaired = 0
+    if images is None:
+        return Batch(None, None, None, unreadable, 0)
+    if mixup is not None and images.shape[0] % 2:
+        images, targets = images[:-1], targets[:-1]
+        indices = indices[:-1] if indices is not None else None
+        unpaired = 1
+    if images.shape[0] == 0:  # a batch of one unpaired image: nothing left to mix
+        return Batch(None, None, None, unreadable, unpaired)
+    images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    images, targets = scheduled_mixup(mixup, images, targets, data_seed, epoch, step, rank)
+    return Batch(images, targets, indices, unreadable, unpaired)
+
+
 def to_float(obj: Any) -> Any:
     """Floating tensors in `obj` (a tensor, or tuples / named tuples / lists of them) as fp32."""
     if isinstance(obj, torch.Tensor):
@@ -78,7 +114,8 @@ class DistillObjective(nn.Module):
         self.student, self.method, self.base_criterion = student, method, base_criterion
         self.teachers: List[FrozenTeacher] = list(teachers or [])  # a plain list: not submodules (see above)
         self.distill_loss, self.mi = distill_loss, mi
-        if method != 'none' and (not self.teachers or distill_loss is None):
+        # no teachers with a distillation loss: the run reads their outputs from a store
+        if method != 'none' and distill_loss is None:
             raise ValueError(f'method {method} needs at least one teacher')
 
     @torch.jit.ignore
@@ -89,16 +126,23 @@ class DistillObjective(nn.Module):
     def teacher_logits(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Each teacher's fp32 logits (B, num_classes) for the student's batch `images`; each
         teacher adapts the batch to its own input (teacher_input.py) and runs under the
-        caller's autocast."""
+        caller's autocast. Raises ValueError when the teachers were not built (a run that
+        reads their outputs from a store)."""
+        if not self.teachers:
+            raise ValueError('this objective has no teachers (a run from a teacher-output store): give their '
+                             'outputs for the batch')
         return [t(images) for t in self.teachers]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor,
-                teacher_logits: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                teacher_outputs: Optional[List[Union[torch.Tensor, TeacherTargets]]] = None
+                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(loss, detached terms) for a batch (B, C, H, W) and its targets ((B,) or (B, classes)).
 
-        teacher_logits: precomputed (cached) teacher outputs for these images; None runs the teachers.
+        teacher_outputs: the teachers' outputs for these images, given (logits, or TeacherTargets
+        from a store); None runs the teachers.
         """
         out = self.student(images)
+        teacher_logits = teacher_outputs
         if self.method != 'none' and teacher_logits is None:
             teacher_logits = self.teacher_logits(images)
         with torch.autocast(images.device.type, enabled=False):  # losses and MINE in fp32
@@ -134,6 +178,9 @@ def train_one_epoch(
         on_step: Optional[Callable[[int, Dict[str, float], int], None]] = None,
         skip_nonfinite: bool = False,
         min_batch: int = 1,
+        data_seed: int = 0,
+        rank: int = 0,
+        teacher_outputs: Optional[Callable[[int, int, Optional[torch.Tensor]], List[TeacherTargets]]] = None,
 ) -> Tuple[Dict[str, float], int]:
     """One pass over `loader`; returns the epoch's mean loss terms and counts, and the updated
     step count.
@@ -143,7 +190,9 @@ def train_one_epoch(
     that unreadable images shrank is trained on as it is, except: one image of an odd batch is
     left out under mixup (timm pairs the images; counted as `unpaired_images`), and a batch of
     fewer than `min_batch` images (MINE and BatchNorm need 2) is skipped (`skipped_batches`).
-    Under DDP every process skips a step that any process cannot take.
+    Under DDP every process skips a step that any process cannot take. Mixup draws from
+    (data_seed, epoch, step, rank) (schedule.py). teacher_outputs(epoch, step, indices): the
+    teachers' outputs for a batch, read from a store, instead of running the teachers.
     """
     objective.train()
     sums: Dict[str, float] = defaultdict(float)
@@ -151,20 +200,16 @@ def train_one_epoch(
     skipped_batches, unpaired_images = 0, 0
     params = [p for p in objective.parameters() if p.requires_grad]
     for step, batch in enumerate(loader):
-        images, targets, unreadable = _unpack(batch)
-        skipped_images += unreadable
+        images, targets, indices, unreadable, unpaired = prepare_batch(batch, device, mixup, data_seed, epoch, step,
+                                                                       rank)
+        skipped_images, unpaired_images = skipped_images + unreadable, unpaired_images + unpaired
         count = 0 if images is None else images.shape[0]
-        if mixup is not None and count % 2:  # timm's mixup pairs images up: one of an odd batch has no pair
-            images, targets, count = images[:-1], targets[:-1], count - 1
-            unpaired_images += 1
         if not _on_every_process(count >= max(min_batch, 1), device):
             skipped_batches += 1
             continue
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if mixup is not None:
-            images, targets = mixup(images, targets)
+        stored = teacher_outputs(epoch, step, indices) if teacher_outputs is not None else None
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            loss, terms = objective(images, targets)
+            loss, terms = objective(images, targets, stored)
         if not _on_every_process(math.isfinite(loss.item()), device):
             if not skip_nonfinite:
                 raise NonFiniteLossError(_nonfinite_message(loss, terms, epoch, step, num_updates))

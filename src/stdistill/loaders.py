@@ -33,10 +33,11 @@ from .data import FashionMNIST
 from .distributed import DistInfo
 from .folders import FolderReader, describe_counts, describe_left_out, find_split, read_class_map
 from .images import to_model_mode
+from .schedule import ScheduledDataset, ScheduleSampler
 from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
-           'dataset_num_classes', 'dataset_classes', 'check_batch_size', 'collate_readable', 'FASHION_MNIST_NORM']
+           'dataset_num_classes', 'dataset_classes', 'check_batch_size', 'data_seed_of', 'collate_readable', 'FASHION_MNIST_NORM']
 
 FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
 _ITERABLE_PREFIXES = ('tfds/', 'wds/', 'hfids/')
@@ -79,14 +80,15 @@ class StrictImageDataset(Dataset):
         return img, -1 if target is None else target
 
 
-def collate_readable(samples: List[Optional[Tuple[Any, int]]]) -> Tuple[Any, Any, int]:
+def collate_readable(samples: List[Optional[Tuple[Any, ...]]]) -> Tuple[Any, ...]:
     """default_collate over the samples that could be read, and the count of those that could not
-    (None): (images, targets, skipped). A batch with no readable image is (None, None, skipped)."""
+    (None): (images, targets, skipped), and the dataset indices (B,) after them for samples of
+    schedule.ScheduledDataset. A batch with no readable image is (None, None, skipped[, None])."""
     readable = [s for s in samples if s is not None]
     if not readable:
-        return None, None, len(samples)
-    images, targets = default_collate(readable)
-    return images, targets, len(samples) - len(readable)
+        return None, None, len(samples), None
+    images, targets, *rest = default_collate(readable)
+    return (images, targets, len(samples) - len(readable), *rest)
 
 
 def dataset_classes(dataset: Dataset) -> Optional[List[str]]:
@@ -240,7 +242,7 @@ def _describe(ds: Dataset, split: str, classes: Optional[Sequence[str]]) -> List
 
 
 def _val_loader(cfg: TrainConfig, info: DistInfo, val_set: Dataset, pin_memory: bool) -> DataLoader:
-    val_set = _fixed_subset(val_set, cfg.val_samples, cfg.seed + 1)
+    val_set = _fixed_subset(val_set, cfg.val_samples, data_seed_of(cfg) + 1)
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       generator=torch.Generator().manual_seed(0), pin_memory=pin_memory,
@@ -252,6 +254,11 @@ def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...],
     """The validation loader of cfg, labelled with `classes` (a trained model's class map) when given."""
     val_set = open_dataset(cfg, cfg.val_split, build_transforms(cfg, mean, std)[1], classes)
     return _val_loader(cfg, info, val_set, pin_memory)
+
+
+def data_seed_of(cfg: TrainConfig) -> int:
+    """The seed of the data schedule: cfg.data_seed, or cfg.seed when it is null."""
+    return cfg.seed if cfg.data_seed is None else cfg.data_seed
 
 
 def check_batch_size(cfg: TrainConfig, info: DistInfo, mixup_active: bool, batch_norm: bool = False) -> None:
@@ -286,12 +293,15 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
         raise ValueError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
                          f'fix num_classes (or leave it null to read it from the data)')
     report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, cfg.val_split, classes)
-    train_set = _fixed_subset(train_set, cfg.train_samples, cfg.seed)
+    data_seed = data_seed_of(cfg)
+    train_set = _fixed_subset(train_set, cfg.train_samples, data_seed)
     if cfg.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True)
     else:
         sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                     seed=cfg.seed)
+                                     seed=data_seed)
+    # every sample augmented from (data_seed, epoch, rank, position): schedule.py
+    sampler, train_set = ScheduleSampler(sampler, info.rank), ScheduledDataset(train_set, data_seed)
     generator = torch.Generator()
     # drop_last, as timm and DeiT: every step a full batch; the images left over are counted per epoch
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,

@@ -10,10 +10,18 @@ teacher weighs more and the weights sum to 1; 'uniform' gives every teacher 1/M.
 
 The base criterion is any timm/torch loss on the class head: CrossEntropy, timm's
 LabelSmoothingCrossEntropy, or SoftTargetCrossEntropy for mixup/cutmix targets.
+
+A teacher's output reaches the loss as its logits (B, classes) when the teacher runs in the
+step, or as `TeacherTargets` read from a teacher-output store (store.py): for hard distillation
+its argmax labels and prediction entropies, for soft distillation also its top-k logits and
+log-sum-exp. Logits are reduced to the same fields first (`TeacherTargets.from_logits`), so
+hard distillation computes the same numbers, bit for bit, either way. Soft distillation from
+top-k keeps the teacher's probability mass outside its top k as one bucket, against the
+student's mass outside the same k classes (exact for k = classes).
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -21,8 +29,8 @@ import torch.nn.functional as F
 
 from .students import STDOutput
 
-__all__ = ['DistillationLoss', 'LossTerms', 'teacher_weights', 'prediction_entropy', 'DISTILL_MODES',
-           'TEACHER_WEIGHTINGS']
+__all__ = ['DistillationLoss', 'LossTerms', 'TeacherTargets', 'teacher_weights', 'entropy_weights',
+           'prediction_entropy', 'topk_soft_loss', 'DISTILL_MODES', 'TEACHER_WEIGHTINGS']
 
 DISTILL_MODES = ('hard', 'soft')
 TEACHER_WEIGHTINGS = ('entropy', 'uniform')
@@ -34,15 +42,59 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def teacher_weights(teacher_logits: List[torch.Tensor], mode: str = 'entropy') -> torch.Tensor:
-    """Per-sample teacher weights, (B, M), each row summing to 1."""
+def entropy_weights(entropy: torch.Tensor, mode: str = 'entropy') -> torch.Tensor:
+    """Per-sample teacher weights (B, M), each row summing to 1, from the teachers' prediction
+    entropies (B, M): softmax over teachers of minus the entropy, or 1/M each ('uniform')."""
     if mode not in TEACHER_WEIGHTINGS:
         raise ValueError(f'teacher_weighting must be one of {TEACHER_WEIGHTINGS}, got {mode!r}')
-    batch, count = teacher_logits[0].shape[0], len(teacher_logits)
+    batch, count = entropy.shape
     if mode == 'uniform' or count == 1:
-        return teacher_logits[0].new_full((batch, count), 1.0 / count, dtype=torch.float32)
-    entropy = torch.stack([prediction_entropy(t) for t in teacher_logits], dim=1)
+        return entropy.new_full((batch, count), 1.0 / count, dtype=torch.float32)
     return torch.softmax(-entropy, dim=1)
+
+
+def teacher_weights(teacher_logits: List[torch.Tensor], mode: str = 'entropy') -> torch.Tensor:
+    """Per-sample teacher weights, (B, M), each row summing to 1, from each teacher's logits (B, classes)."""
+    return entropy_weights(torch.stack([prediction_entropy(t) for t in teacher_logits], dim=1), mode)
+
+
+class TeacherTargets(NamedTuple):
+    """What the distillation loss uses of one teacher's output for a batch of B images.
+
+    labels (B,) int: argmax; entropy (B,) fp32: of softmax(logits), for the confidence weights.
+    Soft distillation also needs either logits (B, classes), or topk_logits (B, k) fp32 with
+    their class indices topk_index (B, k) and lse (B,) = logsumexp(logits / tau) over all classes.
+    """
+    labels: torch.Tensor
+    entropy: torch.Tensor
+    logits: Optional[torch.Tensor] = None
+    topk_logits: Optional[torch.Tensor] = None
+    topk_index: Optional[torch.Tensor] = None
+    lse: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def from_logits(logits: torch.Tensor) -> 'TeacherTargets':
+        """The fields of fp32 logits (B, classes), computed as a store computes them."""
+        logits = logits.float()
+        return TeacherTargets(logits.argmax(dim=-1), prediction_entropy(logits), logits)
+
+
+def topk_soft_loss(student_logits: torch.Tensor, teacher: TeacherTargets, tau: float) -> torch.Tensor:
+    """tau^2 * KL(p_teacher || p_student) per sample (B,), from the teacher's top-k logits: the k
+    classes each, and the rest as one bucket (the teacher's remaining mass against the student's
+    mass on the same classes). Equals the full KL when k is the class count."""
+    log_p_s = F.log_softmax(student_logits.float() / tau, dim=-1)
+    log_p_t = teacher.topk_logits.float() / tau - teacher.lse[:, None]  # (B, k)
+    p_t = log_p_t.exp()
+    kl = (p_t * (log_p_t - log_p_s.gather(1, teacher.topk_index.long()))).sum(-1)
+    if teacher.topk_index.shape[1] < student_logits.shape[1]:
+        outside = torch.ones_like(log_p_s, dtype=torch.bool).scatter(1, teacher.topk_index.long(), False)
+        log_tail_s = torch.logsumexp(log_p_s.masked_fill(~outside, float('-inf')), dim=-1)
+        tail_t = (1 - p_t.sum(-1)).clamp_min(0)
+        # 0 * log 0 = 0: a teacher with all its mass in the top k adds nothing for the bucket
+        kl = kl + torch.where(tail_t > 0, tail_t * (tail_t.clamp_min(1e-30).log() - log_tail_s),
+                              torch.zeros_like(tail_t))
+    return (tau ** 2) * kl
 
 
 class LossTerms(NamedTuple):
@@ -72,21 +124,31 @@ class DistillationLoss(nn.Module):
         self.alpha, self.tau = alpha, tau
         self.distill, self.teacher_weighting = distill, teacher_weighting
 
-    def per_sample(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """l_j for every sample, (B,)."""
+    def per_sample(self, student_logits: torch.Tensor, teacher: TeacherTargets) -> torch.Tensor:
+        """l_j for every sample, (B,). Raises ValueError for soft distillation from hard labels."""
         if self.distill == 'hard':
-            return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1), reduction='none')
+            return F.cross_entropy(student_logits, teacher.labels, reduction='none')
+        if teacher.logits is None:
+            if teacher.topk_logits is None:
+                raise ValueError('soft distillation needs the teachers\' logits or top-k logits; the teacher outputs '
+                                 'given hold hard labels only (make the store with distill=soft)')
+            return topk_soft_loss(student_logits, teacher, self.tau)
         log_p_s = F.log_softmax(student_logits / self.tau, dim=-1)
-        log_p_t = F.log_softmax(teacher_logits.float() / self.tau, dim=-1)
+        log_p_t = F.log_softmax(teacher.logits.float() / self.tau, dim=-1)
         return (self.tau ** 2) * F.kl_div(log_p_s, log_p_t, reduction='none', log_target=True).sum(-1)
 
-    def forward(self, outputs: STDOutput, targets: torch.Tensor, teacher_logits: List[torch.Tensor]) -> LossTerms:
-        if len(teacher_logits) != len(outputs.dist_logits):
-            raise ValueError(f'{len(teacher_logits)} teachers for {len(outputs.dist_logits)} distillation heads')
+    def forward(self, outputs: STDOutput, targets: torch.Tensor,
+                teacher_outputs: List[Union[torch.Tensor, TeacherTargets]]) -> LossTerms:
+        """The loss and its logged terms. teacher_outputs: per teacher, its logits (B, classes) or
+        its TeacherTargets (from a store), in the order of the distillation heads."""
+        if len(teacher_outputs) != len(outputs.dist_logits):
+            raise ValueError(f'{len(teacher_outputs)} teachers for {len(outputs.dist_logits)} distillation heads')
+        teachers = [t if isinstance(t, TeacherTargets) else TeacherTargets.from_logits(t) for t in teacher_outputs]
         base = self.base_criterion(outputs.logits, targets)
-        weights = teacher_weights(teacher_logits, self.teacher_weighting)  # (B, M), no gradient
+        weights = entropy_weights(torch.stack([t.entropy for t in teachers], dim=1),
+                                  self.teacher_weighting)  # (B, M), no gradient
         per_teacher = torch.stack(
-            [self.per_sample(s, t) for s, t in zip(outputs.dist_logits, teacher_logits)], dim=1)  # (B, M)
+            [self.per_sample(s, t) for s, t in zip(outputs.dist_logits, teachers)], dim=1)  # (B, M)
         dist = (weights * per_teacher).sum(1).mean()
         total = (1 - self.alpha) * base + self.alpha * dist
         terms = {'loss_cls': base.detach(), 'loss_dist': dist.detach()}

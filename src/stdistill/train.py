@@ -41,10 +41,12 @@ from .deit import DeiTTokenStudent
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
-from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size
+from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
 from .losses import DistillationLoss
 from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
+from .schedule import schedule_seed, seeded_random_states
+from .store import TeacherStore, outputs_spec, run_fingerprint
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
 from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, create_teacher, create_with_weights,
@@ -52,6 +54,9 @@ from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, 
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'student_contract', 'with_absolute_paths', 'load_student_checkpoint']
+
+
+_TEACHER_STREAM = 0x7EAC  # tags the random streams teachers are built from
 
 
 def _create(name: str, pretrained: bool, kwargs: Dict[str, Any], optional: Tuple[str, ...] = ()) -> nn.Module:
@@ -178,8 +183,12 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
             if spec['use_ema'] and not spec['checkpoint']:
                 raise ValueError('use_ema reads a checkpoint\'s EMA weights: give checkpoint, or set use_ema: false')
             _check_teacher_classes(spec['checkpoint'], classes, f'teachers.{i}')
-            teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract,
-                                     use_ema=spec['use_ema'], **kwargs)
+            # seeded apart from the global stream: a teacher with random weights is the same model in
+            # every run of a seed (and in a teacher pass), and building teachers draws nothing that the
+            # student, MINE or dropout would draw next (a run from a store builds none)
+            with seeded_random_states(schedule_seed(cfg.seed, _TEACHER_STREAM, i)):
+                teacher = create_teacher(spec['model'], num_classes, use_pretrained, spec['checkpoint'], contract,
+                                         use_ema=spec['use_ema'], **kwargs)
         except ValueError as e:
             raise ValueError(str(e) if str(e).startswith(f'teachers.{i}') else f'teachers.{i}: {e}') from None
         except Exception as e:  # someone else's constructor given user kwargs: any error, one line
@@ -212,15 +221,17 @@ def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]
 
 
 def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mixup_active: bool,
-                    pretrained: Optional[bool] = None, classes: Optional[List[str]] = None) -> DistillObjective:
+                    pretrained: Optional[bool] = None, classes: Optional[List[str]] = None,
+                    with_teachers: bool = True) -> DistillObjective:
     """Student + teachers + losses (+ MINE), on `device`. pretrained=False forces random weights;
-    classes: the run's class names (teacher checkpoints that record theirs must match)."""
+    classes: the run's class names (teacher checkpoints that record theirs must match);
+    with_teachers=False: no teacher is built (a run that reads their outputs from a store)."""
     if cfg.method == 'none' and cfg.teachers:
         raise ValueError('method none takes no teachers: remove them, or choose method kd, deit or std')
     if cfg.method != 'none' and not cfg.teachers:
         raise ValueError(f'method {cfg.method} needs teachers: add a list under teachers')
     student = build_student(cfg, num_classes, pretrained).to(device)
-    teachers = build_teachers(cfg, num_classes, device, pretrained, classes)
+    teachers = build_teachers(cfg, num_classes, device, pretrained, classes) if with_teachers else []
     if mixup_active:
         base = SoftTargetCrossEntropy()  # mixup/cutmix give soft targets (with the smoothing folded in)
     elif cfg.smoothing > 0:
@@ -402,7 +413,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if resume:
         _check_classes(cfg.output, data.classes, cfg.num_classes, data.num_classes)
     mixup = build_mixup(cfg, data.num_classes)
-    objective = build_objective(cfg, data.num_classes, device, mixup is not None, classes=data.classes)
+    store = None
+    if cfg.teacher_outputs:  # the teachers' outputs are read, not computed: no teacher is built
+        if cfg.method == 'none':
+            raise ValueError('method none uses no teachers: remove teacher_outputs')
+        fingerprint = run_fingerprint(cfg, data.train_loader.dataset, data.classes, info.world_size,
+                                      student_input.to_json())
+        store = TeacherStore(cfg.teacher_outputs, fingerprint, outputs_spec(cfg), info.rank,
+                             len(data.train_loader), device)
+    objective = build_objective(cfg, data.num_classes, device, mixup is not None, classes=data.classes,
+                                with_teachers=store is None)
     student = objective.student
     batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
     check_batch_size(cfg, info, mixup is not None, batch_norm)
@@ -417,6 +437,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     teacher_inputs = [f'teachers.{i} ({t.name}) sees {t.contract.describe()}'
                       f'{"" if t.input is None or t.input.identity else " (adapted from the student batch)"}'
                       for i, t in enumerate(objective.teachers)]
+    if store is not None:
+        teacher_inputs = [f'teacher outputs from the store {cfg.teacher_outputs}: {store.describe()}',
+                          *(f'{line} (in the teacher pass)' for line in store.doc['info'].get('teacher_inputs', []))]
     if info.is_main:
         for line in data.report + teacher_inputs:
             print(line, flush=True)
@@ -495,7 +518,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             metrics, num_updates = train_one_epoch(
                 model, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
                 clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, amp_dtype=amp_dtype, ema=ema,
-                on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite, min_batch=min_batch)
+                on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite, min_batch=min_batch,
+                data_seed=data_seed_of(cfg), rank=info.rank, teacher_outputs=store)
             if metrics['updates'] == 0:
                 raise ValueError(_no_update_message(epoch, metrics))
             row = {'epoch': epoch, **metrics, 'dropped_last_images': dropped_last}

@@ -1,0 +1,97 @@
+"""`stdistill teacher-pass`: run a recipe's data schedule through its teachers once, into a store.
+
+    stdistill teacher-pass --config recipes/fashion_mnist/std.yaml --output stores/fm
+    stdistill train --config recipes/fashion_mnist/std.yaml teacher_outputs=stores/fm
+
+The pass builds exactly what `train()` builds for the data and the teachers (loaders, mixup,
+the teachers adapted to the student's input), but no student: for every epoch of the recipe
+it walks the batches a training run will see (schedule.py), runs the teachers in inference
+mode (channels-last, bf16 under `amp: true`, as in training) and writes what the loss needs
+(store.py). Under torchrun each process writes its own shards. Run again after a kill, it
+keeps the whole shards and continues from the first missing step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict
+
+import timm
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .distributed import init_distributed, resolve_device
+from .engine import prepare_batch
+from .loaders import build_data, build_mixup, data_seed_of
+from .store import SHARD_STEPS, StoreWriter, describe_outputs, outputs_spec, run_fingerprint
+from .train import _amp_dtype, _fit_workers, build_teachers, student_contract
+
+__all__ = ['teacher_pass']
+
+
+def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) -> Dict[str, Any]:
+    """Write the teacher outputs of every training step of `cfg` into the store `output` (or
+    complete a store a killed pass left there); return a summary (images, seconds, img/s).
+
+    Raises ValueError (one line) for a recipe without teachers, for a recipe that itself reads a
+    store, and for an `output` that holds something else (another store, other files)."""
+    if cfg.method == 'none' or not cfg.teachers:
+        raise ValueError('teacher-pass runs a recipe\'s teachers: give one with method kd, deit or std and teachers')
+    if cfg.teacher_outputs:
+        raise ValueError('teacher-pass makes a store: remove teacher_outputs from the recipe (or set teacher_outputs='
+                         'null)')
+    if shard_steps < 1:
+        raise ValueError('--shard-steps must be a positive number of steps')
+    info = init_distributed(cfg.device, cfg.dist_timeout)
+    device = resolve_device(cfg.device, info)
+    student_input = student_contract(cfg)
+    data = build_data(_fit_workers(cfg, info), info, student_input.mean, student_input.std,
+                      pin_memory=device.type == 'cuda')
+    mixup = build_mixup(cfg, data.num_classes)
+    teachers = build_teachers(cfg, data.num_classes, device, classes=data.classes)
+    steps = len(data.train_loader)
+    fingerprint = run_fingerprint(cfg, data.train_loader.dataset, data.classes, info.world_size,
+                                  student_input.to_json())
+    outputs = outputs_spec(cfg)
+    about = {'teacher_inputs': [f'teachers.{i} ({t.name}) sees {t.contract.describe()}' for i, t in enumerate(teachers)],
+             'device': device.type, 'torch': torch.__version__, 'timm': timm.__version__}
+    writer = StoreWriter(output, fingerprint, outputs, steps, info.rank, data.num_classes, about, shard_steps)
+    if info.distributed:
+        dist.barrier()  # store.json is written (by rank 0) before any process reports
+    amp_dtype, data_seed = _amp_dtype(cfg), data_seed_of(cfg)
+    done = [writer.stored_steps(epoch) for epoch in range(cfg.epochs)]
+    remaining = sum(steps - d for d in done) * cfg.batch_size
+    if info.is_main:
+        print(f'teacher-pass: {len(teachers)} teacher(s), {cfg.epochs} epoch(s) of {steps} steps, '
+              f'{describe_outputs(outputs, data.num_classes)}, into {output}'
+              + (f' ({sum(done)} steps already stored)' if sum(done) else ''), flush=True)
+    bar = tqdm(total=remaining * info.world_size, unit='img', unit_scale=True, dynamic_ncols=True,
+               disable=not (cfg.progress and info.is_main), desc='teacher-pass')
+    images, start = 0, time.perf_counter()
+    sampler = data.train_loader.sampler
+    for epoch in range(cfg.epochs):
+        if done[epoch] >= steps:
+            continue
+        sampler.set_epoch(epoch)
+        sampler.skip = done[epoch] * cfg.batch_size  # the stored steps are not loaded again
+        data.loader_generator.manual_seed(cfg.seed * 100003 + epoch)
+        writer.start(epoch, done[epoch])
+        for i, raw in enumerate(data.train_loader):
+            batch = prepare_batch(raw, device, mixup, data_seed, epoch, done[epoch] + i, info.rank)
+            logits = []
+            if batch.images is not None:
+                with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
+                                                            enabled=amp_dtype is not None):
+                    logits = [t(batch.images) for t in teachers]
+                images += batch.images.shape[0]
+            writer.add(batch.indices, logits)
+            bar.update(cfg.batch_size * info.world_size)
+        writer.flush()
+        sampler.skip = 0
+    bar.close()
+    if info.distributed:
+        dist.barrier()  # every process's shards are written
+    seconds = time.perf_counter() - start
+    return {'store': output, 'epochs': cfg.epochs, 'steps_per_epoch': steps, 'images': images,
+            'seconds': seconds, 'img_per_s': images / max(seconds, 1e-9), 'outputs': outputs}
