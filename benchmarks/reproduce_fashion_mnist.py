@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -113,7 +114,14 @@ def make_store(values: Dict[str, Any], folder: str) -> str:
     one = len(values['teachers']) == 1
     store = dict(values, method='kd' if one else 'std', distill='soft' if one else 'hard', tau=1.0, store_topk=10,
                  teacher_outputs=None)
-    teacher_pass(config_from_dict(store), folder)
+    cfg = config_from_dict(store)
+    try:
+        teacher_pass(cfg, folder)
+    except ValueError:  # a store of this study made for other settings (e.g. retrained teachers): redo it
+        if not os.path.isfile(os.path.join(folder, 'store.json')):
+            raise
+        shutil.rmtree(folder)
+        teacher_pass(cfg, folder)
     return folder
 
 

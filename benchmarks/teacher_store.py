@@ -73,7 +73,7 @@ def make_folder(root: str, per_class: int) -> int:
 
 def pass_figures(folder: str, store: str, kind: str, device: str, batch_size: int, amp: bool) -> dict:
     """teacher_pass over `folder` into `store`: its summary, with the store's bytes per image-epoch."""
-    cfg = load_config(RECIPE, ['dataset=', f'data_dir={folder}', 'num_classes=null', 'epochs=1', 'workers=1',
+    cfg = load_config(RECIPE, ["dataset=''", f'data_dir={folder}', 'num_classes=null', 'epochs=1', 'workers=1',
                                f'batch_size={batch_size}', 'progress=false', f'amp={str(amp).lower()}',
                                f'device={device}', 'teachers.0.pretrained=false', 'teachers.1.pretrained=false',
                                f'distill={kind}', 'store_topk=10', 'repeated_aug=false'])

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from stdistill.config import load_config
+
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
 
@@ -45,6 +47,12 @@ def test_reproduction_runs_rows_and_reuses_finished_runs(tmp_path, capsys):
     table = (tmp_path / 'table.md').read_text()
     assert 'STD both + MINE, inference: class head' in table
     assert (tmp_path / 'bars.png').stat().st_size > 0
+    # the teachers ran once per seed, into a store the distilled rows trained from
+    stores = sorted(p.parent for p in tmp_path.glob('stores/*/seed*/store.json'))
+    assert [p.name for p in stores] == ['seed0', 'seed1']
+    for seed, store in zip((0, 1), stores):
+        saved = load_config(str(tmp_path / 'rows' / 'std_both_mine' / f'seed{seed}' / 'config.yaml'))
+        assert saved.teacher_outputs == str(store)
     # a second call trains nothing: every run is found finished with the same config
     summary = tmp_path / 'rows' / 'none' / 'seed0' / 'summary.json'
     before = summary.stat().st_mtime_ns

@@ -40,12 +40,13 @@ def _weights(run):
     return load_file(str(run / 'last' / 'model.safetensors'))
 
 
-def test_training_from_a_hard_store_is_the_online_run_bit_for_bit(tmp_path, capsys):
+@pytest.mark.parametrize('amp', ['amp=false', 'amp=true'])  # fp32, and bf16 autocast (the GPU's code path)
+def test_training_from_a_hard_store_is_the_online_run_bit_for_bit(tmp_path, capsys, amp):
     online, replay, store = tmp_path / 'online', tmp_path / 'replay', tmp_path / 'store'
-    assert main(['train', *BASE, f'output={online}']) == 0
-    assert _pass(store) == 0
+    assert main(['train', *BASE, amp, f'output={online}']) == 0
+    assert _pass(store, amp) == 0
     capsys.readouterr()
-    assert main(['train', *BASE, f'output={replay}', f'teacher_outputs={store}']) == 0
+    assert main(['train', *BASE, amp, f'output={replay}', f'teacher_outputs={store}']) == 0
     assert f'teacher outputs from the store {store}: hard labels' in capsys.readouterr().out
     a, b = _weights(online), _weights(replay)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -158,11 +159,19 @@ def test_a_store_for_other_settings_is_refused_in_one_line(two_stores, tmp_path,
     assert 'make a store for this run' in err and not (tmp_path / 'run').exists()
 
 
-def test_the_two_process_pass_wrote_each_rank_its_shards(two_stores):
-    root, _, _ = two_stores
+def test_two_processes_replay_their_own_shards_bit_for_bit(two_stores, tmp_path):
+    root, teachers, _ = two_stores
     for epoch in ('epoch0000', 'epoch0001'):
         names = sorted(os.listdir(root / 'two' / epoch))
         assert names == ['rank0000-step000000.safetensors', 'rank0001-step000000.safetensors']
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(sys.path))
+    for name, extra in (('online', []), ('replay', [f'teacher_outputs={root / "two"}'])):
+        done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '-m',
+                               'stdistill', 'train', *BASE, teachers, 'device=cpu', *extra,
+                               f'output={tmp_path / name}'], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _weights(tmp_path / 'online'), _weights(tmp_path / 'replay')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 _KILLER = """
