@@ -3,7 +3,8 @@
     run/config.yaml    the resolved config        run/last/, run/best/   checkpoints
     run/log.jsonl, run/tb/, run/*.png (monitor.py)  run/summary.json   final figures
 
-Setup builds the student (method none | kd | deit | std), the frozen teachers, the loss, the
+Setup builds the student (method none | kd | deit | std), the frozen teachers (or, with
+`teacher_outputs`, a reader of their stored outputs: store.py), the loss, the
 MI regulariser, timm's optimizer and scheduler and (optionally) an EMA; each epoch trains,
 evaluates, and rank 0 writes `last/` (and `best/` when top-1 improves). `resume=run_folder`
 restores weights, optimizer, scheduler position, EMA, MINE and every RNG from the newest
