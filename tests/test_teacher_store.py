@@ -224,3 +224,38 @@ def test_batches_follow_the_data_seed_not_the_worker_count_or_seed(tmp_path):
             assert torch.equal(a.indices, b.indices)
     other = first_batches('data_seed=1')
     assert not torch.equal(reference[0].images, other[0].images)
+
+
+def _edit_json(store, **changes):
+    import json
+    doc = json.loads((store / 'store.json').read_text())
+    doc.update(changes)
+    (store / 'store.json').write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize('damage, named', [
+    ('foreign shard', 'belongs to another store'),
+    ('flipped byte', 'fails its checksum'),
+    ('outputs edited', 'not a stdistill teacher store'),
+    ('shard_steps edited', 'not a stdistill teacher store'),
+])
+def test_a_damaged_or_mixed_store_is_refused_before_the_run_starts(tmp_path, capsys, damage, named):
+    store, other = tmp_path / 'store', tmp_path / 'other'
+    assert _pass(store) == 0
+    shard = 'epoch0001/rank0000-step000002.safetensors'  # the last: a late check would train first
+    if damage == 'foreign shard':
+        assert _pass(other, 'teachers=[{model: resnet18, pretrained: false}, {model: resnet10t, pretrained: false}]') == 0
+        (store / shard).write_bytes((other / shard).read_bytes())
+    elif damage == 'flipped byte':
+        data = bytearray((store / shard).read_bytes())
+        data[-1] ^= 0xFF
+        (store / shard).write_bytes(bytes(data))
+    elif damage == 'outputs edited':
+        _edit_json(store, outputs={})
+    else:
+        _edit_json(store, shard_steps='abc')
+    capsys.readouterr()
+    assert main(['train', *BASE, f'teacher_outputs={store}', f'output={tmp_path / "run"}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert not (tmp_path / 'run').exists()

@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 def _teacher_pass(args: argparse.Namespace) -> int:
     from .teacher_pass import teacher_pass
     summary = teacher_pass(load_config(args.config, args.overrides), args.output, shard_steps=args.shard_steps)
-    if int(os.environ.get('RANK', 0)) == 0:
+    if int(os.environ.get('RANK', 0)) == 0 and summary['images']:
         print(f'done: {summary["images"]} images through the teachers in {summary["seconds"]:.1f} s '
               f'({summary["img_per_s"]:.1f} img/s on this process), store {args.output}; train from it with '
               f'teacher_outputs={args.output}')
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument('--config', help='YAML recipe (the one you will train with)')
     tp.add_argument('--output', required=True, metavar='STORE', help='folder for the store')
     tp.add_argument('--shard-steps', type=int, default=256, metavar='N',
-                    help='steps a shard (what an interruption can lose)')
+                    help='steps a shard (what an interruption can lose); a store keeps the value it was made with')
     tp.add_argument('overrides', nargs='*', metavar='key=value')
     tp.set_defaults(func=_teacher_pass)
 
@@ -278,7 +278,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'stdistill: error: {_one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('stdistill: interrupted', file=sys.stderr)
+        again = ('; whole shards are kept: run the same command again to continue'
+                 if args.command == 'teacher-pass' else '')
+        print(f'stdistill: interrupted{again}', file=sys.stderr)
         return 130
 
 

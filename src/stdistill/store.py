@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Subset
 
+from .checkpoint import readable_as_umask
 from .config import TrainConfig
 from .data import FashionMNIST
 from .folders import FolderReader
@@ -125,7 +126,7 @@ def run_fingerprint(cfg: TrainConfig, train_set: Any, classes: Optional[Sequence
     return {  # settings first, so that a refusal names the key a user changed, not a digest
         'data_seed': data_seed_of(cfg),
         'batch_size': cfg.batch_size, 'world_size': world_size, 'epochs': cfg.epochs,
-        'repeated_aug': cfg.repeated_aug, 'bad_images': cfg.bad_images,
+        'repeated_aug': cfg.repeated_aug,
         'augmentation': {k: getattr(cfg, k) for k in _AUGMENTATION_KEYS},
         'mixup': {k: getattr(cfg, k) for k in ('mixup', 'cutmix', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode')}
         if cfg.mixup > 0 or cfg.cutmix > 0 else None,
@@ -154,6 +155,13 @@ def describe_outputs(outputs: Dict[str, Any], num_classes: int) -> str:
     return f'soft outputs at tau {outputs["tau"]} ({exact})'
 
 
+def store_id(doc: Dict[str, Any]) -> str:
+    """What every shard of one store carries: a digest of its fingerprint, outputs and layout, so
+    that a shard of another store (or another --shard-steps) is refused, not replayed."""
+    key = {k: doc[k] for k in ('fingerprint', 'outputs', 'steps_per_epoch', 'shard_steps', 'num_classes')}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _tensor_digest(tensors: Dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -167,8 +175,9 @@ def _shard_path(folder: str, epoch: int, rank: int, first_step: int) -> str:
     return os.path.join(folder, f'epoch{epoch:04d}', f'rank{rank:04d}-step{first_step:06d}.safetensors')
 
 
-def _read_shard(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """A shard's tensors and metadata; ValueError when it is damaged (checksum, format)."""
+def _read_shard(path: str, expected: Optional[Dict[str, str]] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """A shard's tensors and metadata; ValueError when it is damaged (checksum, format) or its
+    metadata differ from `expected` (a shard of another store, epoch, process or layout)."""
     try:
         with safe_open(path, 'pt') as f:
             meta = f.metadata() or {}
@@ -179,7 +188,17 @@ def _read_shard(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     if meta.get('sha256') != _tensor_digest(tensors):
         raise ValueError(f'teacher store shard {path} fails its checksum: delete it and run stdistill teacher-pass '
                          f'again (it redoes missing shards)')
+    wrong = [k for k, v in (expected or {}).items() if meta.get(k) != v]
+    if wrong:
+        raise ValueError(f'teacher store shard {path} belongs to another store, epoch, process or layout (its '
+                         f'{wrong[0]} is {meta.get(wrong[0])!r}, not {expected[wrong[0]]!r}): delete it and run '
+                         f'stdistill teacher-pass again (it redoes missing shards)')
     return tensors, meta
+
+
+def _shard_meta(store: str, epoch: int, rank: int, first_step: int, steps: int) -> Dict[str, str]:
+    return {'store': store, 'epoch': str(epoch), 'rank': str(rank), 'first_step': str(first_step),
+            'steps': str(steps)}
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -192,9 +211,19 @@ def _read_json(path: str) -> Dict[str, Any]:
                    if k not in doc]
         if missing:
             raise ValueError(f'no {", ".join(missing)}')
+        outputs = doc['outputs']
+        counts = all(isinstance(doc[k], int) and not isinstance(doc[k], bool) and doc[k] > 0
+                     for k in ('steps_per_epoch', 'shard_steps', 'num_classes'))
+        good_outputs = isinstance(outputs, dict) and (outputs.get('kind') == 'hard' or (
+            outputs.get('kind') == 'soft' and isinstance(outputs.get('topk'), int) and outputs['topk'] > 0
+            and isinstance(outputs.get('tau'), (int, float)) and outputs['tau'] > 0))
+        if not (isinstance(doc['fingerprint'], dict) and isinstance(doc['fingerprint'].get('epochs'), int)
+                and counts and good_outputs and isinstance(doc.get('info', {}), dict)):
+            raise ValueError('its fields are not those of a store (edited?)')
         return doc
     except (OSError, ValueError) as e:
-        raise ValueError(f'{path} is not a stdistill teacher store ({e})') from None
+        raise ValueError(f'{path} is not a stdistill teacher store ({e}): make the store again with stdistill '
+                         f'teacher-pass into a new folder') from None
 
 
 def _where(name: str, old: Any, new: Any) -> Tuple[str, Any, Any]:
@@ -204,6 +233,9 @@ def _where(name: str, old: Any, new: Any) -> Tuple[str, Any, Any]:
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
                 return _where(f'{name}.{key}', old.get(key), new.get(key))
+    if isinstance(old, list) and isinstance(new, list) and len(old) != len(new) and \
+            any(isinstance(v, dict) for v in old + new):
+        return f'{name} count', len(old), len(new)
     if (isinstance(old, list) and isinstance(new, list) and len(old) == len(new)
             and all(isinstance(v, dict) for v in old + new)):
         for i, (a, b) in enumerate(zip(old, new)):
@@ -227,11 +259,15 @@ def _first_change(stored: Dict[str, Any], current: Dict[str, Any]) -> Optional[s
 
 def _write_atomic_json(path: str, doc: Dict[str, Any]) -> None:
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(doc, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class StoreWriter:
@@ -249,14 +285,18 @@ class StoreWriter:
             raise ValueError(f'--output {folder} is a file: give a folder for the store')
         doc = {'format': FORMAT, 'fingerprint': fingerprint, 'outputs': outputs, 'steps_per_epoch': steps_per_epoch,
                'shard_steps': shard_steps, 'num_classes': num_classes, 'info': info}
+        shards = [n for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n.startswith('epoch')]
         if os.path.isfile(path):
             old = _read_json(path)
             change = _first_change(old['fingerprint'], fingerprint) or _first_change(
                 {'outputs': old['outputs']}, {'outputs': outputs})
-            if change:
+            if change and shards:
                 raise ValueError(f'{folder} holds a teacher store made for other settings ({change}): give --output a '
                                  f'new folder')
-            self.shard_steps = old['shard_steps']
+            if change and rank == 0:  # a pass that failed before its first shard: nothing to keep
+                _write_atomic_json(path, doc)
+            self.shard_steps = doc['shard_steps'] if change else old['shard_steps']
+            doc = doc if change else old
         else:
             # (rank 0 only: other processes may already see the shard folders rank 0 makes)
             if rank == 0 and os.path.isdir(folder) and any(not n.startswith(STORE_JSON) for n in os.listdir(folder)):
@@ -269,6 +309,7 @@ class StoreWriter:
                 raise ValueError(f'cannot write the store {folder}: {e.strerror or e}') from None
             self.shard_steps = shard_steps
         self.steps_per_epoch = steps_per_epoch
+        self.store = store_id(dict(doc, shard_steps=self.shard_steps))
         for name in os.listdir(folder):  # this process's half-written shards of a killed pass
             sub = os.path.join(folder, name)
             for leftover in (os.listdir(sub) if name.startswith('epoch') and os.path.isdir(sub) else ()):
@@ -284,11 +325,12 @@ class StoreWriter:
             path = _shard_path(self.folder, epoch, self.rank, step)
             if not os.path.isfile(path):
                 break
+            steps = min(self.shard_steps, self.steps_per_epoch - step)
             try:
-                _, meta = _read_shard(path)
-            except ValueError:  # damaged: redone from here
+                _read_shard(path, _shard_meta(self.store, epoch, self.rank, step, steps))
+            except ValueError:  # damaged or foreign: redone from here
                 break
-            step += int(meta['steps'])
+            step += steps
         return step
 
     def start(self, epoch: int, first_step: int) -> None:
@@ -331,12 +373,13 @@ class StoreWriter:
             tensors[name] = torch.cat([f[name] for f in filled]).contiguous() if filled else torch.zeros(shape)
             if name in ('labels', 'topk_index'):
                 tensors[name] = tensors[name].to(label_type)
-        meta = {'epoch': str(self._epoch), 'rank': str(self.rank), 'first_step': str(self._first),
-                'steps': str(len(self._rows)), 'sha256': _tensor_digest(tensors)}
+        meta = dict(_shard_meta(self.store, self._epoch, self.rank, self._first, len(self._rows)),
+                    sha256=_tensor_digest(tensors))
         path = _shard_path(self.folder, self._epoch, self.rank, self._first)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f'{path}.tmp{os.getpid()}'
         save_file(tensors, tmp, metadata=meta)
+        readable_as_umask(tmp)  # safetensors writes 0600: a store is shared like any file
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # whole shards only: a kill before this leaves a temporary file, redone later
@@ -354,8 +397,9 @@ class TeacherStore:
                  steps_per_epoch: int, device: torch.device) -> None:
         path = os.path.join(folder, STORE_JSON)
         if not os.path.isfile(path):
-            raise ValueError(f'teacher_outputs: {folder} is not a teacher store (no {STORE_JSON}): make one with '
-                             f'stdistill teacher-pass --config RECIPE --output {folder}')
+            raise ValueError(f'teacher_outputs: {folder} is not a teacher store (no {STORE_JSON} in it): give the '
+                             f'folder stdistill teacher-pass --output wrote, or make one with stdistill teacher-pass '
+                             f'--config RECIPE --output NEW_FOLDER')
         doc = _read_json(path)
         change = _first_change(doc['fingerprint'], fingerprint)
         if change:
@@ -371,17 +415,27 @@ class TeacherStore:
                              f'{steps_per_epoch}: make a store for this run with stdistill teacher-pass')
         self.folder, self.rank, self.device, self.doc = folder, rank, device, doc
         self.outputs, self.num_classes, self.shard_steps = stored, doc['num_classes'], doc['shard_steps']
-        self.soft = outputs['kind'] == 'soft'
+        self.soft, self.run_outputs = outputs['kind'] == 'soft', outputs
+        identity = store_id(doc)
+        # every shard of this process, checked now (checksum, and that it belongs to this store,
+        # epoch and place): a damaged file stops the run before it writes anything
         for epoch in range(fingerprint['epochs']):
             for first in range(0, steps_per_epoch, self.shard_steps):
-                if not os.path.isfile(_shard_path(folder, epoch, rank, first)):
+                shard = _shard_path(folder, epoch, rank, first)
+                if not os.path.isfile(shard):
                     raise ValueError(f'teacher_outputs: {folder} is incomplete (epoch {epoch + 1}, process {rank}, '
                                      f'step {first + 1} on are missing): finish it by running the same stdistill '
                                      f'teacher-pass again (it continues where it stopped)')
+                steps = min(self.shard_steps, steps_per_epoch - first)
+                _read_shard(shard, _shard_meta(identity, epoch, rank, first, steps))
+        self._identity = identity
         self._key: Optional[Tuple[int, int]] = None
         self._shard: Dict[str, torch.Tensor] = {}
 
     def describe(self) -> str:
+        """What the run reads: hard labels (of any store), or the store's soft outputs."""
+        if not self.soft:
+            return describe_outputs({'kind': 'hard'}, self.num_classes)
         return describe_outputs(self.outputs, self.num_classes)
 
     def __call__(self, epoch: int, step: int, indices: Optional[torch.Tensor]) -> List[TeacherTargets]:
@@ -390,13 +444,16 @@ class TeacherStore:
         other images (the store does not describe this run's batches)."""
         first = step - step % self.shard_steps
         if self._key != (epoch, first):
-            self._shard, _ = _read_shard(_shard_path(self.folder, epoch, self.rank, first))
+            steps = min(self.shard_steps, self.doc['steps_per_epoch'] - first)
+            self._shard, _ = _read_shard(_shard_path(self.folder, epoch, self.rank, first),
+                                         _shard_meta(self._identity, epoch, self.rank, first, steps))
             self._key = (epoch, first)
         s = self._shard
         lo, hi = int(s['offsets'][step - first]), int(s['offsets'][step - first + 1])
         if indices is None or not torch.equal(s['index'][lo:hi], indices.cpu().long()):
             raise ValueError(f'teacher_outputs: the store\'s images of epoch {epoch + 1}, step {step + 1} are not this '
-                             f'run\'s: it was made for another data schedule; make a store for this run')
+                             f'run\'s batch (the data changed since the pass, e.g. an image became unreadable): make a '
+                             f'store for this run')
         out = []
         for j in range(s['labels'].shape[1]):
             def field(name: str) -> Optional[torch.Tensor]:

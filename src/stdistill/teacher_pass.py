@@ -41,6 +41,8 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) 
     if cfg.teacher_outputs:
         raise ValueError('teacher-pass makes a store: remove teacher_outputs from the recipe (or set teacher_outputs='
                          'null)')
+    if not output:
+        raise ValueError('--output is empty: give a folder for the store')
     if shard_steps < 1:
         raise ValueError('--shard-steps must be a positive number of steps')
     info = init_distributed(cfg.device, cfg.dist_timeout)
@@ -66,6 +68,8 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) 
         print(f'teacher-pass: {len(teachers)} teacher(s), {cfg.epochs} epoch(s) of {steps} steps, '
               f'{describe_outputs(outputs, data.num_classes)}, into {output}'
               + (f' ({sum(done)} steps already stored)' if sum(done) else ''), flush=True)
+        if not remaining:
+            print(f'teacher-pass: {output} is complete: nothing to do', flush=True)
     bar = tqdm(total=remaining * info.world_size, unit='img', unit_scale=True, dynamic_ncols=True,
                disable=not (cfg.progress and info.is_main), desc='teacher-pass')
     images, start = 0, time.perf_counter()

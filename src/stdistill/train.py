@@ -256,13 +256,14 @@ def _amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """cfg with its data folder and teacher checkpoints as absolute paths: `--resume` from another
+    """cfg with its data folder, teacher checkpoints and store as absolute paths: `--resume` from another
     working directory must read the same files, not others that happen to share a relative name."""
     def absolute(path: Optional[str]) -> Optional[str]:
         return os.path.abspath(path) if path else path
     teachers = [dict(t, checkpoint=absolute(t['checkpoint'])) for t in cfg.teachers]
     return dataclasses.replace(cfg, output=absolute(cfg.output), data_dir=absolute(cfg.data_dir),
-                               class_map=absolute(cfg.class_map), teachers=teachers)
+                               class_map=absolute(cfg.class_map), teachers=teachers,
+                               teacher_outputs=absolute(cfg.teacher_outputs))
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
