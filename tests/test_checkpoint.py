@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import stdistill.losses
-from stdistill.checkpoint import (_seal, _sha256, load_checkpoint, newest_valid_checkpoint, save_checkpoint,
+from stdistill.checkpoint import (_seal, file_sha256, load_checkpoint, newest_valid_checkpoint, save_checkpoint,
                                   verify_checkpoint)
 from stdistill.cli import main
 from stdistill.teachers import create_teacher
@@ -28,7 +28,7 @@ def test_round_trip_and_checksums(tmp_path):
     model = small_checkpoint(tmp_path / 'ck')
     doc = verify_checkpoint(str(tmp_path / 'ck'))
     assert doc['epoch'] == 3 and len(doc['sha256']) == 64
-    assert doc['files']['model.safetensors']['sha256'] == _sha256(str(tmp_path / 'ck' / 'model.safetensors'))
+    assert doc['files']['model.safetensors']['sha256'] == file_sha256(str(tmp_path / 'ck' / 'model.safetensors'))
     fresh = torch.nn.Linear(4, 3)
     state = load_checkpoint(str(tmp_path / 'ck'), fresh)
     assert torch.equal(state['moments'], torch.arange(6.0)) and state['note'] == 'x'
@@ -131,7 +131,7 @@ def _evil_resume_state(tmp_path, evil, run):
     shutil.copy(evil, target / 'state.safetensors')
     doc = json.loads((target / 'state.json').read_text())
     path = str(target / 'state.safetensors')
-    doc['files']['state.safetensors'] = {'bytes': os.path.getsize(path), 'sha256': _sha256(path)}
+    doc['files']['state.safetensors'] = {'bytes': os.path.getsize(path), 'sha256': file_sha256(path)}
     doc['sha256'] = _seal(doc)
     (target / 'state.json').write_text(json.dumps(doc))
     assert main(['train', '--resume', str(run)]) == 2

@@ -111,7 +111,8 @@ def _state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -159,7 +160,7 @@ def save_checkpoint(folder: str, model: torch.nn.Module, state: Dict[str, Any], 
             save_file(content, path, metadata=header)
             readable_as_umask(path)
             _fsync(path)
-            files[name] = {'bytes': os.path.getsize(path), 'sha256': _sha256(path)}
+            files[name] = {'bytes': os.path.getsize(path), 'sha256': file_sha256(path)}
         doc = {'format': FORMAT, 'epoch': state.get('epoch'), 'files': files, 'state': skeleton}
         doc['sha256'] = _seal(doc)
         with open(os.path.join(tmp, STATE_JSON), 'w') as f:
@@ -228,7 +229,7 @@ def verify_checkpoint(folder: str) -> Dict[str, Any]:
         if size != expected['bytes']:
             raise ValueError(f'corrupt checkpoint {folder}: {name} has {size} bytes, {expected["bytes"]} were written '
                              f'(truncated or overwritten)')
-        if _sha256(paths[name]) != expected['sha256']:
+        if file_sha256(paths[name]) != expected['sha256']:
             raise ValueError(f'corrupt checkpoint {folder}: {name} does not match its checksum (edited or damaged)')
     return doc
 

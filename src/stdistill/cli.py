@@ -205,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     'store_topk logits). Run again after an interruption: it continues.')
     tp.add_argument('--config', help='YAML recipe (the one you will train with)')
     tp.add_argument('--output', required=True, metavar='STORE', help='folder for the store')
-    tp.add_argument('--shard-steps', type=int, default=256, metavar='N',
-                    help='steps a shard (what an interruption can lose); a store keeps the value it was made with')
+    tp.add_argument('--shard-steps', type=int, default=None, metavar='N',
+                    help='steps a shard (what an interruption can lose; default 256); a store keeps the value it '
+                         'was made with')
     tp.add_argument('overrides', nargs='*', metavar='key=value')
     tp.set_defaults(func=_teacher_pass)
 

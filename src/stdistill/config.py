@@ -172,8 +172,8 @@ class TrainConfig:
 
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 # Numeric keys with an inclusive lower bound, > 0, or in [0, 1]; checked when a config is built.
-_AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1, 'recount': 1,
-             'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
+_AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1,
+             'recount': 1, 'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
              'weight_decay': 0, 'mine_weight': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0, 'min_lr': 0,
              'num_classes': 1}
 _POSITIVE = ('lr', 'tau', 'clip_grad', 'crop_pct', 'model_ema_decay', 'dist_timeout')

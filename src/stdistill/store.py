@@ -25,14 +25,14 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Subset
 
-from .checkpoint import readable_as_umask
+from .checkpoint import file_sha256, readable_as_umask
 from .config import TrainConfig
 from .data import FashionMNIST
 from .folders import FolderReader
@@ -40,30 +40,15 @@ from .loaders import data_seed_of
 from .losses import TeacherTargets
 from .schedule import ScheduledDataset
 
-__all__ = ['STORE_JSON', 'SHARD_STEPS', 'file_sha256', 'run_fingerprint', 'outputs_spec', 'StoreWriter',
+__all__ = ['STORE_JSON', 'SHARD_STEPS', 'run_fingerprint', 'outputs_spec', 'StoreWriter',
            'TeacherStore', 'describe_outputs']
 
 STORE_JSON = 'store.json'
 FORMAT = 1
 SHARD_STEPS = 256  # steps a shard: what a killed pass can lose, and what training reads at once
-_SHARD = re.compile(r'^rank(\d{4})-step(\d{6})\.safetensors$')
-_HASHED: Dict[Tuple[str, int, float], str] = {}
 # the training transform's settings: compared one by one, so that a refusal names the key
 _AUGMENTATION_KEYS = ('img_size', 'in_chans', 'mean', 'std', 'train_samples', 'scale', 'ratio', 'hflip', 'color_jitter',
                       'aa', 'interpolation', 'reprob', 'remode', 'recount')
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes (remembered per path, size and modification time)."""
-    stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime)
-    if key not in _HASHED:
-        digest = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                digest.update(chunk)
-        _HASHED[key] = digest.hexdigest()
-    return _HASHED[key]
 
 
 def _dataset_fingerprint(ds: Any) -> Dict[str, Any]:
@@ -295,8 +280,7 @@ class StoreWriter:
                                  f'new folder')
             if change and rank == 0:  # a pass that failed before its first shard: nothing to keep
                 _write_atomic_json(path, doc)
-            self.shard_steps = doc['shard_steps'] if change else old['shard_steps']
-            doc = doc if change else old
+            doc = doc if change else old  # a kept store keeps its layout (shard_steps)
         else:
             # (rank 0 only: other processes may already see the shard folders rank 0 makes)
             if rank == 0 and os.path.isdir(folder) and any(not n.startswith(STORE_JSON) for n in os.listdir(folder)):
@@ -307,9 +291,8 @@ class StoreWriter:
                     _write_atomic_json(path, doc)
             except OSError as e:
                 raise ValueError(f'cannot write the store {folder}: {e.strerror or e}') from None
-            self.shard_steps = shard_steps
-        self.steps_per_epoch = steps_per_epoch
-        self.store = store_id(dict(doc, shard_steps=self.shard_steps))
+        self.shard_steps, self.steps_per_epoch = doc['shard_steps'], steps_per_epoch
+        self.store = store_id(doc)
         for name in os.listdir(folder):  # this process's half-written shards of a killed pass
             sub = os.path.join(folder, name)
             for leftover in (os.listdir(sub) if name.startswith('epoch') and os.path.isdir(sub) else ()):

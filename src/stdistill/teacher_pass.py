@@ -13,7 +13,7 @@ keeps the whole shards and continues from the first missing step.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import timm
 import torch
@@ -30,7 +30,7 @@ from .train import _amp_dtype, _fit_workers, build_teachers, student_contract
 __all__ = ['teacher_pass']
 
 
-def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) -> Dict[str, Any]:
+def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = None) -> Dict[str, Any]:
     """Write the teacher outputs of every training step of `cfg` into the store `output` (or
     complete a store a killed pass left there); return a summary (images, seconds, img/s).
 
@@ -43,6 +43,7 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) 
                          'null)')
     if not output:
         raise ValueError('--output is empty: give a folder for the store')
+    shard_steps = SHARD_STEPS if shard_steps is None else shard_steps
     if shard_steps < 1:
         raise ValueError('--shard-steps must be a positive number of steps')
     info = init_distributed(cfg.device, cfg.dist_timeout)
@@ -56,7 +57,8 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) 
     fingerprint = run_fingerprint(cfg, data.train_loader.dataset, data.classes, info.world_size,
                                   student_input.to_json())
     outputs = outputs_spec(cfg)
-    about = {'teacher_inputs': [f'teachers.{i} ({t.name}) sees {t.contract.describe()}' for i, t in enumerate(teachers)],
+    about = {'teacher_inputs': [f'teachers.{i} ({t.name}) sees {t.contract.describe()}'
+                                for i, t in enumerate(teachers)],
              'device': device.type, 'torch': torch.__version__, 'timm': timm.__version__}
     writer = StoreWriter(output, fingerprint, outputs, steps, info.rank, data.num_classes, about, shard_steps)
     if info.distributed:
@@ -79,7 +81,6 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: int = SHARD_STEPS) 
             continue
         sampler.set_epoch(epoch)
         sampler.skip = done[epoch] * cfg.batch_size  # the stored steps are not loaded again
-        data.loader_generator.manual_seed(cfg.seed * 100003 + epoch)
         writer.start(epoch, done[epoch])
         for i, raw in enumerate(data.train_loader):
             batch = prepare_batch(raw, device, mixup, data_seed, epoch, done[epoch] + i, info.rank)
