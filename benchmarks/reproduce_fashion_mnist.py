@@ -1,29 +1,43 @@
-"""The paper's comparisons at small scale: one MLP-Mixer student on Fashion-MNIST, two CNN teachers.
+"""The paper's comparisons at small scale: one MLP-Mixer student on Fashion-MNIST, a CNN and a ViT teacher.
 
-    python benchmarks/reproduce_fashion_mnist.py                      # the CPU budget (about an hour on 2 cores)
-    python benchmarks/reproduce_fashion_mnist.py --budget full        # all 60k images, more epochs (a GPU)
-    python benchmarks/reproduce_fashion_mnist.py --rows none std_both_mine --seeds 0
+    python benchmarks/reproduce_fashion_mnist.py                      # --budget short (about 1.5 h on 2 cores)
+    python benchmarks/reproduce_fashion_mnist.py --budget long        # all 60k images, 5 epochs (hours on a CPU)
+    python benchmarks/reproduce_fashion_mnist.py --rows none labels_std std_both --seeds 0
 
-Two CNN teachers of different depth (timm `resnet18` and `resnet10t`, one input channel) are
-trained once and cached under OUTPUT/teachers; then each row below is trained from scratch
-with seeds 0, 1, 2 (a seed sets the initialisation, the data order and the training subset,
-the same subset for every row), on the student recipe `recipes/fashion_mnist/std.yaml`
-(`mixer_t4_28`), and evaluated on all 10,000 test images after its last epoch. A finished run
-is kept (OUTPUT/rows/ROW/seedS/summary.json, checked against its config), so an interrupted
-study continues where it stopped.
+Two teachers of different families, timm `resnet10t` (a CNN) and a timm ViT (`vit_tiny_patch16_224`
+with patch 4, width 96, 6 blocks), both with one input channel, are trained once on the teacher
+recipe (`recipes/fashion_mnist/teacher.yaml`, all 60k images) and cached under OUTPUT/teachers;
+both budgets use them. The one with the higher test top-1 is "the stronger teacher", whose
+pair the one-teacher rows use. Each row below is then trained from scratch with seeds 0, 1, 2
+(a seed sets the initialisation, the data order and, in the short budget, the training subset:
+the same for every row) on the student recipe `recipes/fashion_mnist/std.yaml` (`mixer_t4_28`),
+and evaluated on all 10,000 test images after its last epoch; nothing is selected on the test set.
 
-The teachers run once per teacher set and seed (`stdistill teacher-pass`, store.py): one
-store for the stronger teacher (top-10 soft at tau 1, exact for 10 classes: it serves the
-soft KD row and every hard row) and one for the two teachers, under OUTPUT/stores/SET/seedS;
-each row trains from its store (`teacher_outputs`), which replays the online run (bitwise for
-hard distillation). `--online` runs the teachers inside every step instead, as before.
-Wall time, rows kd, std_both_mine and two_entropy, seed 0, 2-core AVX2 CPU (RESULTS.md): the
-rows took 1.1 / 1.45 / 1.63 min online and 1.32 / 1.47 / 1.53 min from the store, plus
-0.6 min of teacher passes, with the same test top-1 in every row. Small CNN teachers at 28x28
-cost little here; the store pays where they dominate the step (benchmarks/teacher_store.py).
+Budgets (`--budget`):
+- short: one epoch over 12,000 images, cosine from the recipe's lr without warm-up; every row.
+- long: all 60,000 images, LONG_EPOCHS epochs (`--long-epochs`), for LONG_ROWS. The script
+  checks that the plain student's top-1 changed by less than SETTLED points between its last two
+  epochs, and says so (or which --long-epochs to try) with the table.
 
-Writes OUTPUT/results.json (every run), OUTPUT/table.md (mean +- sample std over seeds, the
-markdown of RESULTS.md) and OUTPUT/bars.png.
+Controls. `teachers: [{model: labels}]` is the ground truth as a teacher (losses.LabelsTeacher):
+the labels_* rows train the same heads and tokens on the true labels, so what a real teacher
+adds beyond them is the teacher's knowledge, not the read-out. The `_cls` rows evaluate a token
+student with its class head alone (the backbone's own classifier), `_dist` with its
+distillation heads alone.
+
+The teachers run once per budget, teacher set and seed (`stdistill teacher-pass`, store.py):
+one store for the stronger teacher (top-10 soft at tau 1, exact for 10 classes: it serves the
+soft KD row and every hard row), one for the two teachers (hard), under OUTPUT/BUDGET/stores;
+each distilled row trains from its store (`teacher_outputs`), which replays the online run
+(bitwise for hard distillation); the labels rows need none. `--online` runs the teachers in
+every step instead.
+
+Runs are kept: a finished run (OUTPUT/BUDGET/rows/ROW/seedS/summary.json, checked against its
+config) is reused, an interrupted one resumes from its last epoch (`stdistill train --resume`),
+and an interrupted teacher pass from its last whole shard. So the long budget can be stopped
+and started again. Each call prints the total time of the budget's runs (their epochs, from
+their logs) and passes, and writes OUTPUT/BUDGET/results.json and OUTPUT/BUDGET/table.md, and
+OUTPUT/bars.png with every budget that has results (axis from 0).
 """
 from __future__ import annotations
 
@@ -35,78 +49,116 @@ import shutil
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from stdistill.config import config_from_dict
 from stdistill.quickstart import RECIPES, _clear_run
 
+LONG_EPOCHS = 5
+SETTLED = 0.3  # points: the long budget's plain student must change by less between its last two epochs
 BUDGETS = {  # training images per epoch (0: all 60k), epochs; test images (0: all 10k)
-    # students: one pass over 12k images, cosine from the recipe's lr without warm-up
-    'cpu': {'teacher': dict(train_samples=30000, epochs=2), 'student': dict(train_samples=12000, epochs=1, warmup_epochs=0)},
-    'full': {'teacher': dict(train_samples=0, epochs=10), 'student': dict(train_samples=0, epochs=30)},
-    'smoke': {'teacher': dict(train_samples=256, epochs=1, val_samples=500),  # the test's: checks the plumbing
-              'student': dict(train_samples=256, epochs=1, val_samples=500)},
+    'short': dict(train_samples=12000, epochs=1, warmup_epochs=0),
+    'long': dict(train_samples=0, epochs=LONG_EPOCHS, warmup_epochs=0),
+    'smoke': dict(train_samples=256, epochs=1, val_samples=500),  # the test's: checks the plumbing
 }
-TEACHERS = {'resnet18': 'ResNet-18', 'resnet10t': 'ResNet-10-T'}
+LONG_ROWS = ('none', 'std_both', 'labels_std', 'kd', 'deit', 'std_both_mine', 'two_weak_mid')
+# name -> (label, timm model, model_kwargs, epochs on all 60k images)
+TEACHERS = {
+    'resnet10t': ('ResNet-10-T', 'resnet10t', {}, 5),
+    'vit_t4': ('ViT-T/4', 'vit_tiny_patch16_224', dict(patch_size=4, embed_dim=96, depth=6, num_heads=3), 3),
+}
+SMOKE_TEACHER = dict(train_samples=256, epochs=1, val_samples=500)
 MID_BLOCK = 2  # of mixer_t4_28's six blocks: the intermediate attachment point (after the third)
+LABELS = {'model': 'labels'}
+# rows that are also evaluated with the class head alone and the distillation heads alone
+HEAD_ROWS = ('std_both', 'labels_std')
 
 
-def row_specs(strong: str, weak: str) -> Dict[str, Dict[str, Any]]:
-    """name -> (label, config overrides on the STD student recipe). `strong` = the better teacher."""
-    def teacher(model: str, position: int = -1) -> Dict[str, Any]:
-        return {'model': model, 'token_position': position}
+def teacher_values(name: str, output: str, common: Dict[str, Any], smoke: bool = False) -> Dict[str, Any]:
+    """The training config of teacher `name` (the teacher recipe, all 60k images)."""
+    _, model, kwargs, epochs = TEACHERS[name]
+    budget = SMOKE_TEACHER if smoke else dict(train_samples=0, epochs=epochs)
+    return dict(RECIPES['teacher'], **budget, **common, model=model, model_kwargs=dict(kwargs),
+                output=os.path.join(output, 'teachers', name))
 
-    one = [teacher(strong)]
-    two = [teacher(strong), teacher(weak)]
+
+def row_specs(strong: str, weak: str, epochs: int) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+    """name -> (label, config overrides on the STD student recipe). `strong`, `weak`: teacher
+    names (TEACHERS), the better and the other; teacher entries name them until `resolve`."""
+    def teacher(name: str, position: int = -1) -> Dict[str, Any]:
+        return {'model': name, 'token_position': position}
+
+    s, w = TEACHERS[strong][0], TEACHERS[weak][0]
+    one, two = [teacher(strong)], [teacher(strong), teacher(weak)]
     std = dict(method='std', tokens='both', mine=False, teacher_weighting='entropy', inference_head='avg')
     return {
         'none': ('no distillation', dict(method='none', teachers=[])),
-        'kd': (f'soft KD ({TEACHERS[strong]})', dict(method='kd', teachers=one, tau=1.0)),
-        'deit': (f'DeiT token ({TEACHERS[strong]})', dict(method='deit', teachers=one, distill='hard')),
+        'kd': (f'soft KD ({s})', dict(method='kd', teachers=one, tau=1.0)),
+        'deit': (f'DeiT token ({s})', dict(method='deit', teachers=one, distill='hard')),
         'std_spatial': ('STD spatial token only', dict(std, tokens='spatial', teachers=one)),
         'std_channel': ('STD channel token only', dict(std, tokens='channel', teachers=one)),
         'std_both': ('STD both tokens', dict(std, teachers=one)),
         'std_both_mine': ('STD both + MINE', dict(std, mine=True, teachers=one)),
-        'two_entropy': ('STD 2 teachers, entropy weights', dict(std, mine=True, teachers=two)),
-        'two_uniform': ('STD 2 teachers, uniform weights', dict(std, mine=True, teachers=two, teacher_weighting='uniform')),
-        'two_mid': (f'STD 2 teachers, {TEACHERS[strong]} pair at block {MID_BLOCK + 1}/6',
-                    dict(std, mine=True, teachers=[teacher(strong, MID_BLOCK), teacher(weak)])),
+        'std_both_mine_warmup': ('STD both + MINE after a warm-up (first quarter)',
+                                 dict(std, mine=True, mine_warmup_epochs=epochs / 4, teachers=one)),
+        'labels_kd': ('soft KD from the labels', dict(method='kd', teachers=[LABELS], tau=1.0)),
+        'labels_deit': ('DeiT token from the labels', dict(method='deit', teachers=[LABELS], distill='hard')),
+        'labels_std': ('STD both tokens from the labels', dict(std, teachers=[LABELS])),
+        'two_entropy': (f'STD 2 teachers ({s} + {w}), entropy weights', dict(std, mine=True, teachers=two)),
+        'two_uniform': (f'STD 2 teachers ({s} + {w}), uniform weights',
+                        dict(std, mine=True, teachers=two, teacher_weighting='uniform')),
+        'two_weak_mid': (f'STD 2 teachers, {w} pair at block {MID_BLOCK + 1}/6, {s} last',
+                         dict(std, mine=True, teachers=[teacher(strong), teacher(weak, MID_BLOCK)])),
+        'two_strong_mid': (f'STD 2 teachers, {s} pair at block {MID_BLOCK + 1}/6, {w} last',
+                           dict(std, mine=True, teachers=[teacher(strong, MID_BLOCK), teacher(weak)])),
     }
 
 
-def _finished(cfg) -> Optional[Dict[str, Any]]:
-    """The summary of a finished run of exactly this config, else None."""
-    summary, saved = os.path.join(cfg.output, 'summary.json'), os.path.join(cfg.output, 'config.yaml')
-    if not (os.path.isfile(summary) and os.path.isfile(saved)):
+ROWS = tuple(row_specs(*TEACHERS, 1))
+
+
+def resolve(entry: Dict[str, Any], checkpoints: Dict[str, str]) -> Dict[str, Any]:
+    """A row's teacher entry as the config takes it: the timm model, its sizes and weights."""
+    if entry['model'] == LABELS['model']:
+        return dict(entry)
+    _, model, kwargs, _ = TEACHERS[entry['model']]
+    return dict(entry, model=model, kwargs=dict(kwargs), checkpoint=checkpoints[entry['model']])
+
+
+def _saved_config(cfg) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """(cfg as its run folder would record it, the folder's config.yaml), or None without one."""
+    saved = os.path.join(cfg.output, 'config.yaml')
+    if not os.path.isfile(saved):
         return None
     with open(saved) as f:
         saved = yaml.safe_load(f)
     if cfg.num_classes is None:  # the run folder records the class count read from the data
         cfg = dataclasses.replace(cfg, num_classes=saved.get('num_classes'))
-    if saved != yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg))):
-        return None
-    with open(summary) as f:
-        done = json.load(f)
-    return done if done.get('epochs_done') == cfg.epochs else None
+    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg))), saved
 
 
 def run(values: Dict[str, Any]) -> Dict[str, Any]:
-    """Train the config `values` unless an identical run has finished; return its summary."""
+    """Train the config `values`: reuse an identical finished run, resume an identical
+    interrupted one from its last epoch, start any other afresh; return its summary."""
     from stdistill.train import train
 
     cfg = config_from_dict(values)
-    done = _finished(cfg)
-    if done is not None:
-        return done
-    _clear_run(cfg.output)  # an unfinished or different run starts again; a folder that is no run is refused
-    start = time.perf_counter()
-    summary = train(cfg)
-    summary['minutes'] = round((time.perf_counter() - start) / 60, 2)
-    with open(os.path.join(cfg.output, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
-    return summary
+    found = _saved_config(cfg)
+    same = found is not None and found[0] == found[1]
+    summary_path = os.path.join(cfg.output, 'summary.json')
+    if same and os.path.isfile(summary_path):
+        with open(summary_path) as f:
+            done = json.load(f)
+        if done.get('epochs_done') == cfg.epochs:
+            return done
+    resume = same and any(os.path.isdir(os.path.join(cfg.output, d)) for d in ('last', 'previous'))
+    if not resume:
+        _clear_run(cfg.output)  # an unfinished or different run starts again; a folder that is no run is refused
+    if resume:
+        print(f'   resuming {cfg.output}', flush=True)
+    return train(cfg, resume=resume)
 
 
 def make_store(values: Dict[str, Any], folder: str) -> str:
@@ -120,33 +172,118 @@ def make_store(values: Dict[str, Any], folder: str) -> str:
                  teacher_outputs=None)
     cfg = config_from_dict(store)
     try:
+        began = time.perf_counter()
         teacher_pass(cfg, folder)
     except ValueError:  # a store of this study made for other settings (e.g. retrained teachers): redo it
         if not os.path.isfile(os.path.join(folder, 'store.json')):
             raise
         shutil.rmtree(folder)
+        began = time.perf_counter()
         teacher_pass(cfg, folder)
+    _add_minutes(os.path.join(folder, 'pass_minutes.json'), (time.perf_counter() - began) / 60)
     return folder
 
 
-def _bar_chart(path: str, table: List[Dict[str, Any]], teachers: Dict[str, float]) -> None:
+def _add_minutes(path: str, minutes: float) -> float:
+    """Add `minutes` to the total kept in `path`; return the new total."""
+    total = 0.0
+    if os.path.isfile(path):
+        with open(path) as f:
+            total = json.load(f)['minutes']
+    with open(path, 'w') as f:
+        json.dump({'minutes': total + minutes}, f)
+    return total + minutes
+
+
+def _epochs_of(folder: str) -> List[Dict[str, Any]]:
+    with open(os.path.join(folder, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _settled(runs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """How much the plain rows' test top-1 changed between their last two epochs."""
+    changes = [r['curve'][-1] - r['curve'][-2] for r in runs if r['row'] == 'none' and len(r['curve']) > 1]
+    if not changes:
+        return None
+    return {'changes': changes, 'settled': all(abs(c) < SETTLED for c in changes)}
+
+
+def build_table(specs, runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    table = []
+    for name, (label, _) in specs.items():
+        for key, suffix in [('val_top1', ''), ('val_top1_cls', ', inference: class head alone'),
+                            ('val_top1_dist', ', inference: distillation heads alone')]:
+            values = [r[key] for r in runs if r['row'] == name and key in r]
+            if not values or (suffix and name not in HEAD_ROWS):
+                continue
+            params = next(r['params_m'] for r in runs if r['row'] == name)
+            table.append({'row': name + key[len('val_top1'):], 'label': label + suffix, 'n': len(values),
+                          'params_m': params, 'mean': statistics.mean(values),
+                          'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'runs': values})
+    return table
+
+
+def labels_share(table: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
+    """The share of STD's gain over no distillation that the pair trained on the labels keeps."""
+    means = {r['row']: r['mean'] for r in table}
+    if not {'none', 'std_both', 'labels_std'} <= set(means) or means['std_both'] == means['none']:
+        return None
+    gain, kept = means['std_both'] - means['none'], means['labels_std'] - means['none']
+    return {'std_gain': gain, 'labels_gain': kept, 'share': kept / gain}
+
+
+def markdown(table: List[Dict[str, Any]], teacher_top1: Dict[str, float], strong: str, budget: str,
+             settled: Optional[Dict[str, Any]]) -> str:
+    base = next((r['mean'] for r in table if r['row'] == 'none'), None)
+    ref = teacher_top1[strong]
+    lines = [f'| row | student params | test top-1 (%) | vs no distillation | below {TEACHERS[strong][0]} '
+             f'({ref:.2f}) | seeds |', '|---|---|---|---|---|---|']
+    for r in table:
+        delta = f'{r["mean"] - base:+.2f}' if base is not None and r['row'] != 'none' else ''
+        lines.append(f'| {r["label"]} | {r["params_m"]:.3f}M | {r["mean"]:.2f} ± {r["std"]:.2f} | {delta} | '
+                     f'{ref - r["mean"]:.2f} | {", ".join(f"{v:.2f}" for v in r["runs"])} |')
+    lines.append('')
+    lines.append('Teachers (test top-1, all 10,000 images, after their last epoch): '
+                 + ', '.join(f'{TEACHERS[m][0]} {v:.2f}' for m, v in teacher_top1.items()))
+    share = labels_share(table)
+    if share:
+        lines.append(f'\nSTD both tokens gain {share["std_gain"]:+.2f} over no distillation; trained on the labels, '
+                     f'the same pair gains {share["labels_gain"]:+.2f}: {100 * share["share"]:.0f}% of the gain '
+                     f'remains without the teacher.')
+    if settled:
+        verdict = (f'less than {SETTLED}: settled' if settled['settled'] else
+                   f'not under {SETTLED} in every seed: try --long-epochs {LONG_EPOCHS * 2}')
+        lines.append(f'\nPlain student, change of test top-1 between its last two epochs ({budget}): '
+                     + ', '.join(f'{c:+.2f}' for c in settled['changes']) + f' ({verdict}).')
+    return '\n'.join(lines)
+
+
+def bar_chart(path: str, results: Dict[str, Dict[str, Any]]) -> None:
+    """Every row of every budget with results: mean ± std over seeds, the x axis from 0."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(table) + 1.5))
-    labels = [r['label'] for r in table][::-1]
-    means = [r['mean'] for r in table][::-1]
-    stds = [r['std'] for r in table][::-1]
-    ax.barh(labels, means, xerr=stds, color='#4c72b0', capsize=3)
-    for i, (m, s) in enumerate(zip(means, stds)):
-        ax.annotate(f'{m:.2f} ± {s:.2f}', (m + s + 0.1, i), va='center', fontsize=8)
-    for (name, top1), style in zip(teachers.items(), ('--', ':')):
-        ax.axvline(top1, color='#dd8452', linestyle=style, label=f'teacher {TEACHERS[name]}: {top1:.2f}')
-    low = min(m - s for m, s in zip(means, stds))
-    ax.set(xlim=(low - 1.5, max(max(means) + 2.5, max(teachers.values()) + 0.5)),
-           xlabel='Fashion-MNIST test top-1 (%), mean ± std over 3 seeds')
-    ax.legend(loc='lower right', fontsize=8)
+    labels: List[str] = []
+    for res in results.values():
+        labels += [r['label'] for r in res['table'] if r['label'] not in labels]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(labels) * max(len(results), 1) / 1.4 + 1.8))
+    height = 0.8 / len(results)
+    colours = {'short': '#4c72b0', 'long': '#55a868', 'smoke': '#8172b2'}
+    for k, (budget, res) in enumerate(results.items()):
+        rows = {r['label']: r for r in res['table']}
+        ys = [len(labels) - 1 - i + (len(results) - 1) / 2 * height - k * height for i, lab in enumerate(labels)
+              if lab in rows]
+        present = [rows[lab] for lab in labels if lab in rows]
+        ax.barh(ys, [r['mean'] for r in present], height=height, xerr=[r['std'] for r in present], capsize=2,
+                color=colours.get(budget, '#937860'), label=f'{budget} budget')
+        for y, r in zip(ys, present):
+            ax.annotate(f'{r["mean"]:.2f}', (1, y), va='center', fontsize=7, color='white')
+    for (name, top1), style in zip(next(iter(results.values()))['teachers'].items(), ('--', ':')):
+        ax.axvline(top1, color='#dd8452', linestyle=style, label=f'teacher {TEACHERS[name][0]}: {top1:.2f}')
+    ax.set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    ax.set(xlim=(0, 100), xlabel='Fashion-MNIST test top-1 (%), mean ± std over seeds; axis from 0')
+    ax.legend(loc='lower left', fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -155,10 +292,12 @@ def _bar_chart(path: str, table: List[Dict[str, Any]], teachers: Dict[str, float
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', default='runs/reproduce_fashion_mnist')
-    parser.add_argument('--budget', default='cpu', choices=tuple(BUDGETS))
+    parser.add_argument('--budget', default='short', choices=tuple(BUDGETS))
+    parser.add_argument('--long-epochs', type=int, default=LONG_EPOCHS,
+                        help='epochs of the long budget (a run made with other epochs starts again)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--rows', nargs='+', default=None, choices=tuple(row_specs(*TEACHERS)),
-                        help='a subset of the rows (default: all)')
+    parser.add_argument('--rows', nargs='+', default=None, choices=ROWS,
+                        help='a subset of the rows (default: all; the long budget: LONG_ROWS)')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--data-dir', default=None, help="Fashion-MNIST IDX folder (default: Debian's)")
     parser.add_argument('--device', default='auto')
@@ -166,72 +305,64 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     # absolute, as each run's config.yaml keeps its paths: a finished run is then found again
     args.output = os.path.abspath(args.output)
-    budget = BUDGETS[args.budget]
+    budget = dict(BUDGETS[args.budget], **({'epochs': args.long_epochs} if args.budget == 'long' else {}))
+    rows = args.rows or (LONG_ROWS if args.budget == 'long' else ROWS)
     common = dict(workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False)
+    folder = os.path.join(args.output, args.budget)
     start = time.perf_counter()
 
     teacher_top1, checkpoints = {}, {}
-    for model in TEACHERS:
-        values = dict(RECIPES['teacher'], **budget['teacher'], **common, model=model,
-                      output=os.path.join(args.output, 'teachers', model))
-        print(f'== teacher {model}: {budget["teacher"]}', flush=True)
-        teacher_top1[model] = run(values)['final']['val_top1']
-        checkpoints[model] = os.path.join(values['output'], 'last', 'model.safetensors')
+    for name in TEACHERS:
+        values = teacher_values(name, args.output, common, smoke=args.budget == 'smoke')
+        print(f'== teacher {name}: {values["model"]} {values["model_kwargs"]}, {values["epochs"]} epoch(s)', flush=True)
+        teacher_top1[name] = run(values)['final']['val_top1']
+        checkpoints[name] = os.path.join(values['output'], 'last', 'model.safetensors')
     strong, weak = sorted(TEACHERS, key=lambda m: -teacher_top1[m])
-    specs = row_specs(strong, weak)
+    specs = row_specs(strong, weak, budget['epochs'])
 
-    runs, stores, pass_minutes = [], {}, 0.0
-    for name, (label, overrides) in specs.items():
-        if args.rows and name not in args.rows:
-            continue
+    runs = []
+    for name in [r for r in specs if r in rows]:
+        label, overrides = specs[name]
         for seed in args.seeds:
-            values = dict(RECIPES['std'], **budget['student'], **common, **overrides, seed=seed,
-                          output=os.path.join(args.output, 'rows', name, f'seed{seed}'))
-            values['teachers'] = [dict(t, checkpoint=checkpoints[t['model']]) for t in overrides['teachers']]
-            if values['teachers'] and not args.online:
-                models = '+'.join(t['model'] for t in values['teachers'])
-                if (models, seed) not in stores:
-                    print(f'== teacher pass {models} seed {seed}', flush=True)
-                    began = time.perf_counter()
-                    stores[(models, seed)] = make_store(values, os.path.join(args.output, 'stores', models,
-                                                                             f'seed{seed}'))
-                    pass_minutes += (time.perf_counter() - began) / 60
-                values['teacher_outputs'] = stores[(models, seed)]
-            print(f'== {name} seed {seed}', flush=True)
+            values = dict(RECIPES['std'], **budget, **common, **overrides, seed=seed,
+                          output=os.path.join(folder, 'rows', name, f'seed{seed}'))
+            values['teachers'] = [resolve(t, checkpoints) for t in overrides['teachers']]
+            models = [t['model'] for t in overrides['teachers'] if t['model'] != LABELS['model']]
+            if models and not args.online:
+                print(f'== teacher pass {"+".join(models)} seed {seed}', flush=True)
+                values['teacher_outputs'] = make_store(values, os.path.join(folder, 'stores', '+'.join(models),
+                                                                            f'seed{seed}'))
+            print(f'== {args.budget} {name} seed {seed}', flush=True)
             summary = run(values)
             runs.append({'row': name, 'label': label, 'seed': seed, 'params_m': summary['params_m'],
+                         'curve': [e['val_top1'] for e in _epochs_of(values['output'])],
+                         'minutes': sum(e['epoch_s'] for e in _epochs_of(values['output'])) / 60,
                          **{k: v for k, v in summary['final'].items() if k.startswith('val_top1')}})
 
-    table = []
-    for name, (label, _) in specs.items():
-        for key, suffix in [('val_top1', ''), ('val_top1_cls', ', inference: class head'),
-                            ('val_top1_dist', ', inference: distillation heads')]:
-            values = [r[key] for r in runs if r['row'] == name and key in r]
-            if not values or (suffix and name != 'std_both_mine'):
-                continue
-            params = next(r['params_m'] for r in runs if r['row'] == name)
-            table.append({'row': name + key[len('val_top1'):], 'label': label + suffix, 'n': len(values), 'params_m': params,
-                          'mean': statistics.mean(values), 'std': statistics.stdev(values) if len(values) > 1 else 0.0,
-                          'runs': values})
-    minutes = (time.perf_counter() - start) / 60
-    base = next((r['mean'] for r in table if r['row'] == 'none'), None)
-    lines = ['| row | student params | test top-1 (%) | vs no distillation | seeds |', '|---|---|---|---|---|']
-    for r in table:
-        delta = f'{r["mean"] - base:+.2f}' if base is not None and r['row'] != 'none' else ''
-        lines.append(f'| {r["label"]} | {r["params_m"]:.3f}M | {r["mean"]:.2f} ± {r["std"]:.2f} | {delta} | '
-                     f'{", ".join(f"{v:.2f}" for v in r["runs"])} |')
-    lines.append('')
-    lines += [f'Teachers: {TEACHERS[m]} {teacher_top1[m]:.2f}' for m in TEACHERS]
-    text = '\n'.join(lines)
-    print('\n' + text + f'\n\n{minutes:.1f} min (finished runs are reused; teacher passes {pass_minutes:.1f} min)')
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, 'table.md'), 'w') as f:
+    table = build_table(specs, runs)
+    settled = _settled(runs) if args.budget != 'short' else None
+    text = markdown(table, teacher_top1, strong, args.budget, settled)
+    passes = sum(json.load(open(os.path.join(root, 'pass_minutes.json')))['minutes']
+                 for root, _, files in os.walk(os.path.join(folder, 'stores')) if 'pass_minutes.json' in files)
+    run_minutes = sum(r['minutes'] for r in runs)
+    print('\n' + text + f'\n\nthis call {(time.perf_counter() - start) / 60:.1f} min; the {args.budget} budget in all: '
+          f'{run_minutes:.1f} min of training and evaluation epochs ({len(runs)} runs, from their logs) + '
+          f'{passes:.1f} min of teacher passes')
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'table.md'), 'w') as f:
         f.write(text + '\n')
-    with open(os.path.join(args.output, 'results.json'), 'w') as f:
-        json.dump({'budget': args.budget, 'budgets': budget, 'teachers': teacher_top1, 'strong': strong,
-                   'runs': runs, 'table': table}, f, indent=1)
-    if table:
-        _bar_chart(os.path.join(args.output, 'bars.png'), table, teacher_top1)
+    with open(os.path.join(folder, 'results.json'), 'w') as f:
+        json.dump({'budget': args.budget, 'settings': budget, 'teachers': teacher_top1, 'strong': strong,
+                   'runs': runs, 'table': table, 'labels_share': labels_share(table), 'settled': settled,
+                   'run_minutes': run_minutes, 'pass_minutes': passes}, f, indent=1)
+    results = {}
+    for name in BUDGETS:
+        path = os.path.join(args.output, name, 'results.json')
+        if os.path.isfile(path) and (name != 'smoke' or args.budget == 'smoke'):
+            with open(path) as f:
+                results[name] = json.load(f)
+    if any(r['table'] for r in results.values()):
+        bar_chart(os.path.join(args.output, 'bars.png'), results)
     return 0
 
 

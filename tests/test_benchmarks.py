@@ -35,30 +35,57 @@ def test_step_time_prints_ratios(capsys):
 
 def test_reproduction_runs_rows_and_reuses_finished_runs(tmp_path, capsys):
     reproduce = _load('reproduce_fashion_mnist')
-    args = ['--budget', 'smoke', '--seeds', '0', '1', '--rows', 'none', 'std_both_mine', '--output', str(tmp_path),
-            '--workers', '0']
+    args = ['--budget', 'smoke', '--seeds', '0', '1', '--rows', 'none', 'labels_std', 'std_both',
+            '--output', str(tmp_path), '--workers', '0']
     assert reproduce.main(args) == 0
-    results = json.loads((tmp_path / 'results.json').read_text())
-    assert {(r['row'], r['seed']) for r in results['runs']} == {('none', 0), ('none', 1), ('std_both_mine', 0),
-                                                                 ('std_both_mine', 1)}
+    out = capsys.readouterr().out
+    folder = tmp_path / 'smoke'
+    results = json.loads((folder / 'results.json').read_text())
+    assert {(r['row'], r['seed']) for r in results['runs']} == {(row, seed) for row in ('none', 'labels_std', 'std_both')
+                                                                for seed in (0, 1)}
     rows = {r['row']: r for r in results['table']}
-    assert set(rows) == {'none', 'std_both_mine', 'std_both_mine_cls', 'std_both_mine_dist'}
+    assert set(rows) == {'none', 'labels_std', 'labels_std_cls', 'labels_std_dist', 'std_both', 'std_both_cls',
+                         'std_both_dist'}
     assert all(r['n'] == 2 for r in rows.values())
-    table = (tmp_path / 'table.md').read_text()
-    assert 'STD both + MINE, inference: class head' in table
+    # the share of STD's gain kept by the pair trained on the labels, from the table's means
+    share = results['labels_share']
+    assert share['share'] == pytest.approx((rows['labels_std']['mean'] - rows['none']['mean'])
+                                           / (rows['std_both']['mean'] - rows['none']['mean']))
+    table = (folder / 'table.md').read_text()
+    assert 'STD both tokens from the labels, inference: class head alone' in table
+    assert 'remains without the teacher' in table and 'Teachers (test top-1' in table
     assert (tmp_path / 'bars.png').stat().st_size > 0
-    # the teachers ran once per seed, into a store the distilled rows trained from
-    stores = sorted(p.parent for p in tmp_path.glob('stores/*/seed*/store.json'))
+    assert 'the smoke budget in all:' in out
+    # the teachers ran once per seed, into a store the distilled rows trained from; the labels need none
+    stores = sorted(p.parent for p in folder.glob('stores/*/seed*/store.json'))
     assert [p.name for p in stores] == ['seed0', 'seed1']
     for seed, store in zip((0, 1), stores):
-        saved = load_config(str(tmp_path / 'rows' / 'std_both_mine' / f'seed{seed}' / 'config.yaml'))
+        saved = load_config(str(folder / 'rows' / 'std_both' / f'seed{seed}' / 'config.yaml'))
         assert saved.teacher_outputs == str(store)
+        assert load_config(str(folder / 'rows' / 'labels_std' / f'seed{seed}' / 'config.yaml')).teacher_outputs is None
     # a second call trains nothing: every run is found finished with the same config
-    summary = tmp_path / 'rows' / 'none' / 'seed0' / 'summary.json'
+    summary = folder / 'rows' / 'none' / 'seed0' / 'summary.json'
     before = summary.stat().st_mtime_ns
     assert reproduce.main(args) == 0
     assert summary.stat().st_mtime_ns == before
-    assert json.loads((tmp_path / 'results.json').read_text())['table'] == results['table']
+    assert json.loads((folder / 'results.json').read_text())['table'] == results['table']
+
+
+def test_reproduction_resumes_an_interrupted_run(tmp_path, capsys):
+    """A run stopped after an epoch (the long budget's case) continues from it, not from scratch."""
+    reproduce = _load('reproduce_fashion_mnist')
+    from stdistill.quickstart import RECIPES
+    from stdistill.train import train
+    from stdistill.config import config_from_dict
+    values = dict(RECIPES['plain'], train_samples=64, val_samples=64, batch_size=16, epochs=2, workers=0, progress=False,
+                  model_kwargs={'embed_dim': 16, 'num_blocks': 2}, output=str(tmp_path / 'run'))
+    train(config_from_dict(values), stop_after=1)
+    first = (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()
+    assert len(first) == 1
+    summary = reproduce.run(values)
+    assert summary['epochs_done'] == 2
+    assert 'resuming' in capsys.readouterr().out
+    assert (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()[0] == first[0]
 
 
 def test_reproduction_rejects_unknown_rows(tmp_path, capsys):

@@ -122,3 +122,26 @@ def test_regularizer_on_student_tokens():
     assert all(p.grad is not None for p in reg.parameters())
     with pytest.raises(ValueError, match='both a spatial and a channel token'):
         MIRegularizer(tiny_student('mixer', tokens='spatial'))
+
+
+def test_penalty_off_during_warmup_leaves_the_tokens_alone():
+    """With the penalty off (MINE's warm-up), psi still learns and the tokens get no gradient,
+    even where the estimate is positive and the penalty would move them."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, requires_grad=True)
+    y = (x.detach() + 0.1 * torch.randn(64, 3)).requires_grad_(True)
+    mine = MINE(3, 3, hidden=32, weight=0.0)
+    optimizer = torch.optim.Adam(mine.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        mine(x, y).loss.backward()
+        optimizer.step()
+    mine.weight, mine.penalty = 0.5, False
+    mine.zero_grad()
+    out = mine(x, y, generator=torch.Generator().manual_seed(1))
+    out.loss.backward()
+    assert out.estimate > 0 and x.grad is None and y.grad is None
+    assert all(p.grad is not None for p in mine.statistics.parameters())
+    mine.penalty = True
+    mine(x, y, generator=torch.Generator().manual_seed(1)).loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -145,6 +145,8 @@ class TrainConfig:
     mine: bool = _f(True, 'mutual-information regulariser between the two tokens of a pair (std, tokens=both)')
     mine_weight: float = _f(0.1, 'lambda of the MI penalty')
     mine_hidden: int = _f(512, 'hidden width of the MINE statistics network')
+    mine_warmup_epochs: float = _f(0.0, 'epochs (fractions too) in which MINE\'s statistics network learns the bound '
+                                        'before the penalty reaches the tokens; 0: from the first step')
     # optimisation (timm factories)
     epochs: int = _f(300, 'training epochs')
     opt: str = _f('adamw', 'timm optimizer name')
@@ -174,8 +176,8 @@ _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 # Numeric keys with an inclusive lower bound, > 0, or in [0, 1]; checked when a config is built.
 _AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1,
              'recount': 1, 'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
-             'weight_decay': 0, 'mine_weight': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0, 'min_lr': 0,
-             'num_classes': 1}
+             'weight_decay': 0, 'mine_weight': 0, 'mine_warmup_epochs': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0,
+             'min_lr': 0, 'num_classes': 1}
 _POSITIVE = ('lr', 'tau', 'clip_grad', 'crop_pct', 'model_ema_decay', 'dist_timeout')
 _PROBABILITIES = ('hflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'alpha', 'drop_path', 'smoothing', 'crop_pct',
                   'model_ema_decay')

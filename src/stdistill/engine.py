@@ -23,7 +23,7 @@ import torch.nn as nn
 from timm.utils import dispatch_clip_grad
 
 from .distributed import DistInfo, all_reduce_sum
-from .losses import DistillationLoss, TeacherTargets
+from .losses import DistillationLoss, LabelsTeacher, TeacherTargets
 from .mine import MIRegularizer
 from .schedule import scheduled_mixup
 from .students import INFERENCE_HEADS, STDOutput, combine_heads
@@ -108,11 +108,13 @@ class DistillObjective(nn.Module):
     """loss = base or distillation loss (+ lambda * MINE) for methods none | kd | deit | std."""
 
     def __init__(self, student: nn.Module, method: str, base_criterion: nn.Module,
-                 teachers: Optional[List[FrozenTeacher]] = None, distill_loss: Optional[DistillationLoss] = None,
+                 teachers: Optional[List[Union[FrozenTeacher, LabelsTeacher]]] = None,
+                 distill_loss: Optional[DistillationLoss] = None,
                  mi: Optional[MIRegularizer] = None) -> None:
         super().__init__()
         self.student, self.method, self.base_criterion = student, method, base_criterion
-        self.teachers: List[FrozenTeacher] = list(teachers or [])  # a plain list: not submodules (see above)
+        # a plain list: not submodules (see above)
+        self.teachers: List[Union[FrozenTeacher, LabelsTeacher]] = list(teachers or [])
         self.distill_loss, self.mi = distill_loss, mi
         # no teachers with a distillation loss: the run reads their outputs from a store
         if method != 'none' and distill_loss is None:
@@ -123,15 +125,17 @@ class DistillObjective(nn.Module):
         inner = getattr(self.student, 'no_weight_decay', None)
         return {f'student.{n}' for n in (inner() if inner else ())}
 
-    def teacher_logits(self, images: torch.Tensor) -> List[torch.Tensor]:
-        """Each teacher's fp32 logits (B, num_classes) for the student's batch `images`; each
-        teacher adapts the batch to its own input (teacher_input.py) and runs under the
-        caller's autocast. Raises ValueError when the teachers were not built (a run that
-        reads their outputs from a store)."""
+    def teacher_logits(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+                       ) -> List[Union[torch.Tensor, TeacherTargets]]:
+        """Each teacher's output for the student's batch `images`: fp32 logits (B, num_classes),
+        each teacher adapting the batch to its own input (teacher_input.py) under the caller's
+        autocast; a labels teacher's TeacherTargets from `targets` (the batch's, after mixup).
+        Raises ValueError when the teachers were not built (a run that reads their outputs
+        from a store)."""
         if not self.teachers:
             raise ValueError('this objective has no teachers (a run from a teacher-output store): give their '
                              'outputs for the batch')
-        return [t(images) for t in self.teachers]
+        return [t(targets) if isinstance(t, LabelsTeacher) else t(images) for t in self.teachers]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor,
                 teacher_outputs: Optional[List[Union[torch.Tensor, TeacherTargets]]] = None
@@ -144,7 +148,7 @@ class DistillObjective(nn.Module):
         out = self.student(images)
         teacher_logits = teacher_outputs
         if self.method != 'none' and teacher_logits is None:
-            teacher_logits = self.teacher_logits(images)
+            teacher_logits = self.teacher_logits(images, targets)
         with torch.autocast(images.device.type, enabled=False):  # losses and MINE in fp32
             out = to_float(out)
             if self.method == 'none':
@@ -181,6 +185,7 @@ def train_one_epoch(
         data_seed: int = 0,
         rank: int = 0,
         teacher_outputs: Optional[Callable[[int, int, Optional[torch.Tensor]], List[TeacherTargets]]] = None,
+        mine_warmup_updates: int = 0,
 ) -> Tuple[Dict[str, float], int]:
     """One pass over `loader`; returns the epoch's mean loss terms and counts, and the updated
     step count.
@@ -192,13 +197,16 @@ def train_one_epoch(
     fewer than `min_batch` images (MINE and BatchNorm need 2) is skipped (`skipped_batches`).
     Under DDP every process skips a step that any process cannot take. Mixup draws from
     (data_seed, epoch, step, rank) (schedule.py). teacher_outputs(epoch, step, indices): the
-    teachers' outputs for a batch, read from a store, instead of running the teachers.
+    teachers' outputs for a batch, read from a store, instead of running the teachers. MINE's
+    penalty reaches the tokens from update `mine_warmup_updates` on (its statistics networks
+    learn from the first).
     """
     objective.train()
     sums: Dict[str, float] = defaultdict(float)
     steps, images_seen, skipped_steps, skipped_images, start = 0, 0, 0, 0, time.perf_counter()
     skipped_batches, unpaired_images = 0, 0
     params = [p for p in objective.parameters() if p.requires_grad]
+    mi = getattr(objective.module if hasattr(objective, 'module') else objective, 'mi', None)
     for step, batch in enumerate(loader):
         images, targets, indices, unreadable, unpaired = prepare_batch(batch, device, mixup, data_seed, epoch, step,
                                                                        rank)
@@ -208,6 +216,8 @@ def train_one_epoch(
             skipped_batches += 1
             continue
         stored = teacher_outputs(epoch, step, indices) if teacher_outputs is not None else None
+        if mi is not None:
+            mi.set_penalty(num_updates >= mine_warmup_updates)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             loss, terms = objective(images, targets, stored)
         if not _on_every_process(math.isfinite(loss.item()), device):

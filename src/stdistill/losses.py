@@ -18,6 +18,12 @@ log-sum-exp. Logits are reduced to the same fields first (`TeacherTargets.from_l
 hard distillation computes the same numbers, bit for bit, either way. Soft distillation from
 top-k keeps the teacher's probability mass outside its top k as one bucket, against the
 student's mass outside the same k classes (exact for k = classes).
+
+`LabelsTeacher` (`teachers: [{model: labels}]`) is the ground truth as a teacher: its targets are
+a distribution `probs` (one-hot labels, or the mixed labels under mixup/cutmix), which hard
+distillation takes as the cross-entropy target and soft distillation as p_teacher. It is the
+control that trains the distillation heads on the true labels: what a real teacher adds beyond
+it is the teacher's knowledge, not the extra heads and tokens.
 """
 from __future__ import annotations
 
@@ -29,11 +35,12 @@ import torch.nn.functional as F
 
 from .students import STDOutput
 
-__all__ = ['DistillationLoss', 'LossTerms', 'TeacherTargets', 'teacher_weights', 'entropy_weights',
-           'prediction_entropy', 'topk_soft_loss', 'DISTILL_MODES', 'TEACHER_WEIGHTINGS']
+__all__ = ['DistillationLoss', 'LossTerms', 'TeacherTargets', 'LabelsTeacher', 'teacher_weights', 'entropy_weights',
+           'prediction_entropy', 'topk_soft_loss', 'DISTILL_MODES', 'TEACHER_WEIGHTINGS', 'LABELS_TEACHER']
 
 DISTILL_MODES = ('hard', 'soft')
 TEACHER_WEIGHTINGS = ('entropy', 'uniform')
+LABELS_TEACHER = 'labels'  # the `model` of a teacher entry that gives the ground truth
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -64,6 +71,8 @@ class TeacherTargets(NamedTuple):
     labels (B,) int: argmax; entropy (B,) fp32: of softmax(logits), for the confidence weights.
     Soft distillation also needs either logits (B, classes), or topk_logits (B, k) fp32 with
     their class indices topk_index (B, k) and lse (B,) = logsumexp(logits / tau) over all classes.
+    probs (B, classes) fp32, from `LabelsTeacher` only: a target distribution given as it is
+    (not a softmax of logits, so no temperature), which both modes distil.
     """
     labels: torch.Tensor
     entropy: torch.Tensor
@@ -71,12 +80,46 @@ class TeacherTargets(NamedTuple):
     topk_logits: Optional[torch.Tensor] = None
     topk_index: Optional[torch.Tensor] = None
     lse: Optional[torch.Tensor] = None
+    probs: Optional[torch.Tensor] = None
 
     @staticmethod
     def from_logits(logits: torch.Tensor) -> 'TeacherTargets':
         """The fields of fp32 logits (B, classes), computed as a store computes them."""
         logits = logits.float()
         return TeacherTargets(logits.argmax(dim=-1), prediction_entropy(logits), logits)
+
+
+class LabelsTeacher:
+    """The ground truth as a teacher (`teachers: [{model: labels}]`; the read-out control).
+
+    Its output for a batch is the batch's own targets as a distribution: one-hot labels, or
+    under mixup/cutmix the mixed labels. timm's Mixup folds label smoothing into the targets it
+    returns, (1 - s) * mix + s / classes; that is taken out again, so the distillation heads get
+    the labels themselves while the class head keeps the recipe's smoothing. No weights, no
+    input adapter, nothing to store (a teacher-output store refuses it).
+    """
+    name = LABELS_TEACHER
+
+    def __init__(self, num_classes: int, mixup_smoothing: float = 0.0) -> None:
+        """mixup_smoothing: the `label_smoothing` of the run's Mixup (0 without mixup)."""
+        if not 0.0 <= mixup_smoothing < 1.0:
+            raise ValueError(f'label smoothing must be in [0, 1), got {mixup_smoothing}')
+        self.num_classes, self.mixup_smoothing = num_classes, mixup_smoothing
+
+    def __call__(self, targets: torch.Tensor) -> TeacherTargets:
+        """targets: (B,) class indices, or (B, classes) mixed targets as timm's Mixup returns
+        them. Returns TeacherTargets with labels (B,) = the argmax, probs (B, classes) fp32
+        and entropy (B,) of probs (0 for one-hot). Raises ValueError for another class count."""
+        if targets.ndim == 1:
+            probs = F.one_hot(targets.long(), self.num_classes).float()
+        else:
+            if targets.shape[1] != self.num_classes:
+                raise ValueError(f'targets of {targets.shape[1]} classes for a labels teacher of {self.num_classes}')
+            s = self.mixup_smoothing
+            probs = ((targets.float() - s / self.num_classes) / (1 - s)).clamp_min(0) if s else targets.float()
+        entropy = torch.special.entr(probs).sum(-1)
+        labels = targets.long() if targets.ndim == 1 else probs.argmax(dim=-1)
+        return TeacherTargets(labels, entropy, probs=probs)
 
 
 def topk_soft_loss(student_logits: torch.Tensor, teacher: TeacherTargets, tau: float) -> torch.Tensor:
@@ -126,6 +169,11 @@ class DistillationLoss(nn.Module):
 
     def per_sample(self, student_logits: torch.Tensor, teacher: TeacherTargets) -> torch.Tensor:
         """l_j for every sample, (B,). Raises ValueError for soft distillation from hard labels."""
+        if teacher.probs is not None:  # a labels teacher: its distribution is the target in both modes
+            if self.distill == 'hard':
+                return -(teacher.probs * F.log_softmax(student_logits, dim=-1)).sum(-1)
+            log_p_s = F.log_softmax(student_logits / self.tau, dim=-1)
+            return (self.tau ** 2) * (torch.xlogy(teacher.probs, teacher.probs) - teacher.probs * log_p_s).sum(-1)
         if self.distill == 'hard':
             return F.cross_entropy(student_logits, teacher.labels, reduction='none')
         if teacher.logits is None:

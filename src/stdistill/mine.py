@@ -14,6 +14,10 @@ denominator puts into the gradient. Under torchrun the average is over the globa
 all-gather of two numbers per step), so every process holds the same average and a checkpoint's
 copy is every process's.
 
+A warm-up (`mine_warmup_epochs`, not in the paper) trains psi alone for a while: early in
+training psi's estimate is poor, and a penalty through it pushes the tokens in directions that
+say little about their mutual information.
+
 MINE always runs in fp32, also inside a bf16 autocast region: exp and log-sum-exp of psi are
 where low precision hurts first.
 """
@@ -81,6 +85,7 @@ class MINE(nn.Module):
             raise ValueError(f'MINE weight (lambda) must be >= 0, got {weight}')
         self.statistics = StatisticsNetwork(x_dim + y_dim, hidden)
         self.weight, self.ma_rate = weight, ma_rate
+        self.penalty = True  # False during a warm-up: psi learns the bound, the tokens get no penalty yet
         # log of the moving average of E_marginal[exp(psi)]; nan until the first step
         self.register_buffer('log_ma', torch.tensor(float('nan')))
 
@@ -118,7 +123,7 @@ class MINE(nn.Module):
         # the student's part: descend lambda * I through a frozen psi, and only while the estimate
         # is positive. MI >= 0, so a negative estimate says psi is off, not that the tokens share
         # information; rewarding the student for pushing it lower lets it fool psi without bound.
-        if self.weight == 0 or not bool(estimate > 0):
+        if self.weight == 0 or not self.penalty or not bool(estimate > 0):
             return MINEOutput(psi_loss, estimate)
         frozen = {name: p.detach() for name, p in self.statistics.named_parameters()}
         joint_s, log_mean_exp_s = self._bound_terms(x, y, perm, frozen)
@@ -140,6 +145,11 @@ class MIRegularizer(nn.Module):
         self.pair_index = [i for i, p in enumerate(student.token_pairs) if p.tokens == 'both']
         self.mines = nn.ModuleList(
             MINE(p.dims.num_channels, p.dims.num_positions, hidden, weight, ma_rate) for p in pairs)
+
+    def set_penalty(self, on: bool) -> None:
+        """Whether the tokens get the penalty (off during a warm-up of the statistics networks)."""
+        for mine in self.mines:
+            mine.penalty = on
 
     def forward(self, spatial_tokens: list, channel_tokens: list) -> MINEOutput:
         outs = [mine(spatial_tokens[i], channel_tokens[i]) for mine, i in zip(self.mines, self.pair_index)]

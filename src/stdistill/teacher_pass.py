@@ -25,7 +25,7 @@ from .distributed import init_distributed, resolve_device
 from .engine import prepare_batch
 from .loaders import build_data, build_mixup, data_seed_of
 from .store import SHARD_STEPS, StoreWriter, describe_outputs, outputs_spec, run_fingerprint
-from .train import _amp_dtype, _fit_workers, build_teachers, student_contract
+from .train import _amp_dtype, _fit_workers, build_teachers, refuse_labels_teacher_in_store, student_contract, teacher_line
 
 __all__ = ['teacher_pass']
 
@@ -41,6 +41,7 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = Non
     if cfg.teacher_outputs:
         raise ValueError('teacher-pass makes a store: remove teacher_outputs from the recipe (or set teacher_outputs='
                          'null)')
+    refuse_labels_teacher_in_store(cfg, 'train such a recipe without a store (the labels cost nothing to read)')
     if not output:
         raise ValueError('--output is empty: give a folder for the store')
     shard_steps = SHARD_STEPS if shard_steps is None else shard_steps
@@ -57,8 +58,7 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = Non
     fingerprint = run_fingerprint(cfg, data.train_loader.dataset, data.classes, info.world_size,
                                   student_input.to_json())
     outputs = outputs_spec(cfg)
-    about = {'teacher_inputs': [f'teachers.{i} ({t.name}) sees {t.contract.describe()}'
-                                for i, t in enumerate(teachers)],
+    about = {'teacher_inputs': [teacher_line(i, t) for i, t in enumerate(teachers)],
              'device': device.type, 'torch': torch.__version__, 'timm': timm.__version__}
     writer = StoreWriter(output, fingerprint, outputs, steps, info.rank, data.num_classes, about, shard_steps)
     if info.distributed:

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,7 @@ from .distributed import DistInfo, gather_objects, init_distributed, resolve_dev
 from .engine import DistillObjective, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
-from .losses import DistillationLoss
+from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
 from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
 from .schedule import schedule_seed, seeded_random_states
@@ -54,6 +54,7 @@ from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, 
                        load_weights, recorded_classes, recorded_contract)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
+           'teacher_line', 'refuse_labels_teacher_in_store',
            'student_contract', 'with_absolute_paths', 'load_student_checkpoint']
 
 
@@ -156,14 +157,47 @@ def _check_teacher_classes(checkpoint: Optional[str], classes: Optional[List[str
                      f'order (its run folder\'s class_map.txt), or use a teacher trained on these classes')
 
 
+def _labels_teacher(spec: Dict[str, Any], i: int, num_classes: int, mixup_smoothing: float) -> LabelsTeacher:
+    """teachers.i with `model: labels`; refuses the keys that only a network takes."""
+    given = [k for k in ('checkpoint', 'pretrained', 'mean', 'std', 'img_size', 'interpolation')
+             if spec[k] is not None] + [k for k in ('kwargs', 'use_ema') if spec[k]]
+    if given:
+        raise ValueError(f'teachers.{i} is the labels teacher (the ground truth), which has no weights or input: '
+                         f'remove teachers.{i}.{given[0]}')
+    return LabelsTeacher(num_classes, mixup_smoothing)
+
+
+def teacher_line(i: int, teacher: Union[FrozenTeacher, LabelsTeacher]) -> str:
+    """What teachers.i sees, for the run's log."""
+    if isinstance(teacher, LabelsTeacher):
+        return (f'teachers.{i} (labels) gives the ground truth: one-hot labels, or under mixup/cutmix the mixed '
+                f'labels (without label smoothing)')
+    adapted = '' if teacher.input is None or teacher.input.identity else ' (adapted from the student batch)'
+    return f'teachers.{i} ({teacher.name}) sees {teacher.contract.describe()}{adapted}'
+
+
+def refuse_labels_teacher_in_store(cfg: TrainConfig, fix: str) -> None:
+    """A store holds what networks predicted; the labels teacher's targets are the batch's own."""
+    labels = [i for i, t in enumerate(cfg.teachers) if t['model'] == LABELS_TEACHER]
+    if labels:
+        raise ValueError(f'teachers.{labels[0]} is the labels teacher, which a teacher-output store does not hold: '
+                         f'{fix}')
+
+
 def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
-                   pretrained: Optional[bool] = None, classes: Optional[List[str]] = None) -> List[FrozenTeacher]:
+                   pretrained: Optional[bool] = None, classes: Optional[List[str]] = None,
+                   mixup_smoothing: float = 0.0) -> List[Union[FrozenTeacher, LabelsTeacher]]:
     """The frozen teachers of cfg on `device`, each adapted to the student's batches (its own
     normalisation, size and channels) and checked with one blank image. classes: the run's
-    class names, which a teacher checkpoint that records its own must match."""
+    class names, which a teacher checkpoint that records its own must match. An entry
+    `model: labels` is the ground truth (losses.LabelsTeacher); mixup_smoothing is the label
+    smoothing that the run's Mixup folds into its targets (0 without mixup)."""
     student = student_contract(cfg)
     teachers = []
     for i, spec in enumerate(cfg.teachers):
+        if spec['model'] == LABELS_TEACHER:
+            teachers.append(_labels_teacher(spec, i, num_classes, mixup_smoothing))
+            continue
         use_pretrained = spec['pretrained'] if spec['pretrained'] is not None else spec['checkpoint'] is None
         if pretrained is not None:
             use_pretrained = pretrained and spec['checkpoint'] is None
@@ -232,7 +266,8 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     if cfg.method != 'none' and not cfg.teachers:
         raise ValueError(f'method {cfg.method} needs teachers: add a list under teachers')
     student = build_student(cfg, num_classes, pretrained).to(device)
-    teachers = build_teachers(cfg, num_classes, device, pretrained, classes) if with_teachers else []
+    teachers = (build_teachers(cfg, num_classes, device, pretrained, classes,
+                               mixup_smoothing=cfg.smoothing if mixup_active else 0.0) if with_teachers else [])
     if mixup_active:
         base = SoftTargetCrossEntropy()  # mixup/cutmix give soft targets (with the smoothing folded in)
     elif cfg.smoothing > 0:
@@ -419,6 +454,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if cfg.teacher_outputs:  # the teachers' outputs are read, not computed: no teacher is built
         if cfg.method == 'none':
             raise ValueError('method none uses no teachers: remove teacher_outputs')
+        refuse_labels_teacher_in_store(cfg, 'remove teacher_outputs (the labels cost nothing to read)')
         fingerprint = run_fingerprint(cfg, data.train_loader.dataset, data.classes, info.world_size,
                                       student_input.to_json())
         store = TeacherStore(cfg.teacher_outputs, fingerprint, outputs_spec(cfg), info.rank,
@@ -436,9 +472,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     record = {RECORD_KEY: student_input.to_json()}
     if data.classes is not None:
         record[CLASSES_KEY] = json.dumps(data.classes)
-    teacher_inputs = [f'teachers.{i} ({t.name}) sees {t.contract.describe()}'
-                      f'{"" if t.input is None or t.input.identity else " (adapted from the student batch)"}'
-                      for i, t in enumerate(objective.teachers)]
+    teacher_inputs = [teacher_line(i, t) for i, t in enumerate(objective.teachers)]
     if store is not None:
         teacher_inputs = [f'teacher outputs from the store {cfg.teacher_outputs}: {store.describe()}',
                           *(f'{line} (in the teacher pass)' for line in store.doc['info'].get('teacher_inputs', []))]
@@ -521,7 +555,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 model, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
                 clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, amp_dtype=amp_dtype, ema=ema,
                 on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite, min_batch=min_batch,
-                data_seed=data_seed_of(cfg), rank=info.rank, teacher_outputs=store)
+                data_seed=data_seed_of(cfg), rank=info.rank, teacher_outputs=store,
+                mine_warmup_updates=round(cfg.mine_warmup_epochs * steps))
             if metrics['updates'] == 0:
                 raise ValueError(_no_update_message(epoch, metrics))
             row = {'epoch': epoch, **metrics, 'dropped_last_images': dropped_last}
