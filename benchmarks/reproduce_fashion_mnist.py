@@ -80,8 +80,9 @@ def teacher_values(name: str, output: str, common: Dict[str, Any], smoke: bool =
     """The training config of teacher `name` (the teacher recipe, all 60k images)."""
     _, model, kwargs, epochs = TEACHERS[name]
     budget = SMOKE_TEACHER if smoke else dict(train_samples=0, epochs=epochs)
+    # the smoke test's teachers apart: they must never replace the study's
     return dict(RECIPES['teacher'], **budget, **common, model=model, model_kwargs=dict(kwargs),
-                output=os.path.join(output, 'teachers', name))
+                output=os.path.join(output, *(['smoke'] if smoke else []), 'teachers', name))
 
 
 def row_specs(strong: str, weak: str, epochs: int) -> Dict[str, Tuple[str, Dict[str, Any]]]:
@@ -233,18 +234,19 @@ def labels_share(table: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
 
 
 def markdown(table: List[Dict[str, Any]], teacher_top1: Dict[str, float], strong: str, budget: str,
-             settled: Optional[Dict[str, Any]]) -> str:
+             settled: Optional[Dict[str, Any]], test_images: int) -> str:
     base = next((r['mean'] for r in table if r['row'] == 'none'), None)
     ref = teacher_top1[strong]
-    lines = [f'| row | student params | test top-1 (%) | vs no distillation | below {TEACHERS[strong][0]} '
-             f'({ref:.2f}) | seeds |', '|---|---|---|---|---|---|']
+    lines = [f'| row | student params | test top-1 (%) | vs no distillation | teacher {TEACHERS[strong][0]} '
+             f'({ref:.2f}) minus student | seeds |', '|---|---|---|---|---|---|']
     for r in table:
         delta = f'{r["mean"] - base:+.2f}' if base is not None and r['row'] != 'none' else ''
-        lines.append(f'| {r["label"]} | {r["params_m"]:.3f}M | {r["mean"]:.2f} ± {r["std"]:.2f} | {delta} | '
-                     f'{ref - r["mean"]:.2f} | {", ".join(f"{v:.2f}" for v in r["runs"])} |')
+        spread = f'{r["std"]:.2f}' if r['n'] > 1 else 'n/a (one seed)'
+        lines.append(f'| {r["label"]} | {r["params_m"]:.3f}M | {r["mean"]:.2f} ± {spread} | {delta} | '
+                     f'{ref - r["mean"]:+.2f} | {", ".join(f"{v:.2f}" for v in r["runs"])} |')
     lines.append('')
-    lines.append('Teachers (test top-1, all 10,000 images, after their last epoch): '
-                 + ', '.join(f'{TEACHERS[m][0]} {v:.2f}' for m, v in teacher_top1.items()))
+    lines.append(f'Test top-1 on {test_images:,} test images after the last epoch, students and teachers alike. '
+                 'Teachers: ' + ', '.join(f'{TEACHERS[m][0]} {v:.2f}' for m, v in teacher_top1.items()))
     share = labels_share(table)
     if share:
         lines.append(f'\nSTD both tokens gain {share["std_gain"]:+.2f} over no distillation; trained on the labels, '
@@ -293,8 +295,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', default='runs/reproduce_fashion_mnist')
     parser.add_argument('--budget', default='short', choices=tuple(BUDGETS))
-    parser.add_argument('--long-epochs', type=int, default=LONG_EPOCHS,
-                        help='epochs of the long budget (a run made with other epochs starts again)')
+    parser.add_argument('--long-epochs', type=int, default=None,
+                        help=f'epochs of the long budget (default {LONG_EPOCHS}; a run made with other epochs starts '
+                             f'again)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--rows', nargs='+', default=None, choices=ROWS,
                         help='a subset of the rows (default: all; the long budget: LONG_ROWS)')
@@ -303,9 +306,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--online', action='store_true', help='run the teachers in every step (no teacher-output store)')
     args = parser.parse_args(argv)
+    if args.long_epochs is not None and (args.budget != 'long' or args.long_epochs < 1):
+        parser.error('--long-epochs takes a number of epochs from 1, with --budget long')
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error('--seeds: give each seed once')
     # absolute, as each run's config.yaml keeps its paths: a finished run is then found again
     args.output = os.path.abspath(args.output)
-    budget = dict(BUDGETS[args.budget], **({'epochs': args.long_epochs} if args.budget == 'long' else {}))
+    budget = dict(BUDGETS[args.budget], **({'epochs': args.long_epochs} if args.long_epochs else {}))
     rows = args.rows or (LONG_ROWS if args.budget == 'long' else ROWS)
     common = dict(workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False)
     folder = os.path.join(args.output, args.budget)
@@ -315,7 +322,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in TEACHERS:
         values = teacher_values(name, args.output, common, smoke=args.budget == 'smoke')
         print(f'== teacher {name}: {values["model"]} {values["model_kwargs"]}, {values["epochs"]} epoch(s)', flush=True)
-        teacher_top1[name] = run(values)['final']['val_top1']
+        final = run(values)['final']
+        teacher_top1[name], test_images = final['val_top1'], _epochs_of(values['output'])[-1]['val_images']
         checkpoints[name] = os.path.join(values['output'], 'last', 'model.safetensors')
     strong, weak = sorted(TEACHERS, key=lambda m: -teacher_top1[m])
     specs = row_specs(strong, weak, budget['epochs'])
@@ -341,7 +349,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     table = build_table(specs, runs)
     settled = _settled(runs) if args.budget != 'short' else None
-    text = markdown(table, teacher_top1, strong, args.budget, settled)
+    text = markdown(table, teacher_top1, strong, args.budget, settled, test_images)
     passes = sum(json.load(open(os.path.join(root, 'pass_minutes.json')))['minutes']
                  for root, _, files in os.walk(os.path.join(folder, 'stores')) if 'pass_minutes.json' in files)
     run_minutes = sum(r['minutes'] for r in runs)
@@ -369,6 +377,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 if __name__ == '__main__':
     try:
         sys.exit(main())
-    except ValueError as e:  # bad input (a config the recipes reject, a folder that is no run): one line
+    except (ValueError, OSError) as e:  # bad input (a config the recipes reject, a folder that is no run): one line
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -53,7 +53,7 @@ def test_reproduction_runs_rows_and_reuses_finished_runs(tmp_path, capsys):
                                            / (rows['std_both']['mean'] - rows['none']['mean']))
     table = (folder / 'table.md').read_text()
     assert 'STD both tokens from the labels, inference: class head alone' in table
-    assert 'remains without the teacher' in table and 'Teachers (test top-1' in table
+    assert 'remains without the teacher' in table and 'Test top-1 on 500 test images' in table
     assert (tmp_path / 'bars.png').stat().st_size > 0
     assert 'the smoke budget in all:' in out
     # the teachers ran once per seed, into a store the distilled rows trained from; the labels need none
@@ -117,3 +117,24 @@ def test_fault_injection_detects_a_run_that_does_not_resume_exactly(tmp_path):
     save_checkpoint(str(tmp_path / 'c'), model, {'epoch': 0, 'm': torch.tensor([0.0, 1e-8])})
     digest = fault_inject.checkpoint_digest
     assert digest(str(tmp_path / 'a')) == digest(str(tmp_path / 'b')) != digest(str(tmp_path / 'c'))
+
+
+def test_reproduction_never_deletes_what_is_not_a_run(tmp_path, capsys):
+    """A folder where a run would go that holds anything else is refused, and kept; so is a file
+    as --output; and the smoke teachers live apart from the study's."""
+    reproduce = _load('reproduce_fashion_mnist')
+    teacher = tmp_path / 'smoke' / 'teachers' / 'resnet10t'
+    teacher.mkdir(parents=True)
+    (teacher / 'config.yaml').write_text('model: resnet10t\n')
+    (teacher / 'data.bin').write_text('precious')
+    args = ['--budget', 'smoke', '--seeds', '0', '--rows', 'none', '--workers', '0']
+    with pytest.raises(ValueError, match='holds data.bin, which is not part of a stdistill run'):
+        reproduce.main([*args, '--output', str(tmp_path)])
+    assert (teacher / 'data.bin').read_text() == 'precious'
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(ValueError, match='is a file, not a folder'):
+        reproduce.main([*args, '--output', str(tmp_path / 'afile' / 'study')])
+    for bad in (['--long-epochs', '3'], ['--budget', 'long', '--long-epochs', '0'], ['--seeds', '0', '0']):
+        with pytest.raises(SystemExit):
+            reproduce.main(['--output', str(tmp_path / 'x'), *bad])
+    assert not (tmp_path / 'x').exists()

@@ -99,13 +99,15 @@ def test_every_method_trains_from_the_labels_teacher(tmp_path, capsys, method):
 
 
 @pytest.mark.parametrize('key, line', [
+    ('mine_warmup_epochs=1', 'mine_warmup_epochs 1.0 is not below epochs 1'),
+    ('mine=false|mine_warmup_epochs=0.5', 'mine_warmup_epochs applies to MINE'),
     ('teachers.0.checkpoint=x.safetensors', 'remove teachers.0.checkpoint'),
     ('teachers.0.kwargs={drop_rate: 0.1}', 'remove teachers.0.kwargs'),
     ('teachers.0.img_size=32', 'remove teachers.0.img_size'),
     ('teacher_outputs=somewhere', 'teachers.0 is the labels teacher, which a teacher-output store does not hold'),
 ])
 def test_refusals_are_one_line(tmp_path, capsys, key, line):
-    assert main(['train', *BASE, key, f'output={tmp_path / "run"}']) == 2
+    assert main(['train', *BASE, *key.split('|'), f'output={tmp_path / "run"}']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and line in err[0], err
     assert not (tmp_path / 'run').exists()

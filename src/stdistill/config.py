@@ -129,7 +129,8 @@ class TrainConfig:
     teachers: List[Dict[str, Any]] = _f([], 'teachers: list of {model, checkpoint, pretrained, token_position, kwargs, '
                                             'use_ema, mean, std, img_size, interpolation} (use_ema: a checkpoint\'s '
                                             'EMA weights, default false; the last four: its input, when neither '
-                                            'its checkpoint nor its timm cfg gives it)')
+                                            'its checkpoint nor its timm cfg gives it; {model: labels}: the '
+                                            'ground truth as a teacher, the read-out control)')
     alpha: float = _f(0.5, 'weight of the distillation loss (1 - alpha on the labels)')
     tau: float = _f(1.0, 'temperature of soft distillation')
     distill: str = _f('hard', 'distillation target: teacher argmax or softened distribution', ('hard', 'soft'))

@@ -112,11 +112,23 @@ def _check_output(output: str) -> None:
     open(os.path.join(output, MARKER), 'a').close()
 
 
+# What a run folder holds (train.py, monitor.py, checkpoint.py; dot-names are checkpoint writes)
+_RUN_ENTRIES = {'config.yaml', 'log.jsonl', 'summary.json', 'class_map.txt', 'tb', 'last', 'best', 'previous',
+                'curves.png', 'mi.png'}
+
+
 def _clear_run(folder: str) -> None:
-    """Remove an earlier quickstart run in `folder` (only folders that hold a stdistill run)."""
+    """Remove an earlier run in `folder`: only a folder that holds a stdistill run and nothing
+    else; anything else is a ValueError naming what is in the way."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise ValueError(f'{folder} is a file, not a folder: choose another --output')
     if os.path.isdir(folder):
         if not os.path.isfile(os.path.join(folder, 'config.yaml')):
             raise ValueError(f'{folder} exists and is not a stdistill run: choose another --output')
+        other = sorted(n for n in os.listdir(folder) if n not in _RUN_ENTRIES and not n.startswith('.'))
+        if other:
+            raise ValueError(f'{folder} holds {other[0]}, which is not part of a stdistill run: move it, or choose '
+                             f'another --output')
         shutil.rmtree(folder)
 
 

@@ -163,7 +163,7 @@ def _labels_teacher(spec: Dict[str, Any], i: int, num_classes: int, mixup_smooth
              if spec[k] is not None] + [k for k in ('kwargs', 'use_ema') if spec[k]]
     if given:
         raise ValueError(f'teachers.{i} is the labels teacher (the ground truth), which has no weights or input: '
-                         f'remove teachers.{i}.{given[0]}')
+                         f'remove teachers.{i}.{given[0]} (or set teachers.{i}.{given[0]}=null)')
     return LabelsTeacher(num_classes, mixup_smoothing)
 
 
@@ -282,6 +282,12 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     mi = None
     if cfg.method == 'std' and cfg.mine and cfg.tokens == 'both':
         mi = MIRegularizer(student, weight=cfg.mine_weight, hidden=cfg.mine_hidden).to(device)
+    if cfg.mine_warmup_epochs > 0 and mi is None:
+        raise ValueError('mine_warmup_epochs applies to MINE (method std, tokens both, mine true), which this run '
+                         'does not use: set mine_warmup_epochs=0')
+    if cfg.mine_warmup_epochs >= cfg.epochs:
+        raise ValueError(f'mine_warmup_epochs {cfg.mine_warmup_epochs} is not below epochs {cfg.epochs}: the MINE '
+                         f'penalty would never apply (set mine=false for that)')
     return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi)
 
 
@@ -302,6 +308,11 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
+    path = os.path.abspath(cfg.output)
+    while path and not os.path.exists(path):  # the output or the first of its parents that exists
+        path = os.path.dirname(path) if os.path.dirname(path) != path else ''
+    if path and not os.path.isdir(path):
+        raise ValueError(f'output {cfg.output}: {path} is a file, not a folder: choose another output')
     has_run = any(os.path.isdir(os.path.join(cfg.output, name)) for name in RESUMABLE)
     if resume and not has_run:
         raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ or previous/ checkpoint')
