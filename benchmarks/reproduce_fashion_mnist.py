@@ -128,16 +128,22 @@ def resolve(entry: Dict[str, Any], checkpoints: Dict[str, str]) -> Dict[str, Any
     return dict(entry, model=model, kwargs=dict(kwargs), checkpoint=checkpoints[entry['model']])
 
 
-def _saved_config(cfg) -> Optional[Tuple[Any, Dict[str, Any]]]:
-    """(cfg as its run folder would record it, the folder's config.yaml), or None without one."""
-    saved = os.path.join(cfg.output, 'config.yaml')
-    if not os.path.isfile(saved):
-        return None
-    with open(saved) as f:
+def _same_config(cfg) -> bool:
+    """Whether cfg's run folder holds a run of this config. The folder's config.yaml is read
+    through the current config, so keys added to stdistill since (at their defaults) do not
+    make a finished run look different."""
+    path = os.path.join(cfg.output, 'config.yaml')
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
         saved = yaml.safe_load(f)
+    try:
+        saved = config_from_dict(saved)
+    except (ValueError, TypeError):  # a run of an older stdistill, with a key it no longer has: not this run
+        return False
     if cfg.num_classes is None:  # the run folder records the class count read from the data
-        cfg = dataclasses.replace(cfg, num_classes=saved.get('num_classes'))
-    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg))), saved
+        cfg = dataclasses.replace(cfg, num_classes=saved.num_classes)
+    return dataclasses.asdict(cfg) == dataclasses.asdict(saved)
 
 
 def run(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -146,8 +152,7 @@ def run(values: Dict[str, Any]) -> Dict[str, Any]:
     from stdistill.train import train
 
     cfg = config_from_dict(values)
-    found = _saved_config(cfg)
-    same = found is not None and found[0] == found[1]
+    same = _same_config(cfg)
     summary_path = os.path.join(cfg.output, 'summary.json')
     if same and os.path.isfile(summary_path):
         with open(summary_path) as f:
