@@ -25,7 +25,8 @@ from .distributed import init_distributed, resolve_device
 from .engine import prepare_batch
 from .loaders import build_data, build_mixup, data_seed_of
 from .store import SHARD_STEPS, StoreWriter, describe_outputs, outputs_spec, run_fingerprint
-from .train import _amp_dtype, _fit_workers, build_teachers, refuse_labels_teacher_in_store, student_contract, teacher_line
+from .train import (_amp_dtype, _fit_workers, build_teachers, refuse_labels_teacher_in_store, student_contract,
+                    teacher_line)
 
 __all__ = ['teacher_pass']
 
