@@ -146,19 +146,28 @@ def _same_config(cfg) -> bool:
     return dataclasses.asdict(cfg) == dataclasses.asdict(saved)
 
 
+def finished(values: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The summary of a finished run of the config `values`, else None."""
+    cfg = config_from_dict(values)
+    summary_path = os.path.join(cfg.output, 'summary.json')
+    if _same_config(cfg) and os.path.isfile(summary_path):
+        with open(summary_path) as f:
+            done = json.load(f)
+        if done.get('epochs_done') == cfg.epochs:
+            return done
+    return None
+
+
 def run(values: Dict[str, Any]) -> Dict[str, Any]:
     """Train the config `values`: reuse an identical finished run, resume an identical
     interrupted one from its last epoch, start any other afresh; return its summary."""
     from stdistill.train import train
 
+    done = finished(values)
+    if done is not None:
+        return done
     cfg = config_from_dict(values)
     same = _same_config(cfg)
-    summary_path = os.path.join(cfg.output, 'summary.json')
-    if same and os.path.isfile(summary_path):
-        with open(summary_path) as f:
-            done = json.load(f)
-        if done.get('epochs_done') == cfg.epochs:
-            return done
     resume = same and any(os.path.isdir(os.path.join(cfg.output, d)) for d in ('last', 'previous'))
     if not resume:
         _clear_run(cfg.output)  # an unfinished or different run starts again; a folder that is no run is refused
@@ -310,6 +319,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--data-dir', default=None, help="Fashion-MNIST IDX folder (default: Debian's)")
     parser.add_argument('--device', default='auto')
     parser.add_argument('--online', action='store_true', help='run the teachers in every step (no teacher-output store)')
+    parser.add_argument('--report', action='store_true',
+                        help='train nothing: the table of the runs finished so far (rows with fewer seeds say so)')
     args = parser.parse_args(argv)
     if args.long_epochs is not None and (args.budget != 'long' or args.long_epochs < 1):
         parser.error('--long-epochs takes a number of epochs from 1, with --budget long')
@@ -327,7 +338,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in TEACHERS:
         values = teacher_values(name, args.output, common, smoke=args.budget == 'smoke')
         print(f'== teacher {name}: {values["model"]} {values["model_kwargs"]}, {values["epochs"]} epoch(s)', flush=True)
-        final = run(values)['final']
+        summary = finished(values) if args.report else run(values)
+        if summary is None:
+            raise ValueError(f'teacher {name} is not trained yet: run without --report')
+        final = summary['final']
         teacher_top1[name], test_images = final['val_top1'], _epochs_of(values['output'])[-1]['val_images']
         checkpoints[name] = os.path.join(values['output'], 'last', 'model.safetensors')
     strong, weak = sorted(TEACHERS, key=lambda m: -teacher_top1[m])
@@ -342,11 +356,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             values['teachers'] = [resolve(t, checkpoints) for t in overrides['teachers']]
             models = [t['model'] for t in overrides['teachers'] if t['model'] != LABELS['model']]
             if models and not args.online:
-                print(f'== teacher pass {"+".join(models)} seed {seed}', flush=True)
-                values['teacher_outputs'] = make_store(values, os.path.join(folder, 'stores', '+'.join(models),
-                                                                            f'seed{seed}'))
-            print(f'== {args.budget} {name} seed {seed}', flush=True)
-            summary = run(values)
+                store = os.path.join(folder, 'stores', '+'.join(models), f'seed{seed}')
+                if not args.report:
+                    print(f'== teacher pass {"+".join(models)} seed {seed}', flush=True)
+                    make_store(values, store)
+                values['teacher_outputs'] = store
+            if args.report:
+                summary = finished(values)
+                if summary is None:
+                    continue
+            else:
+                print(f'== {args.budget} {name} seed {seed}', flush=True)
+                summary = run(values)
             runs.append({'row': name, 'label': label, 'seed': seed, 'params_m': summary['params_m'],
                          'curve': [e['val_top1'] for e in _epochs_of(values['output'])],
                          'minutes': sum(e['epoch_s'] for e in _epochs_of(values['output'])) / 60,

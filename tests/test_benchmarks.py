@@ -69,6 +69,12 @@ def test_reproduction_runs_rows_and_reuses_finished_runs(tmp_path, capsys):
     assert reproduce.main(args) == 0
     assert summary.stat().st_mtime_ns == before
     assert json.loads((folder / 'results.json').read_text())['table'] == results['table']
+    # --report trains nothing: the finished runs only, a seed never run is left out
+    assert reproduce.main([*args[:3], '1', '2', *args[5:], '--report']) == 0
+    report = json.loads((folder / 'results.json').read_text())
+    assert {(r['row'], r['seed']) for r in report['runs']} == {(row, 1) for row in ('none', 'labels_std', 'std_both')}
+    assert not (folder / 'rows' / 'none' / 'seed2').exists()
+    assert summary.stat().st_mtime_ns == before
 
 
 def test_reproduction_resumes_an_interrupted_run(tmp_path, capsys):
