@@ -299,7 +299,7 @@ def bar_chart(path: str, results: Dict[str, Dict[str, Any]]) -> None:
         ax.axvline(top1, color='#dd8452', linestyle=style, label=f'teacher {TEACHERS[name][0]}: {top1:.2f}')
     ax.set_yticks(range(len(labels)), labels[::-1], fontsize=8)
     ax.set(xlim=(0, 100), xlabel='Fashion-MNIST test top-1 (%), mean ± std over seeds; axis from 0')
-    ax.legend(loc='lower left', fontsize=8)
+    ax.legend(loc='lower right', fontsize=8, framealpha=1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
