@@ -199,12 +199,17 @@ def make_store(values: Dict[str, Any], folder: str) -> str:
     return folder
 
 
+def _minutes(path: str) -> float:
+    """The total of minutes kept in `path` (0 without the file)."""
+    if not os.path.isfile(path):
+        return 0.0
+    with open(path) as f:
+        return json.load(f)['minutes']
+
+
 def _add_minutes(path: str, minutes: float) -> float:
     """Add `minutes` to the total kept in `path`; return the new total."""
-    total = 0.0
-    if os.path.isfile(path):
-        with open(path) as f:
-            total = json.load(f)['minutes']
+    total = _minutes(path)
     with open(path, 'w') as f:
         json.dump({'minutes': total + minutes}, f)
     return total + minutes
@@ -368,15 +373,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 print(f'== {args.budget} {name} seed {seed}', flush=True)
                 summary = run(values)
+            epochs = _epochs_of(values['output'])
             runs.append({'row': name, 'label': label, 'seed': seed, 'params_m': summary['params_m'],
-                         'curve': [e['val_top1'] for e in _epochs_of(values['output'])],
-                         'minutes': sum(e['epoch_s'] for e in _epochs_of(values['output'])) / 60,
+                         'curve': [e['val_top1'] for e in epochs], 'minutes': sum(e['epoch_s'] for e in epochs) / 60,
                          **{k: v for k, v in summary['final'].items() if k.startswith('val_top1')}})
 
     table = build_table(specs, runs)
     settled = _settled(runs) if args.budget != 'short' else None
     text = markdown(table, teacher_top1, strong, args.budget, settled, test_images)
-    passes = sum(json.load(open(os.path.join(root, 'pass_minutes.json')))['minutes']
+    passes = sum(_minutes(os.path.join(root, 'pass_minutes.json'))
                  for root, _, files in os.walk(os.path.join(folder, 'stores')) if 'pass_minutes.json' in files)
     run_minutes = sum(r['minutes'] for r in runs)
     print('\n' + text + f'\n\nthis call {(time.perf_counter() - start) / 60:.1f} min; the {args.budget} budget in all: '
