@@ -1,7 +1,8 @@
-"""The README's "Your own data" section, run command by command as a new user would: a real
-second dataset (scikit-learn's digits as a PNG folder), teacher, plain and STD students, eval,
-export, predictions for real images, and a student of a timm architecture exported to a folder
-that timm loads and predicts with alone."""
+"""The own-data walkthrough, run command by command as a new user would: a real second dataset
+(scikit-learn's digits as a PNG folder), teacher, plain and STD students, eval, export,
+predictions for real images, and a student of a timm architecture exported to a folder that timm
+loads and predicts with alone. The manual's page (docs/own-data.md) runs as written; the README's
+"Your own data" section must hold the same commands, so one run checks both."""
 import json
 import os
 import re
@@ -11,19 +12,34 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def bash_commands(text):
+    """The commands of every ```bash block of `text`, in order, blank lines left out."""
+    return [line for block in re.findall(r'```bash\n(.*?)```', text, re.S) for line in block.splitlines()
+            if line.strip()]
+
+
 def readme_commands():
-    text = open(os.path.join(ROOT, 'README.md')).read()
-    section = text.split('\n## Your own data\n', 1)[1].split('\n## ', 1)[0]
-    block = re.search(r'```bash\n(.*?)```', section, re.S).group(1)
-    return [line for line in block.splitlines() if line.strip()]
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        text = f.read()
+    return bash_commands(text.split('\n## Your own data\n', 1)[1].split('\n## ', 1)[0])
+
+
+def walkthrough_commands():
+    with open(os.path.join(ROOT, 'docs', 'own-data.md')) as f:
+        return bash_commands(f.read())
+
+
+def test_readme_holds_the_walkthrough_of_the_manual():
+    assert readme_commands(), 'the README has no ```bash block under "## Your own data"'
+    assert readme_commands() == walkthrough_commands()
 
 
 def test_your_own_data_section_runs_as_written(tmp_path):
     for name in ('recipes', 'examples'):  # the commands use paths relative to a checkout
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
-    outputs = []
-    for command in readme_commands():
+    commands, outputs = walkthrough_commands(), []
+    for command in commands:
         result = subprocess.run(['bash', '-c', command], cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, f'{command}\n{result.stderr[-2000:]}'
@@ -47,7 +63,7 @@ def test_your_own_data_section_runs_as_written(tmp_path):
     assert config['architecture'] == 'mixer_s16_224' and config['pretrained_cfg']['input_size'] == [3, 64, 64]
     images = ['data/digits/validation/0/0000.png', 'data/digits/validation/3/0045.png',
               'data/digits/validation/7/0240.png']
-    by_command = dict(zip(readme_commands(), outputs))
+    by_command = dict(zip(commands, outputs))
     ours_first = next(out for command, out in by_command.items() if command.startswith('stdistill predict'))
     for predictions in (ours_first.strip().splitlines(), outputs[-1].strip().splitlines()):
         assert [p.split(':')[0] for p in predictions] == images
