@@ -258,6 +258,24 @@ MATRIX = [
     ('teacher use_ema on a file without EMA',
      lambda tmp, run: _train(f'teachers=[{{model: resnet10t, checkpoint: {teacher_checkpoint(tmp, 10)}, '
                              f'use_ema: true}}]')(tmp, run), ['teachers.0', 'use_ema']),
+    # keys the run would ignore (or a value that leaves it no signal), refused rather than recorded as used
+    ('tau with hard distillation', _train('distill=hard', 'tau=4'), ['tau 4.0 applies to soft distillation',
+                                                                      'distill=soft']),
+    ('tau so small tau**2 underflows', _train('distill=soft', 'tau=1e-30'), ['tau must be from 0.01 to 100']),
+    ('tau so large tau**2 overflows', _train('distill=soft', 'tau=1e19'), ['tau must be from 0.01 to 100']),
+    ('token_position with method kd', _train('method=kd', 'teachers=[{model: resnet10t, pretrained: false, '
+                                                          'token_position: 1}]'), ['teachers.0.token_position',
+                                                                                   'method kd']),
+    ('token_position with method deit', _train('method=deit', 'teachers=[{model: resnet10t, pretrained: false, '
+                                                              'token_position: 9}]'), ['method deit']),
+    ('label smoothing 1 without mixup', _train('smoothing=1.0', 'mixup=0', 'cutmix=0'), ['smoothing must be below 1']),
+    ('label smoothing 1 with mixup', _train('smoothing=1.0'), ['smoothing must be below 1']),
+    ('labels teacher misspelt', _train('teachers=[{model: label}]'), ["'label' is no model", 'did you mean labels']),
+    ('labels teacher in capitals', _train('teachers=[{model: Labels}]'), ['did you mean labels']),
+    # TINY: 4 updates an epoch, 2 epochs
+    ('MINE warm-up rounding to every update', _train('mine_warmup_epochs=1.9'),
+     ['mine_warmup_epochs 1.9', 'all 8 updates', 'never apply']),
+    ('MINE warm-up rounding to no update', _train('mine_warmup_epochs=0.1'), ['no update', 'no warm-up']),
 ]
 
 

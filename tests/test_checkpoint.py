@@ -2,6 +2,7 @@
 non-finite losses: a run never trains on, loads, or reports something it should not."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -177,11 +178,24 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     assert len(err) == 1, err
     assert 'non-finite loss at epoch 2, step 2 (update 6): loss_dist = nan, loss_dist_0 = nan' in err[0]
     assert 'loss_cls' not in err[0]  # the label loss stayed finite: only the guilty terms are named
+    assert f'the checkpoint of epoch 1 is kept in {out}/last' in err[0]
     state = load_checkpoint(str(out / 'last'), build_student(
         tiny_config(out), 10, pretrained=False))
     assert state['epoch'] == 0 and state['num_updates'] == 4
     assert [r['epoch'] for r in read_jsonl(out / 'log.jsonl')] == [0]
     assert [n for n in os.listdir(out) if n.startswith('.')] == []
+
+
+def test_nonfinite_loss_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'run'
+    _nan_on_calls(monkeypatch, {1})
+    capsys.readouterr()
+    assert main(['train', *TINY, 'progress=true', f'output={out}']) == 2
+    err = capsys.readouterr().err
+    # the progress bar is erased (a carriage return) before the error: a terminal's last line is the error, whole
+    assert re.split('[\r\n]', err.rstrip('\n'))[-1].startswith('stdistill: error: non-finite loss at epoch 1, step 2'), err
+    assert 'no epoch finished, so the run has no checkpoint' in err and 'is kept' not in err
+    assert not any((out / d).exists() for d in ('last', 'best', 'previous'))
 
 
 def test_skip_nonfinite_counts_the_skipped_steps(tmp_path, monkeypatch):

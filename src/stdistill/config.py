@@ -29,6 +29,10 @@ METHODS = ('none', 'kd', 'deit', 'std')
 # Bounds of an input contract (teacher_input.py checks contracts with the same ones)
 MIN_STD = 1e-6  # a smaller normalisation std turns image noise into values fp32 and bf16 overflow on
 MAX_IMG_SIZE = 8192  # pixels a side: beyond it a size is damaged, not a model's input size
+# soft distillation scales its loss by tau**2: below MIN_TAU that underflows to a loss of 0 (no
+# signal), above MAX_TAU it overflows fp32; the field uses 1 to 10
+MIN_TAU, MAX_TAU = 0.01, 100.0
+LABELS_TEACHER = 'labels'  # the `model` of a teacher entry that gives the ground truth (losses.LabelsTeacher)
 RESIZE_INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')  # what a batch is resized with on the device
 
 
@@ -132,8 +136,9 @@ class TrainConfig:
                                             'its checkpoint nor its timm cfg gives it; {model: labels}: the '
                                             'ground truth as a teacher, the read-out control)')
     alpha: float = _f(0.5, 'weight of the distillation loss (1 - alpha on the labels)')
-    tau: float = _f(1.0, 'temperature of soft distillation')
-    distill: str = _f('hard', 'distillation target: teacher argmax or softened distribution', ('hard', 'soft'))
+    tau: float = _f(1.0, f'temperature of soft distillation, from {MIN_TAU} to {MAX_TAU}')
+    distill: Optional[str] = _f(None, 'distillation target: teacher argmax or softened distribution; null: soft for '
+                                      'method kd (Hinton\'s KD), hard for deit and std', ('hard', 'soft'))
     teacher_weighting: str = _f('entropy', 'per-sample teacher weights (several teachers)', ('entropy', 'uniform'))
     tokens: str = _f('both', 'STD tokens per pair', ('both', 'spatial', 'channel'))
     token_depth: int = _f(1, 'token layers per pair (K)')
@@ -172,6 +177,10 @@ class TrainConfig:
     log_interval: int = _f(50, 'steps between TensorBoard points')
     progress: bool = _f(True, 'tqdm progress bar')
 
+    def __post_init__(self) -> None:
+        if self.distill is None:  # the method's own target: KD is soft (Hinton et al.), DeiT and STD hard
+            self.distill = 'soft' if self.method == 'kd' else 'hard'
+
 
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 # Numeric keys with an inclusive lower bound, > 0, or in [0, 1]; checked when a config is built.
@@ -205,8 +214,28 @@ def _check_ranges(cfg: 'TrainConfig') -> None:
     for name in _PROBABILITIES:
         if not 0 <= getattr(cfg, name) <= 1:
             raise ValueError(f'config key {name} must be between 0 and 1, got {getattr(cfg, name)}')
+    if cfg.smoothing >= 1:  # every target uniform: nothing to learn (and timm's loss asserts)
+        raise ValueError(f'config key smoothing must be below 1 (label smoothing 1 makes every target uniform), '
+                         f'got {cfg.smoothing}')
     if cfg.in_chans not in (1, 3):
         raise ValueError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
+
+
+def _check_method_keys(cfg: 'TrainConfig') -> None:
+    """Refuse keys the run's method would ignore while config.yaml recorded them as used."""
+    if cfg.method == 'none':
+        return  # no distillation: every distillation key is moot, and recipes keep theirs
+    if not MIN_TAU <= cfg.tau <= MAX_TAU:
+        raise ValueError(f'config key tau must be from {MIN_TAU} to {MAX_TAU} (soft distillation scales by tau**2), '
+                         f'got {cfg.tau}')
+    if cfg.distill == 'hard' and cfg.tau != 1.0:
+        raise ValueError(f'tau {cfg.tau} applies to soft distillation, and this run distils hard labels '
+                         f'(method {cfg.method}, distill hard): set distill=soft, or drop tau')
+    if cfg.method != 'std':
+        for i, t in enumerate(cfg.teachers):
+            if t['token_position'] != -1:
+                raise ValueError(f'teachers.{i}.token_position is the block an STD token pair reads (method std); '
+                                 f'method {cfg.method} distils the final output: drop it, or set method=std')
 
 
 def _closest(key: str, known: Sequence[str]) -> str:
@@ -262,6 +291,11 @@ def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
                                  f'(known: {", ".join(_TEACHER_KEYS)})')
         if not isinstance(t, dict) or 'model' not in t:
             raise ValueError(f'teachers.{i} must be a mapping with at least a model name, got {t!r}')
+        name = t['model']
+        if isinstance(name, str) and name != LABELS_TEACHER and difflib.get_close_matches(
+                name.strip().lower(), [LABELS_TEACHER], cutoff=0.75):  # no timm model is this close to it
+            raise ValueError(f'teachers.{i}.model {name!r} is no model; did you mean {LABELS_TEACHER} '
+                             f'(the ground truth as a teacher, spelt exactly so)?')
         spec = dataclasses.asdict(TeacherSpec(**t))
         hints = typing.get_type_hints(TeacherSpec)
         out.append({k: _check_type(f'teachers.{i}.{k}', v, hints[k]) for k, v in spec.items()})
@@ -291,6 +325,7 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
         if key == 'model_kwargs':
             _check_kwargs(key, checked[key])
     cfg = TrainConfig(**checked)
+    _check_method_keys(cfg)
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get('choices')
         if choices and getattr(cfg, f.name) not in choices:

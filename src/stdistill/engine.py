@@ -50,8 +50,9 @@ def _nonfinite_message(loss: torch.Tensor, terms: Dict[str, torch.Tensor], epoch
         bad = [f'loss = {loss.item()}' if not math.isfinite(loss.item()) else 'the loss of another process']
     where = ', '.join(bad)
     # epochs and steps counted from 1 in text, as the progress bar counts them
-    return (f'non-finite loss at epoch {epoch + 1}, step {step + 1} (update {num_updates + 1}): {where}; the last good '
-            f'checkpoint is kept. Lower lr, set clip_grad, check the data, or set skip_nonfinite: true')
+    # the caller (train.train) says which checkpoint, if any, the run keeps
+    return (f'non-finite loss at epoch {epoch + 1}, step {step + 1} (update {num_updates + 1}): {where}. Lower lr, '
+            f'set clip_grad, check the data, or set skip_nonfinite: true')
 
 
 def _unpack(batch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import LABELS_TEACHER  # noqa: F401 (re-exported: the losses' name for it)
 from .students import STDOutput
 
 __all__ = ['DistillationLoss', 'LossTerms', 'TeacherTargets', 'LabelsTeacher', 'teacher_weights', 'entropy_weights',
@@ -40,7 +41,6 @@ __all__ = ['DistillationLoss', 'LossTerms', 'TeacherTargets', 'LabelsTeacher', '
 
 DISTILL_MODES = ('hard', 'soft')
 TEACHER_WEIGHTINGS = ('entropy', 'uniform')
-LABELS_TEACHER = 'labels'  # the `model` of a teacher entry that gives the ground truth
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:

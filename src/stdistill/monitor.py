@@ -71,6 +71,9 @@ class RunMonitor:
         tqdm.write(f'epoch {row["epoch"] + 1}/{self.epochs}: {summary}')  # counted from 1, as the bar
 
     def close(self) -> None:
+        if self.bar is not None:  # a run stopped mid-epoch: clear the bar before its error is printed
+            self.bar.close()
+            self.bar = None
         self.writer.close()
 
 

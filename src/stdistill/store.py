@@ -128,7 +128,7 @@ def run_fingerprint(cfg: TrainConfig, train_set: Any, classes: Optional[Sequence
 
 def outputs_spec(cfg: TrainConfig) -> Dict[str, Any]:
     """What a run's loss needs of the teachers: hard labels, or top-k soft outputs at cfg.tau."""
-    soft = cfg.method == 'kd' or cfg.distill == 'soft'
+    soft = cfg.distill == 'soft'
     return {'kind': 'soft', 'topk': cfg.store_topk, 'tau': cfg.tau} if soft else {'kind': 'hard'}
 
 

@@ -40,7 +40,7 @@ from .config import (RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, config_f
                      save_config)
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
-from .engine import DistillObjective, evaluate, train_one_epoch
+from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
 from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
@@ -277,7 +277,7 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     distill_loss = None
     if cfg.method != 'none':
         distill_loss = DistillationLoss(base, alpha=cfg.alpha, tau=cfg.tau,
-                                        distill='soft' if cfg.method == 'kd' else cfg.distill,
+                                        distill=cfg.distill,
                                         teacher_weighting=cfg.teacher_weighting)
     mi = None
     if cfg.method == 'std' and cfg.mine and cfg.tokens == 'both':
@@ -289,6 +289,19 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
         raise ValueError(f'mine_warmup_epochs {cfg.mine_warmup_epochs} is not below epochs {cfg.epochs}: the MINE '
                          f'penalty would never apply (set mine=false for that)')
     return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi)
+
+
+def _check_mine_warmup(cfg: TrainConfig, objective: DistillObjective, steps: int) -> None:
+    """The warm-up is counted in updates (round(mine_warmup_epochs * steps per epoch)): refuse one
+    that rounds to no update (no warm-up) or to every update (the penalty never applies)."""
+    if objective.mi is None or cfg.mine_warmup_epochs == 0:
+        return
+    updates = round(cfg.mine_warmup_epochs * steps)
+    if updates == 0 or updates >= cfg.epochs * steps:
+        what = 'no update: there would be no warm-up' if updates == 0 else \
+            f'all {cfg.epochs * steps} updates: the MINE penalty would never apply'
+        raise ValueError(f'mine_warmup_epochs {cfg.mine_warmup_epochs} at {steps} updates an epoch is {what}; '
+                         f'give between {1 / steps:.3g} and {cfg.epochs - 1 / steps:.3g} epochs')
 
 
 def _amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
@@ -493,6 +506,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
     lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
     steps = len(data.train_loader)
+    _check_mine_warmup(cfg, objective, steps)
     try:  # timm's factories: an unknown name is an assertion or a bare message
         optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
                                         momentum=cfg.momentum)
@@ -599,6 +613,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 state['rng'], state['changes'] = rng, changelog
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
                                 previous=os.path.join(cfg.output, 'previous'), metadata=record, ema=ema_module)
+    except NonFiniteLossError as e:
+        kept = (f'the checkpoint of epoch {history[-1]["epoch"] + 1} is kept in {cfg.output}/last' if history else
+                'no epoch finished, so the run has no checkpoint')
+        raise NonFiniteLossError(f'{e} ({kept})') from None
     finally:
         if monitor:
             monitor.close()
