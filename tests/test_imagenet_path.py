@@ -17,27 +17,17 @@ from stdistill.cli import main
 from stdistill.config import load_config
 from stdistill.data import FashionMNIST
 from stdistill.loaders import build_transforms
+from stdistill.distributed import cpu_bf16_native
 from stdistill.train import build_student, resolve_norm
 
 IMAGENET = sorted(glob.glob('recipes/imagenet/*.yaml'))
 CLASSES = 4
 
 
-def _native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Elsewhere bf16 autocast
-    is emulated: a 224-px recipe's test took 129 s in bf16 and 10 s in fp32 on an AVX2 machine."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = f.read()
-    except OSError:
-        return True
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
-
-
 # On a CPU without bf16 hardware only this recipe keeps the recipes' amp (bf16); the others run
 # in fp32 (the precision policy itself is tested for every method in test_precision.py)
 BF16_RECIPE = 'mixer_s16_std'
-FP32_UNLESS_NATIVE = [] if _native_bf16() else ['amp=false']
+FP32_UNLESS_NATIVE = [] if cpu_bf16_native() is not False else ['amp=false']
 
 
 def rgb_jpeg_folder(root, size=224, train_per_class=2, val_per_class=1, classes=CLASSES):

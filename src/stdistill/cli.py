@@ -16,7 +16,9 @@ import os
 import sys
 from typing import List, Optional
 
+from .accuracy import chance_note, format_top1
 from .config import config_help, load_config
+from .hints import code, command
 from .profiling import GMACS_TOLERANCE, PARAMS_TOLERANCE, paper_comparison, profile_model
 
 
@@ -67,9 +69,26 @@ def _train(args: argparse.Namespace) -> int:
     if summary['final'] is not None and int(os.environ.get('RANK', 0)) == 0:  # once, not once a process
         best = summary['best']
         weights = ', EMA weights' if best.get('weights') == 'ema' else ''
-        print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {best["top1"]:.2f} '
-              f'(epoch {best["epoch"] + 1}{weights}), run folder {cfg.output}')
+        print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 '
+              f'{format_top1(best["top1"], best["images"])} (epoch {best["epoch"] + 1}{weights}), run folder '
+              f'{cfg.output}')
+        chance = chance_note({'val_top1': best['top1'], 'val_images': best['images'],
+                              'val_chance_top1': best['chance_top1']})
+        if chance:
+            print(f'stdistill: warning: {chance}. {_train_longer(summary, cfg.output)}', file=sys.stderr)
     return 0
+
+
+# updates a run at chance is told to reach: a few hundred train any of the recipes' models past chance
+_ENOUGH_UPDATES = 300
+
+
+def _train_longer(summary: dict, run: str) -> str:
+    """What to do about a run at chance: its update count, and the command that trains it longer."""
+    steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
+    epochs = max(2 * summary['epochs'], -(-_ENOUGH_UPDATES // steps))
+    return (f'It made {summary["num_updates"]} updates ({steps} an epoch): train it longer, '
+            f'{command("stdistill", "train", "--resume", run, f"epochs={epochs}")}, or again with a lower batch_size')
 
 
 def _teacher_pass(args: argparse.Namespace) -> int:
@@ -78,7 +97,7 @@ def _teacher_pass(args: argparse.Namespace) -> int:
     if int(os.environ.get('RANK', 0)) == 0 and summary['images']:
         print(f'done: {summary["images"]} images through the teachers in {summary["seconds"]:.1f} s '
               f'({summary["img_per_s"]:.1f} img/s on this process), store {args.output}; train from it with '
-              f'teacher_outputs={args.output}')
+              f'{command("stdistill", "train", *(["--config", args.config] if args.config else []), *args.overrides, f"teacher_outputs={args.output}")}')
     return 0
 
 
@@ -99,9 +118,15 @@ def _eval(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(cfg, checkpoint, ema=args.ema)
     heads = ''.join(f', {k[5:]} head {m[k]:.2f}' for k in ('top1_cls', 'top1_dist', 'top1_avg') if k in m)
     also_ema = not args.ema and os.path.isfile(os.path.join(checkpoint, 'model_ema.safetensors'))
-    print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {m["top1"]:.2f}, top-5 {m["top5"]:.2f} on '
-          f'{m["images"]} images ({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}'
-          f'{"; it also holds EMA weights: --ema scores them" if also_ema else ""}')
+    again = ['stdistill', 'eval', args.target, '--which', args.which, *(['--config', args.config] if args.config else []),
+             *args.overrides, '--ema']
+    ema_hint = f'; it also holds EMA weights: {command(*again)} scores them'
+    print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {format_top1(m["top1"], m["images"])}, '
+          f'top-5 {m["top5"]:.2f} on {m["images"]} images ({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}'
+          f'{ema_hint if also_ema else ""}')
+    chance = chance_note({f'val_{k}': v for k, v in m.items()})
+    if chance:
+        print(f'stdistill: warning: {chance}', file=sys.stderr)
     return 0
 
 
@@ -117,17 +142,57 @@ def _export(args: argparse.Namespace) -> int:
         done = export_run(args.run, args.output, which=args.which, ema=args.ema, onnx=args.onnx, head=args.head)
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() may be called in a longer-lived process
-    how = (f"timm.create_model('local-dir:{done['folder']}')" if done['kind'] == 'timm'
-           else f"stdistill.export.load_exported('{done['folder']}') (token heads)")
-    if done['kind'] == 'timm' and timm_needs_stdistill(done['architecture']):
-        how += f" after `import stdistill`, which registers {done['architecture']}"
+    folder = done['folder']
+    if done['kind'] == 'timm':
+        imports = 'import stdistill, timm' if timm_needs_stdistill(done['architecture']) else 'import timm'
+        how = code(f"{imports}; model = timm.create_model({'local-dir:' + folder!r}, pretrained=True).eval()")
+    else:
+        how = code(f"import stdistill.export; model = stdistill.export.load_exported({folder!r}).model") + \
+            ' (token heads)'
     onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
-    print(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {done['folder']}: "
+    print(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {folder}: "
           f"{', '.join(done['files'])}; load it with {how}{onnx}")
+    for line in _shipped_lines(args, done['top1']):
+        print(line, file=sys.stderr if line.startswith('stdistill: warning') else sys.stdout)
     hint = ema_hint(args.run, args.which, args.ema)
     if hint:
         print(hint, file=sys.stderr)
     return 0
+
+
+# points: an exported head this far below the run's reported top-1 (beyond the split's noise) is flagged
+FAR_BELOW = 2.0
+
+
+def _shipped_lines(args: argparse.Namespace, shipped) -> List[str]:
+    """What the export ships, in numbers: its head's validation top-1 beside the run's headline,
+    a warning when it is far below, and a warning when it is at chance."""
+    from .accuracy import wilson_interval
+    if shipped is None:
+        return [f'note: {args.run}/{args.which} records no validation top-1: score it with '
+                f'{command("stdistill", "eval", args.run, "--which", args.which)}']
+    what = f'{"EMA weights, " if args.ema else ""}{shipped.head} head'
+    if shipped.top1 is None:
+        return [f'note: the top-1 of the {what} is not recorded (each head is scored for the student\'s weights): '
+                f'score it with {command("stdistill", "eval", args.run, "--which", args.which, "--ema", f"inference_head={shipped.head}")}']
+    lines = [f'it predicts with the {what}: validation top-1 {format_top1(shipped.top1, shipped.images)}'
+             + ('' if shipped.head == shipped.headline_head else
+                f'; the run reported {shipped.headline_top1:.2f}, from its {shipped.headline_head} head')]
+    low, _ = wilson_interval(shipped.headline_top1, shipped.images)
+    gap = shipped.headline_top1 - shipped.top1
+    if gap > max(FAR_BELOW, shipped.headline_top1 - low):
+        fix = (command('stdistill', 'export', args.run, args.output + '_tokens', '--which', args.which,
+                       *(['--ema'] if args.ema else []), '--head', shipped.headline_head)
+               if shipped.headline_head != 'cls' else None)
+        lines.append(f'stdistill: warning: the exported {shipped.head} head scores {gap:.2f} points below the run\'s '
+                     f'{shipped.headline_top1:.2f}: '
+                     + (f'export the {shipped.headline_head} head with the tokens, {fix}, or ' if fix else '')
+                     + 'train with inference_head=cls, which keeps the checkpoint whose class head is best')
+    chance = chance_note({'val_top1': shipped.top1, 'val_images': shipped.images,
+                          'val_chance_top1': shipped.chance_top1})
+    if chance:
+        lines.append(f'stdistill: warning: {chance}')
+    return lines
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -150,8 +215,8 @@ def _models(args: argparse.Namespace) -> int:
     from .catalog import catalog, format_catalog
     print(format_catalog(catalog()))
     print('\nmean/std: each model\'s own cfg, used when a recipe sets none (recipes/folder sets 0.5). A student is '
-          '`model: NAME` (method: std adds the token pairs); a teacher, `teachers: [{model: NAME}]`. Any other timm '
-          'name works too; `model_kwargs` / `kwargs` change a model\'s size.')
+          '"model: NAME" (method: std adds the token pairs); a teacher, "teachers: [{model: NAME}]". Any other timm '
+          'name works too; model_kwargs / kwargs change a model\'s size.')
     return 0
 
 

@@ -101,6 +101,9 @@ class TrainConfig:
     mean: Optional[List[float]] = _f(None, "normalisation mean; null: the model's pretrained cfg")
     std: Optional[List[float]] = _f(None, "normalisation std; null: the model's pretrained cfg")
     batch_size: int = _f(128, 'images per process and step')
+    min_updates_per_epoch: int = _f(0, 'on a training set too small for batch_size, lower batch_size until an epoch '
+                                       'makes this many updates (said at setup; the run\'s config keeps batch_size); '
+                                       '0: never')
     workers: int = _f(4, 'data loader processes per training process')
     bad_images: str = _f('skip', 'an unreadable image: skip it (warned and counted in the log) or stop the run',
                          ('skip', 'stop'))
@@ -184,7 +187,7 @@ class TrainConfig:
 
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 # Numeric keys with an inclusive lower bound, > 0, or in [0, 1]; checked when a config is built.
-_AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1,
+_AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'min_updates_per_epoch': 0, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1,
              'recount': 1, 'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
              'weight_decay': 0, 'mine_weight': 0, 'mine_warmup_epochs': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0,
              'min_lr': 0, 'num_classes': 1}
@@ -457,14 +460,23 @@ def save_config(cfg: TrainConfig, path: str) -> None:
     os.replace(tmp, path)
 
 
+# `stdistill train --help` groups the keys by topic, as timm's train.py groups its arguments: each
+# group starts at its first key, in the order TrainConfig declares them
+HELP_GROUPS = {'output': 'run', 'dataset': 'data', 'aa': 'augmentation', 'model': 'model',
+               'method': 'method and teachers', 'epochs': 'optimisation',
+               'device': 'engine: devices, precision, EMA, logging'}
+
+
 def config_help() -> str:
-    """The keys with defaults and help, for `stdistill train --help`."""
+    """The keys with defaults and help, grouped by topic, for `stdistill train --help`."""
     lines = []
     for f in dataclasses.fields(TrainConfig):
+        if f.name in HELP_GROUPS:
+            lines.append(f'{"" if not lines else chr(10)}{HELP_GROUPS[f.name]}:')
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get('choices')
         extra = f' [{"|".join(choices)}]' if choices else ''
         shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()
-        lines.append(f'  {f.name:<18} {shown:<22} '
+        lines.append(f'  {f.name:<21} {shown:<22} '
                      f'{f.metadata["help"]}{extra}')
     return '\n'.join(lines)

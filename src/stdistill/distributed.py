@@ -1,4 +1,4 @@
-"""Process-group set-up for `torchrun`, and the few collectives the engine needs.
+"""Process-group set-up for `torchrun`, the few collectives the engine needs, and what a CPU computes natively.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them the run is a single process.
 NCCL is used with GPUs, gloo on the CPU. Only rank 0 writes files.
@@ -14,7 +14,8 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistInfo', 'init_distributed', 'resolve_device', 'all_reduce_sum', 'weights_digest', 'gather_objects']
+__all__ = ['DistInfo', 'init_distributed', 'resolve_device', 'all_reduce_sum', 'weights_digest', 'gather_objects',
+           'cpu_bf16_native']
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,19 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(f'{name}:{t.dtype}:{tuple(t.shape)};'.encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def cpu_bf16_native() -> Optional[bool]:
+    """Whether this x86 CPU computes bf16 in hardware (the avx512_bf16 or amx_bf16 flags of
+    /proc/cpuinfo); None where that cannot be read (another OS or architecture). Without them
+    bf16 autocast is emulated: a 224-px recipe's test took 129 s in bf16 and 10 s in fp32 on an
+    AVX2-only CPU."""
+    import platform
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return None
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags

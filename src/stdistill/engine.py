@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from timm.utils import dispatch_clip_grad
 
+from .accuracy import chance_top1
 from .distributed import DistInfo, all_reduce_sum
 from .losses import DistillationLoss, LabelsTeacher, TeacherTargets
 from .mine import MIRegularizer
@@ -280,10 +281,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
     """Top-1/top-5 (percent) over the whole evaluation set, summed over processes.
 
     For token students also top-1 of each inference head (cls, dist, avg): the paper's ablation.
+    `images` is how many were scored, and `chance_top1` what always guessing the split's most
+    frequent class would score (accuracy.chance_top1; at least 100 / classes).
     """
     model.eval()
     counts: Dict[str, float] = defaultdict(float)
-    loss_sum, total = 0.0, 0
+    loss_sum, total, per_class = 0.0, 0, None
     for batch in loader:
         images, targets, unreadable = _unpack(batch)
         counts['skipped_images'] += unreadable
@@ -292,6 +295,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
         images, targets = images.to(device), targets.to(device)
         outputs = _heads(model, images, amp_dtype)
         main_head = head if head in outputs else 'cls'
+        # labels per class: what always guessing the most frequent class scores (accuracy.chance_top1)
+        found = torch.bincount(targets, minlength=outputs[main_head].shape[-1]).double().cpu()
+        per_class = found if per_class is None else per_class + found
         loss_sum += nn.functional.cross_entropy(outputs[main_head], targets, reduction='sum').item()
         for name, logits in outputs.items():
             top1, top5 = _correct(logits, targets)
@@ -302,7 +308,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
                 counts[f'top1_{name}'] += top1
         total += targets.shape[0]
     names = sorted(set(counts) | {'top1', 'top5', 'skipped_images'})
-    summed = all_reduce_sum([counts[n] for n in names] + [loss_sum, float(total)], device, info)
+    # every process evaluates the same model on its shard: the classes are the same on each
+    histogram = per_class.tolist() if per_class is not None else [0.0] * int(getattr(model, 'num_classes', 0))
+    summed = all_reduce_sum([counts[n] for n in names] + histogram + [loss_sum, float(total)], device, info)
+    histogram, summed = summed[len(names):-2], summed[:len(names)] + summed[-2:]
     total = summed[-1]
     if total == 0:
         skipped = int(summed[names.index('skipped_images')])
@@ -311,4 +320,5 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
     result = {n: int(v) if n == 'skipped_images' else 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
     result['loss'] = summed[-2] / max(total, 1)
     result['images'] = int(total)
+    result['chance_top1'] = chance_top1(len(histogram), 100.0 * max(histogram) / total)
     return result

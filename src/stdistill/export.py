@@ -27,13 +27,13 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from .checkpoint import MODEL_FILE, readable_as_umask, verify_checkpoint
+from .checkpoint import MODEL_FILE, checkpoint_entry, readable_as_umask, verify_checkpoint
 from .config import TrainConfig, config_from_dict, load_config
 from .teachers import _first_line, load_weights, recorded_contract
 from .train import build_student, load_student_checkpoint, resolve_norm
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'ema_hint',
-           'timm_needs_stdistill', 'STDISTILL_JSON']
+           'timm_needs_stdistill', 'shipped_top1', 'ShippedTop1', 'STDISTILL_JSON']
 
 STDISTILL_JSON = 'stdistill.json'
 # the run keys that rebuild a student with its token pairs
@@ -98,6 +98,16 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)
 
 
+def recorded_metrics(folder: str) -> Dict[str, Any]:
+    """The validation metrics a checkpoint folder records for its weights (its log.jsonl row: best/
+    keeps the epoch's row, last/ and previous/ the history, whose last row is theirs); {} for none."""
+    try:
+        row = checkpoint_entry(folder, 'metrics') or (checkpoint_entry(folder, 'history') or [{}])[-1]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
 def timm_needs_stdistill(arch: str) -> bool:
     """Whether timm knows `arch` only once stdistill is imported (a student stdistill registers)."""
     import timm.models
@@ -110,9 +120,7 @@ def ema_hint(run: str, which: str = 'best', ema: bool = False) -> Optional[str]:
     if ema:
         return None
     try:
-        with open(os.path.join(run, which, 'state.json')) as f:
-            state = json.load(f)
-        row = state.get('metrics') or (state.get('history') or [{}])[-1]
+        row = recorded_metrics(os.path.join(run, which))
         student, averaged = float(row['val_top1']), float(row['ema_top1'])
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
         return None  # no EMA in this run (or no record of it): nothing to say
@@ -120,6 +128,37 @@ def ema_hint(run: str, which: str = 'best', ema: bool = False) -> Optional[str]:
         return None
     return (f'note: {run}/{which} was scored top-1 {averaged:.2f} with its EMA weights and {student:.2f} with the '
             f'student\'s, which these are: add --ema to take the EMA weights')
+
+
+class ShippedTop1(NamedTuple):
+    head: str                    # the head the export predicts with: cls, avg or dist
+    top1: Optional[float]        # its validation top-1 at the exported epoch (None: not recorded)
+    headline_head: str           # the run's inference_head, which its reported top-1 is of
+    headline_top1: float         # the top-1 the run reported for these weights
+    images: int                  # validation images both were measured on
+    chance_top1: Optional[float]  # what guessing the most frequent class scores there (None: older runs)
+
+
+def shipped_top1(run: str, which: str = 'best', ema: bool = False, head: Optional[str] = None,
+                 tokens: bool = True) -> Optional[ShippedTop1]:
+    """The validation top-1 the run recorded for the exported weights and head, beside the run's
+    headline (its inference head), from the checkpoint's metrics. head: the exported head (None:
+    the run's); tokens: whether the student has distillation tokens (else its class head is all).
+    None when the checkpoint records no metrics."""
+    try:
+        row = recorded_metrics(os.path.join(run, which))
+        cfg = _run_config(run)
+        headline = float(row['ema_top1'] if ema else row['val_top1'])
+        images = int(row['val_images'])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return None
+    shipped_head = (head or cfg.inference_head) if tokens else 'cls'
+    if shipped_head == cfg.inference_head or not tokens:
+        top1 = headline
+    else:  # each head's top-1 is recorded for the student's weights, not for their EMA
+        top1 = None if ema else row.get(f'val_top1_{shipped_head}')
+    return ShippedTop1(shipped_head, top1, cfg.inference_head if tokens else 'cls', headline, images,
+                       row.get('val_chance_top1'))
 
 
 def _rounded(values) -> Optional[tuple]:
@@ -204,8 +243,9 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     arch = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('architecture', cfg.model)
+    tokens = cfg.method in ('std', 'deit')  # a student with distillation heads beside its class head
     return {'folder': output, 'kind': kind, 'architecture': arch, 'files': sorted(os.listdir(output)),
-            'onnx_max_diff': diff}
+            'onnx_max_diff': diff, 'top1': shipped_top1(run, which, ema, head, tokens)}
 
 
 def load_exported(folder: str) -> LoadedStudent:

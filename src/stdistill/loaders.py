@@ -15,6 +15,7 @@ DataLoader worker process.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections import Counter
@@ -37,7 +38,8 @@ from .schedule import ScheduledDataset, ScheduleSampler
 from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
-           'dataset_num_classes', 'dataset_classes', 'check_batch_size', 'data_seed_of', 'collate_readable', 'FASHION_MNIST_NORM']
+           'dataset_num_classes', 'dataset_classes', 'check_batch_size', 'data_seed_of', 'collate_readable', 'fit_batch_size',
+           'FASHION_MNIST_NORM']
 
 FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
 _ITERABLE_PREFIXES = ('tfds/', 'wds/', 'hfids/')
@@ -112,15 +114,25 @@ def dataset_num_classes(dataset: Dataset) -> Optional[int]:
     return int(value) if value else None
 
 
-def dataset_counts(dataset: Dataset, classes: Sequence[str]) -> Optional[Counter]:
-    """Images per class name, when the dataset lists its labels without decoding images."""
+def _labels(dataset: Dataset) -> Optional[Sequence[int]]:
+    """Each image's label index, when the dataset lists them without decoding images (a Subset:
+    those of the images it holds)."""
+    if isinstance(dataset, Subset):
+        labels = _labels(dataset.dataset)
+        return None if labels is None else [labels[i] for i in dataset.indices]
     reader = getattr(dataset, 'reader', None)
     if isinstance(reader, FolderReader):
-        return reader.counts
-    targets = getattr(dataset, 'targets', None)
-    if targets is None:
+        return [label for _, label in reader.samples]
+    return getattr(dataset, 'targets', None)
+
+
+def dataset_counts(dataset: Dataset, classes: Sequence[str]) -> Optional[Counter]:
+    """Images per class name of the images the dataset holds (a Subset: its own), when it lists
+    its labels without decoding images."""
+    labels = _labels(dataset)
+    if labels is None:
         return None
-    return Counter(classes[int(t)] for t in targets if 0 <= int(t) < len(classes))
+    return Counter(classes[int(t)] for t in labels if 0 <= int(t) < len(classes))
 
 
 def _is_folder(cfg: TrainConfig) -> bool:
@@ -225,15 +237,19 @@ class DataBundle(NamedTuple):
     loader_generator: torch.Generator  # reseeded each epoch so worker seeds depend on (seed, epoch) only
     classes: Optional[List[str]]  # the run's class map (names in index order), when the data names them
     report: List[str]  # what setup found: images per class of each split, files left out
+    batch_size: int  # per process: cfg.batch_size, or lower on a small training set (min_updates_per_epoch)
 
 
 def _describe(ds: Dataset, split: str, classes: Optional[Sequence[str]]) -> List[str]:
+    """What the run uses of a split (a Subset: the images it holds, 'of' how many there are)."""
+    whole = ds.dataset if isinstance(ds, Subset) else ds
+    of = f' (a subset of its {len(whole)})' if whole is not ds else ''
     if classes is None:
-        return [f'{split}: {len(ds)} images']
+        return [f'{split}: {len(ds)} images{of}']
     counts = dataset_counts(ds, classes)
-    lines = [describe_counts(split, classes, counts) if counts is not None
-             else f'{split}: {len(ds)} images in {len(classes)} classes']
-    reader = getattr(ds, 'reader', None)
+    lines = [(describe_counts(split, classes, counts) if counts is not None
+              else f'{split}: {len(ds)} images in {len(classes)} classes') + of]
+    reader = getattr(whole, 'reader', None)
     if isinstance(reader, FolderReader) and reader.left_out:
         lines.append(f'{split}: {describe_left_out(reader.left_out)}')
     if isinstance(reader, FolderReader) and os.path.basename(reader.root) != split:  # a synonym: say which
@@ -241,8 +257,12 @@ def _describe(ds: Dataset, split: str, classes: Optional[Sequence[str]]) -> List
     return lines
 
 
+def _val_subset(cfg: TrainConfig, val_set: Dataset) -> Dataset:
+    """The validation images a run scores: val_samples of them (0: all), the same for every seed of a data_seed."""
+    return _fixed_subset(val_set, cfg.val_samples, data_seed_of(cfg) + 1)
+
+
 def _val_loader(cfg: TrainConfig, info: DistInfo, val_set: Dataset, pin_memory: bool) -> DataLoader:
-    val_set = _fixed_subset(val_set, cfg.val_samples, data_seed_of(cfg) + 1)
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     return DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       generator=torch.Generator().manual_seed(0), pin_memory=pin_memory,
@@ -252,7 +272,7 @@ def _val_loader(cfg: TrainConfig, info: DistInfo, val_set: Dataset, pin_memory: 
 def build_eval_loader(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...],
                       classes: Optional[Sequence[str]] = None, pin_memory: bool = False) -> DataLoader:
     """The validation loader of cfg, labelled with `classes` (a trained model's class map) when given."""
-    val_set = open_dataset(cfg, cfg.val_split, build_transforms(cfg, mean, std)[1], classes)
+    val_set = _val_subset(cfg, open_dataset(cfg, cfg.val_split, build_transforms(cfg, mean, std)[1], classes))
     return _val_loader(cfg, info, val_set, pin_memory)
 
 
@@ -292,9 +312,11 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
     if found is not None and cfg.num_classes is not None and found != cfg.num_classes:
         raise ValueError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
                          f'fix num_classes (or leave it null to read it from the data)')
-    report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, cfg.val_split, classes)
     data_seed = data_seed_of(cfg)
     train_set = _fixed_subset(train_set, cfg.train_samples, data_seed)
+    val_set = _val_subset(cfg, val_set)
+    # what the run trains on and scores, not what the folders hold
+    report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, cfg.val_split, classes)
     if cfg.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True)
     else:
@@ -302,6 +324,13 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
                                      seed=data_seed)
     # every sample augmented from (data_seed, epoch, rank, position): schedule.py
     sampler, train_set = ScheduleSampler(sampler, info.rank), ScheduledDataset(train_set, data_seed)
+    batch_size = fit_batch_size(cfg, len(sampler), build_mixup(cfg, num_classes) is not None)
+    if batch_size != cfg.batch_size:
+        report.append(f'batch_size {cfg.batch_size} -> {batch_size}: {len(sampler)} training images a process give '
+                      f'{len(sampler) // cfg.batch_size} update(s) an epoch at {cfg.batch_size}, and '
+                      f'min_updates_per_epoch asks for {cfg.min_updates_per_epoch} (min_updates_per_epoch=0 keeps '
+                      f'batch_size)')
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
     generator = torch.Generator()
     # drop_last, as timm and DeiT: every step a full batch; the images left over are counted per epoch
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
@@ -312,4 +341,17 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
                          f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
                          f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
     return DataBundle(train_loader, _val_loader(cfg, info, val_set, pin_memory), num_classes, generator,
-                      list(classes) if classes is not None else None, report)
+                      list(classes) if classes is not None else None, report, cfg.batch_size)
+
+
+def fit_batch_size(cfg: TrainConfig, images: int, mixup_active: bool) -> int:
+    """The batch size a process trains with: cfg.batch_size, or, when `images` (this process's
+    share of an epoch) give fewer than cfg.min_updates_per_epoch full batches, the largest that
+    gives that many (at least 2, for BatchNorm and MINE; even under mixup, which pairs images)."""
+    wanted = cfg.min_updates_per_epoch
+    if not wanted or images // cfg.batch_size >= wanted:
+        return cfg.batch_size
+    size = max(2, images // wanted)
+    if mixup_active and size % 2:
+        size -= 1
+    return min(size, cfg.batch_size)

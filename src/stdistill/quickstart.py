@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from .accuracy import INTERVAL_BELOW, chance_note, wilson_interval
 from .config import RUNTIME_KEYS, TrainConfig, config_changes, config_from_dict, load_config
 
 __all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
@@ -144,7 +146,9 @@ def _comparison_plot(path: str, rows: List[Dict[str, Any]], histories: Dict[str,
     for bar, row in zip(bars, rows):
         bar_ax.annotate(f'{row["top1"]:.2f}\n{row["params_m"]:.2f}M', (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha='center', va='bottom', fontsize=9)
-    bar_ax.set(ylim=(0, 100), ylabel='test top-1 (%)', title='Fashion-MNIST test set')  # from 0: no magnified gap
+    images = rows[0]['test_images']  # every stage scores the same test images
+    scored = 'all 10,000 test images' if images == 10000 else f'{images:,} of the 10,000 test images'
+    bar_ax.set(ylim=(0, 100), ylabel='test top-1 (%)', title=f'Fashion-MNIST, {scored}')  # from 0: no magnified gap
     for name, history in histories.items():
         curve_ax.plot([h['epoch'] + 1 for h in history], [h['val_top1'] for h in history], marker='o', label=name)
     curve_ax.set(xlabel='epoch', ylabel='test top-1 (%)', title='per epoch')
@@ -187,7 +191,7 @@ def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir
                      'top1': round(final['val_top1'], 2), 'top5': round(final['val_top5'], 2),
                      'best_top1': round(summary['best']['top1'], 2), 'epochs': cfg.epochs,
                      'train_images': cfg.train_samples or None, 'test_images': final['val_images'],
-                     'run': cfg.output,
+                     'run': cfg.output, 'at_chance': chance_note(final),
                      **({'top1_cls_head': round(final['val_top1_cls'], 2)} if 'val_top1_cls' in final else {})})
     minutes = round((time.perf_counter() - start) / 60, 2)
     results = {'dataset': 'fashion-mnist', 'seed': configs['plain'].seed, 'minutes': minutes,
@@ -195,11 +199,29 @@ def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir
     with open(os.path.join(output, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
     _comparison_plot(os.path.join(output, 'comparison.png'), rows, histories)
-    print(f'\n{"model":<8} {"network":<14} {"params":>8} {"top-1":>7}')
-    for row in rows:
-        print(f'{row["name"]:<8} {row["model"]:<14} {row["params_m"]:>7.2f}M {row["top1"]:>7.2f}')
+    for line in results_table(rows):
+        print(line)
     std, plain = rows[2]['top1'], rows[1]['top1']
     print(f'\nSTD vs plain student: {std - plain:+.2f} top-1 (same data, epochs and seed; '
           f'{rows[1]["test_images"]} test images). {results["minutes"]:.1f} min. '
           f'Results: {os.path.join(output, "results.json")}, plot: {os.path.join(output, "comparison.png")}')
+    for row in rows:
+        if row['at_chance']:
+            print(f'stdistill: warning: {row["name"]}: {row["at_chance"]}', file=sys.stderr)
     return results
+
+
+def results_table(rows: List[Dict[str, Any]]) -> List[str]:
+    """The quickstart's table: each stage's top-1 as the run reports it (its inference head) and,
+    for a student with tokens, its class head alone (what a timm-format export ships)."""
+    lines = [f'\n{"model":<8} {"network":<14} {"params":>8} {"top-1":>7} {"class head alone":>17}']
+    for row in rows:
+        cls = f'{row["top1_cls_head"]:>17.2f}' if 'top1_cls_head' in row else f'{"(the same)":>17}'
+        flag = '  AT CHANCE' if row['at_chance'] else ''
+        lines.append(f'{row["name"]:<8} {row["model"]:<14} {row["params_m"]:>7.2f}M {row["top1"]:>7.2f} {cls}{flag}')
+    images = rows[0]['test_images']
+    if images < INTERVAL_BELOW:
+        low, high = wilson_interval(rows[0]['top1'], images)
+        lines.append(f'(on {images} test images a top-1 is uncertain by several points: {rows[0]["top1"]:.2f} is '
+                     f'95% CI {low:.1f}-{high:.1f})')
+    return lines

@@ -12,6 +12,7 @@ keeps the whole shards and continues from the first missing step.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Dict, Optional
 
@@ -53,6 +54,7 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = Non
     student_input = student_contract(cfg)
     data = build_data(_fit_workers(cfg, info), info, student_input.mean, student_input.std,
                       pin_memory=device.type == 'cuda')
+    cfg = dataclasses.replace(cfg, batch_size=data.batch_size)  # as train lowers it on a small training set
     mixup = build_mixup(cfg, data.num_classes)
     teachers = build_teachers(cfg, data.num_classes, device, classes=data.classes)
     steps = len(data.train_loader)
@@ -64,7 +66,7 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = Non
     writer = StoreWriter(output, fingerprint, outputs, steps, info.rank, data.num_classes, about, shard_steps)
     if info.distributed:
         dist.barrier()  # store.json is written (by rank 0) before any process reports
-    amp_dtype, data_seed = _amp_dtype(cfg), data_seed_of(cfg)
+    amp_dtype, data_seed = _amp_dtype(cfg, device), data_seed_of(cfg)
     done = [writer.stored_steps(epoch) for epoch in range(cfg.epochs)]
     remaining = sum(steps - d for d in done) * cfg.batch_size
     if info.is_main:

@@ -31,9 +31,11 @@ from .students import check_model_name
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
-           'recorded_contract', 'recorded_classes', 'model_contract', 'CLASSES_KEY', 'EMA_FILE']
+           'recorded_contract', 'recorded_classes', 'recorded_score', 'model_contract', 'CLASSES_KEY', 'SCORE_KEY',
+           'EMA_FILE']
 
 CLASSES_KEY = 'stdistill.classes'  # a checkpoint's class names, JSON, in its safetensors header
+SCORE_KEY = 'stdistill.score'  # its validation top-1 (and its class head's), images and chance level, JSON
 EMA_FILE = 'model_ema.safetensors'  # a stdistill checkpoint's EMA weights, beside model.safetensors
 
 
@@ -94,6 +96,20 @@ def recorded_classes(path: str) -> Optional[List[str]]:
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise ValueError(f'the class names recorded in {path} are damaged (not a list of names)')
     return names
+
+
+def recorded_score(path: str) -> Optional[Dict[str, float]]:
+    """The validation score a stdistill checkpoint records for its weights ({'top1', 'top1_cls',
+    'images', 'chance_top1'}: percent, except images); None for a file that records none."""
+    if not path.endswith('.safetensors') or not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(path, 'pt') as f:
+            text = (f.metadata() or {}).get(SCORE_KEY)
+        score = json.loads(text) if text else None
+        return None if score is None else {k: float(score[k]) for k in ('top1', 'top1_cls', 'images', 'chance_top1')}
+    except Exception as e:  # a damaged record
+        raise ValueError(f'cannot read the validation score recorded in {path}: {_first_line(e)}') from None
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:

@@ -32,6 +32,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
+from .accuracy import chance_note
 from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint_entry, load_checkpoint,
                          newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
@@ -39,9 +40,10 @@ from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint
 from .config import (RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, config_from_dict, load_config, resume_changes,
                      save_config)
 from .deit import DeiTTokenStudent
-from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
+from .distributed import DistInfo, cpu_bf16_native, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
+from .hints import command
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
 from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
 from .mine import MIRegularizer
@@ -50,8 +52,8 @@ from .schedule import schedule_seed, seeded_random_states
 from .store import TeacherStore, outputs_spec, run_fingerprint
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import (CLASSES_KEY, FrozenTeacher, _first_line, _whole_message, create_teacher, create_with_weights,
-                       load_weights, recorded_classes, recorded_contract)
+from .teachers import (CLASSES_KEY, SCORE_KEY, FrozenTeacher, _first_line, _whole_message, create_teacher,
+                       create_with_weights, load_weights, recorded_classes, recorded_contract, recorded_score)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'teacher_line', 'refuse_labels_teacher_in_store',
@@ -212,6 +214,8 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
             raise ValueError(f'teachers.{i}.kwargs: give weights as teachers.{i}.checkpoint or '
                              f'kwargs.pretrained_cfg_overlay.file; a teacher is a whole classifier (no features_only)')
         _refuse_unused_overlay(kwargs, use_pretrained, f'teachers.{i}.kwargs')
+        if spec['checkpoint'] is not None:
+            _check_teacher_checkpoint(spec['checkpoint'], i)
         try:
             contract = _contract_of_run(spec['checkpoint'])
             contract.update({k: spec[k] for k in ('mean', 'std', 'img_size', 'interpolation') if spec[k] is not None})
@@ -230,7 +234,46 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
             raise ValueError(f'cannot build teachers.{i} ({spec["model"]}) with kwargs {spec["kwargs"]}: '
                              f'{type(e).__name__}: {_first_line(e)}') from None
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
+        if spec['checkpoint'] is not None and not spec['use_ema']:
+            _warn_chance_teacher(spec['checkpoint'], i)
     return teachers
+
+
+def _check_teacher_checkpoint(path: str, i: int) -> None:
+    """A teacher checkpoint that is not there: say so, and how to make it or point to it."""
+    if os.path.isfile(path):
+        return
+    key = f'teachers.{i}.checkpoint'
+    if os.path.isdir(path):
+        inside = os.path.join(path, 'best', MODEL_FILE) if os.path.isdir(os.path.join(path, 'best')) \
+            else os.path.join(path, MODEL_FILE)
+        raise ValueError(f'{key} {path} is a folder: give the weights file'
+                         + (f', {key}={inside}' if os.path.isfile(inside) else ''))
+    folder = os.path.dirname(os.path.abspath(path))
+    run = os.path.dirname(folder) if os.path.basename(folder) in ('best', *RESUMABLE) else None
+    if run and os.path.isfile(os.path.join(run, 'config.yaml')):  # its run exists, the checkpoint not yet
+        how = (f'its run {os.path.dirname(os.path.dirname(path))} has not saved one: finish it with '
+               f'{command("stdistill", "train", "--resume", os.path.dirname(os.path.dirname(path)))}'
+               if any(os.path.isdir(os.path.join(run, n)) for n in RESUMABLE) else
+               f'its run {os.path.dirname(os.path.dirname(path))} holds no checkpoint: train it again')
+    else:
+        how = ('train the teacher first' + (f' with output={os.path.dirname(os.path.dirname(path))} (its '
+               f'best/{MODEL_FILE} is this file)' if run else '') + f', or set {key} to a teacher\'s weights file')
+    raise ValueError(f'{key}: the teacher checkpoint {path} does not exist: {how}')
+
+
+def _warn_chance_teacher(path: str, i: int) -> None:
+    """Say so when a teacher's checkpoint records a validation top-1 at chance: it teaches noise."""
+    score = recorded_score(path)
+    note = score and chance_note({'val_top1': score['top1_cls'], 'val_images': score['images'],
+                                  'val_chance_top1': score['chance_top1']})
+    if not note:
+        return
+    run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    again = (f': train it longer, e.g. {command("stdistill", "train", "--resume", os.path.dirname(os.path.dirname(path)), "epochs=100")}'
+             if os.path.isfile(os.path.join(run, 'config.yaml')) else '')
+    print(f'stdistill: warning: teachers.{i} ({path}) {note[0].lower()}{note[1:]}: distilling from it teaches '
+          f'noise{again}', file=sys.stderr, flush=True)
 
 
 def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -304,8 +347,13 @@ def _check_mine_warmup(cfg: TrainConfig, objective: DistillObjective, steps: int
                          f'give between {1 / steps:.3g} and {cfg.epochs - 1 / steps:.3g} epochs')
 
 
-def _amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
-    """bf16 autocast under amp on every device: CPU runs take the GPU's code path."""
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 autocast under amp on every device: CPU runs take the GPU's code path. On a CPU that
+    emulates bf16, said once (by rank 0) with the fix: the run stays as configured."""
+    if cfg.amp and device.type == 'cpu' and cpu_bf16_native() is False and int(os.environ.get('RANK', 0)) == 0:
+        print('stdistill: warning: amp=true on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16 in '
+              '/proc/cpuinfo): bf16 is emulated there, about 13x slower than fp32: set amp=false',
+              file=sys.stderr, flush=True)
     return torch.bfloat16 if cfg.amp else None
 
 
@@ -330,8 +378,8 @@ def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
     if resume and not has_run:
         raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ or previous/ checkpoint')
     if not resume and has_run:
-        raise ValueError(f'{cfg.output} already holds a run: continue it with --resume {cfg.output}, '
-                         f'or set output to a new folder')
+        raise ValueError(f'{cfg.output} already holds a run: continue it with '
+                         f'{command("stdistill", "train", "--resume", cfg.output)}, or set output to a new folder')
 
 
 def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict], optimizer, scheduler,
@@ -433,9 +481,10 @@ def _check_classes(run: str, classes: Optional[List[str]], trained_count: Option
 
 def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
     """The epoch's best top-1, of the student's weights or (with model_ema) of their EMA."""
+    split = {'images': row['val_images'], 'chance_top1': row['val_chance_top1']}  # what a top-1 is judged by
     if ema and row['ema_top1'] > row['val_top1']:
-        return {'top1': row['ema_top1'], 'top5': row['ema_top5'], 'epoch': row['epoch'], 'weights': 'ema'}
-    return {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': row['epoch'], 'weights': 'student'}
+        return {'top1': row['ema_top1'], 'top5': row['ema_top5'], 'epoch': row['epoch'], 'weights': 'ema', **split}
+    return {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': row['epoch'], 'weights': 'student', **split}
 
 
 def _no_update_message(epoch: int, metrics: Dict[str, Any]) -> str:
@@ -462,7 +511,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if info.is_main and os.path.isdir(cfg.output):
         remove_stale_temporaries(cfg.output)  # half-written checkpoints of a killed process
     random_seed(cfg.seed, info.rank)
-    amp_dtype = _amp_dtype(cfg)
+    amp_dtype = _amp_dtype(cfg, device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
@@ -473,6 +522,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                       student_input.std, pin_memory=device.type == 'cuda')
     if resume:
         _check_classes(cfg.output, data.classes, cfg.num_classes, data.num_classes)
+    # config.yaml keeps the batch_size asked for; a small training set may have lowered it (said in the report)
+    requested_batch, cfg = cfg.batch_size, dataclasses.replace(cfg, batch_size=data.batch_size)
     mixup = build_mixup(cfg, data.num_classes)
     store = None
     if cfg.teacher_outputs:  # the teachers' outputs are read, not computed: no teacher is built
@@ -555,7 +606,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if state is not None:
         _restore_rng(state['rng'], info, device, cfg.seed, start_epoch)
 
-    monitor, resolved = None, with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes))
+    monitor, resolved = None, with_absolute_paths(dataclasses.replace(cfg, num_classes=data.num_classes,
+                                                                       batch_size=requested_batch))
     if info.is_main:
         os.makedirs(cfg.output, exist_ok=True)
         save_config(resolved, os.path.join(cfg.output, 'config.yaml'))
@@ -605,14 +657,18 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 ema_module = ema.module if ema is not None else None
                 # best/ before last/: last/ commits the epoch, so a crash between the two redoes
                 # the epoch (identically) and writes best/ again.
+                # the weights' own validation score travels with them: a teacher made of them is checked
+                scored = dict(record, **{SCORE_KEY: json.dumps({
+                    'top1': row['val_top1'], 'top1_cls': row.get('val_top1_cls', row['val_top1']),
+                    'images': row['val_images'], 'chance_top1': row['val_chance_top1']})})
                 if improved:
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
-                                    metadata=record, ema=ema_module)
+                                    metadata=scored, ema=ema_module)
                 state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema,
                                         resolved)
                 state['rng'], state['changes'] = rng, changelog
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
-                                previous=os.path.join(cfg.output, 'previous'), metadata=record, ema=ema_module)
+                                previous=os.path.join(cfg.output, 'previous'), metadata=scored, ema=ema_module)
     except NonFiniteLossError as e:
         kept = (f'the checkpoint of epoch {history[-1]["epoch"] + 1} is kept in {cfg.output}/last' if history else
                 'no epoch finished, so the run has no checkpoint')
@@ -622,7 +678,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             monitor.close()
     digests = gather_objects(weights_digest(student), info)
     summary = {
-        'epochs_done': len(history), 'epochs': cfg.epochs, 'best': best,
+        'epochs_done': len(history), 'epochs': cfg.epochs, 'batch_size': cfg.batch_size, 'best': best,
         'final': history[-1] if history else None,
         'params_m': sum(p.numel() for p in student.parameters()) / 1e6,
         'num_updates': num_updates,
@@ -677,5 +733,5 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False) ->
     student, classes = load_student_checkpoint(cfg, checkpoint, ema)
     student.to(device)
     loader = build_eval_loader(cfg, info, *resolve_norm(cfg), classes=classes)
-    amp_dtype = _amp_dtype(cfg)
+    amp_dtype = _amp_dtype(cfg, device)
     return evaluate(student, loader, device, info, amp_dtype, cfg.inference_head)
