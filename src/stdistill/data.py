@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .hints import command
+
 __all__ = ['FashionMNIST', 'read_idx', 'find_fashion_mnist', 'DEBIAN_FASHION_MNIST', 'FASHION_MNIST_CLASSES']
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -73,10 +75,13 @@ def find_fashion_mnist(data_dir: Optional[str] = None, split: str = 'train') -> 
         paths = [_locate(folder, name) for name in _FILES[split]]
         if all(paths):
             return paths[0], paths[1]
-    where = data_dir or DEBIAN_FASHION_MNIST
-    raise ValueError(f'Fashion-MNIST {split} files not found in {where}: install them with '
-                     f'`apt-get install dataset-fashion-mnist`, or set data_dir to a folder holding '
-                     f'{_FILES[split][0]}[.gz] and {_FILES[split][1]}[.gz]')
+    files = f'{_FILES[split][0]}[.gz] and {_FILES[split][1]}[.gz]'
+    install = command('apt-get', 'install', 'dataset-fashion-mnist')
+    if data_dir:  # installing Debian's package would not put them there
+        raise ValueError(f'Fashion-MNIST {split} files not found in {data_dir}: set data_dir to the folder holding '
+                         f'{files}, or remove data_dir to read Debian\'s package ({install})')
+    raise ValueError(f'Fashion-MNIST {split} files not found in {DEBIAN_FASHION_MNIST}: install them with {install}, '
+                     f'or set data_dir to a folder holding {files}')
 
 
 class FashionMNIST(torch.utils.data.Dataset):
@@ -115,5 +120,6 @@ def _download(data_dir: str) -> None:
     try:
         TorchvisionFashionMNIST(data_dir, download=True)
     except Exception as e:  # offline: urllib/http errors of many kinds
-        raise ValueError(f'cannot download Fashion-MNIST into {data_dir} ({type(e).__name__}); '
-                         f'install it with `apt-get install dataset-fashion-mnist`') from None
+        raise ValueError(f'cannot download Fashion-MNIST into {data_dir} ({type(e).__name__}): remove data_dir and '
+                         f'download to read Debian\'s package, {command("apt-get", "install", "dataset-fashion-mnist")}'
+                         ) from None
