@@ -1,4 +1,4 @@
-"""Write a few Fashion-MNIST classes as an image folder of RGB PNGs, of any size:
+"""Write a few Fashion-MNIST classes as an image folder of RGB PNGs, of any size.
 
     python3 examples/make_fashion_folder.py data/clothes                    # shirt, bag, boot: 240 + 60 images
     python3 examples/make_fashion_folder.py data/clothes --train 4000 --val 1000 --classes shirt bag boot coat

@@ -2,6 +2,7 @@
 `stdistill predict`, on real images through the command line."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -48,7 +49,7 @@ def std_run(tmp_path_factory, folder):
 def test_predict_agrees_with_eval_on_every_validation_image(std_run, folder, capsys):
     capsys.readouterr()
     assert main(['eval', str(std_run)]) == 0
-    top1 = float(capsys.readouterr().out.split('top-1 ')[1].split(',')[0])
+    top1 = float(re.search(r'top-1 ([\d.]+)', capsys.readouterr().out).group(1))
     images = _images(folder)
     assert main(['predict', str(std_run), *images, '--json', '--top-k', '3']) == 0
     results = json.loads(capsys.readouterr().out)
@@ -200,14 +201,18 @@ def test_a_best_checkpoint_kept_for_its_ema_says_so_without_ema(tmp_path):
     from stdistill.export import ema_hint
     (tmp_path / 'best').mkdir()
     (tmp_path / 'last').mkdir()
+    from stdistill.checkpoint import split_tensors
+
+    def state_json(state):  # what save_checkpoint writes: the state's skeleton under 'state' (it used to be
+        return json.dumps({'state': split_tensors(state)[0]})  # read at the top level, so the note never came)
     state = {'epoch': 3, 'metrics': {'val_top1': 71.5, 'ema_top1': 80.25}}
-    (tmp_path / 'best' / 'state.json').write_text(json.dumps(state))
-    (tmp_path / 'last' / 'state.json').write_text(json.dumps({'history': [{'val_top1': 90.0, 'ema_top1': 85.0}]}))
+    (tmp_path / 'best' / 'state.json').write_text(state_json(state))
+    (tmp_path / 'last' / 'state.json').write_text(state_json({'history': [{'val_top1': 90.0, 'ema_top1': 85.0}]}))
     assert ema_hint(str(tmp_path)) == (f'note: {tmp_path}/best was scored top-1 80.25 with its EMA weights and 71.50 '
                                        'with the student\'s, which these are: add --ema to take the EMA weights')
     assert ema_hint(str(tmp_path), ema=True) is None
     assert ema_hint(str(tmp_path), 'last') is None  # the student's weights scored higher there
-    (tmp_path / 'best' / 'state.json').write_text(json.dumps({'metrics': {'val_top1': 71.5}}))  # no EMA
+    (tmp_path / 'best' / 'state.json').write_text(state_json({'metrics': {'val_top1': 71.5}}))  # no EMA
     assert ema_hint(str(tmp_path)) is None
 
 
@@ -215,7 +220,8 @@ def test_a_small_student_export_says_timm_needs_stdistill_imported(std_run, tmp_
     """mixer_t4_28 is registered by stdistill: its class-head folder loads in timm after the import."""
     capsys.readouterr()
     assert main(['export', str(std_run), str(tmp_path / 'cls'), '--head', 'cls']) == 0
-    assert "after `import stdistill`, which registers mixer_t4_28" in capsys.readouterr().out
+    assert f"`import stdistill, timm; model = timm.create_model('local-dir:{tmp_path / 'cls'}', pretrained=True)" \
+        f".eval()`" in capsys.readouterr().out
 
 
 def test_an_export_stopped_by_sigterm_leaves_nothing(std_run, tmp_path):

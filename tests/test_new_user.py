@@ -118,7 +118,8 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
     # ... and distilling from it is flagged where the teacher is built
     out = sh.run(f'stdistill train --config recipes/folder/std.yaml {FOLDER} epochs=1 output=runs/from_chance '
                  f'teachers.0.checkpoint=runs/chance/best/model.safetensors')
-    assert 'teachers.0 (runs/chance/best/model.safetensors) at chance' in out.stderr, out.stderr
+    assert 'teachers.0 (runs/chance/best/model.safetensors): AT CHANCE' in out.stderr, out.stderr
+    assert resume in out.stderr  # the same command as the teacher's own run printed
     # the hint it prints trains the teacher past chance
     sh.run(resume)
     summary = json.loads((clothes / 'runs' / 'chance' / 'summary.json').read_text())
@@ -126,8 +127,10 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
     assert 'AT CHANCE' not in sh.run('stdistill eval runs/chance').stderr
 
     # 2. the folder recipes as written: min_updates_per_epoch lowers batch_size 64 -> 12 on 240 images
-    out = sh.run(f'stdistill train --config recipes/folder/plain.yaml {FOLDER} epochs=2 output=runs/plain')
+    out = sh.run(f'stdistill train --config recipes/folder/plain.yaml {FOLDER} epochs=2 output=runs/plain '
+                 f'model_ema=true model_ema_decay=0.9')
     assert 'batch_size 64 -> 12: 240 training images a process give 3 update(s) an epoch' in out.stdout
+    assert '`stdistill eval runs/plain --which best --ema` scores them' in sh.run('stdistill eval runs/plain').stdout
     assert json.loads((clothes / 'runs' / 'plain' / 'summary.json').read_text())['batch_size'] == 12
     # the printed top-1 carries its interval on a split of 60 images
     assert re.search(r'best top-1 [\d.]+ \(95% CI [\d.]+-[\d.]+ on 60 images\)', out.stdout), out.stdout
@@ -135,6 +138,7 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
     out = sh.run(f'stdistill train --config recipes/folder/plain.yaml {FOLDER} epochs=2 output=runs/plain', expect=2)
     assert '`stdistill train --resume runs/plain`' in out.stderr
     sh.run('stdistill train --resume runs/plain')  # as printed: the finished run stays finished
+    assert '`stdistill train --help` lists them' in sh.run('stdistill train epoch=3', expect=2).stderr
 
     # 3. a token student whose class head trails its avg head: the export says what it ships
     out = sh.run(f'stdistill train --config recipes/folder/std.yaml {FOLDER} epochs=3 min_updates_per_epoch=0 '
@@ -152,8 +156,28 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
         2.0, float(shipped.group(2)) - wilson_interval(float(shipped.group(2)), 60)[0])
     assert far == ('scores' in out.stderr and 'points below' in out.stderr), (out.stdout, out.stderr)
     sh.run('stdistill export runs/std exported/std')  # the token export: its own load line
+    # a teacher pass says how to train from its store; Fashion-MNIST files looked for in the wrong place say
+    # where they are, and how to install them
+    out = sh.run(f'stdistill teacher-pass --config recipes/folder/std.yaml {FOLDER} epochs=1 '
+                 f'teachers.0.checkpoint=runs/chance/best/model.safetensors --output stores/std')
+    assert 'teacher_outputs=stores/std`' in out.stdout
+    out = sh.run('stdistill train --config recipes/fashion_mnist/plain.yaml data_dir=data/clothes output=runs/fm',
+                 expect=2)
+    assert 'set data_dir to the folder holding' in out.stderr and '`apt-get install dataset-fashion-mnist`' in out.stderr
 
-    # 4. every hint printed above, run exactly as printed
+    # 4. the README's own-data walk, its training commands as written but on this folder of 240 images
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        walk = f.read().split('\n## Your own data\n', 1)[1].split('```bash\n', 1)[1].split('```', 1)[0]
+    trains = [line for line in walk.splitlines() if line.startswith('stdistill train') and 'img_size=64' not in line]
+    assert len(trains) == 3
+    for line in trains:
+        sh.run(line.replace('data/digits', 'data/clothes').replace('runs/digits', 'runs/walk') + ' workers=0 '
+               'progress=false')
+    for name in ('teacher', 'plain', 'std'):
+        best = json.loads((clothes / 'runs' / 'walk' / name / 'summary.json').read_text())['best']
+        assert not at_chance(best['top1'], best['images'], best['chance_top1']), (name, best)
+
+    # 5. every hint printed above, run exactly as printed
     images = _images(clothes)
     done = {resume, '`stdistill train --resume runs/plain`'.strip('`')}
     for hint in sorted(sh.hints):
@@ -165,7 +189,11 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
             ours = sh.run(f'stdistill predict {folder} {" ".join(images)}').stdout
             assert 'stdistill.json' in os.listdir(clothes / folder)
             assert _top5(ours)[0][0] == images[0]
-        elif hint.startswith('stdistill '):
+        elif hint.startswith('stdistill train') and 'teacher_outputs=' in hint:  # trains from the store
+            assert 'teacher outputs from the store' in sh.run(hint).stdout
+        elif hint == 'stdistill train --help':
+            assert 'min_updates_per_epoch' in sh.run(hint).stdout
+        elif hint.startswith(('stdistill ', 'apt-get install')):  # apt-get: installed already, as CI runs it (root)
             sh.run(hint)
         elif 'timm.create_model' in hint:  # the timm-format export, loaded as printed, predicts as stdistill does
             folder = re.search(r"local-dir:([^']+)'", hint).group(1)
@@ -224,7 +252,7 @@ def test_counts_are_those_evaluated(tmp_path, capsys):
                              'val_samples=200', 'workers=0', 'batch_size=32'])
     data = build_data(cfg, DistInfo(), (0.5,), (0.5,))
     assert data.report[0].startswith('train: 300 images in 10 classes') and 'subset of its 60000' in data.report[0]
-    assert data.report[1].startswith('validation: 200 images in 10 classes') and 'subset of its 10000' in data.report[1]
+    assert data.report[1].startswith("validation (Fashion-MNIST's test set): 200 images in 10 classes") and 'subset of its 10000' in data.report[1]
     assert len(data.val_loader.dataset) == 200
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from stdistill.config import load_config
-from stdistill.quickstart import quickstart_configs, run_quickstart
+from stdistill.quickstart import plot_title, quickstart_configs, run_quickstart
 
 
 def test_quickstart_writes_table_plot_and_results(tmp_path, capsys):
@@ -24,6 +24,10 @@ def test_quickstart_writes_table_plot_and_results(tmp_path, capsys):
         assert str(out / 'teacher' / 'best' / 'model.safetensors') in f.read()
     printed = capsys.readouterr().out
     assert 'STD vs plain student' in printed and 'mixer_t4_28' in printed
+    # counts and titles are those of what was scored: 200 of the 10,000 test images (--small's said 10000)
+    assert "validation (Fashion-MNIST's test set): 200 images in 10 classes" in printed and '(a subset of its 10000)' in printed
+    assert plot_title(rows) == 'Fashion-MNIST, 200 of its 10,000 test images'
+    assert 'class head alone' in printed
     # run again: the finished stages are kept (nothing retrains) and the table is the same
     summaries = {n: (out / n / 'summary.json').stat().st_mtime_ns for n in ('teacher', 'plain', 'std')}
     again = run_quickstart(str(out), workers=0, train_samples=256, val_samples=200, epochs=1, progress=False)

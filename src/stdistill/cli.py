@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from .accuracy import chance_note, format_top1
 from .config import config_help, load_config
-from .hints import code, command
+from .hints import code, command, train_longer
 from .profiling import GMACS_TOLERANCE, PARAMS_TOLERANCE, paper_comparison, profile_model
 
 
@@ -75,20 +75,8 @@ def _train(args: argparse.Namespace) -> int:
         chance = chance_note({'val_top1': best['top1'], 'val_images': best['images'],
                               'val_chance_top1': best['chance_top1']})
         if chance:
-            print(f'stdistill: warning: {chance}. {_train_longer(summary, cfg.output)}', file=sys.stderr)
+            print(f'stdistill: warning: {chance}. {train_longer(cfg.output, summary)}', file=sys.stderr)
     return 0
-
-
-# updates a run at chance is told to reach: a few hundred train any of the recipes' models past chance
-_ENOUGH_UPDATES = 300
-
-
-def _train_longer(summary: dict, run: str) -> str:
-    """What to do about a run at chance: its update count, and the command that trains it longer."""
-    steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
-    epochs = max(2 * summary['epochs'], -(-_ENOUGH_UPDATES // steps))
-    return (f'It made {summary["num_updates"]} updates ({steps} an epoch): train it longer, '
-            f'{command("stdistill", "train", "--resume", run, f"epochs={epochs}")}, or again with a lower batch_size')
 
 
 def _teacher_pass(args: argparse.Namespace) -> int:
@@ -181,7 +169,8 @@ def _shipped_lines(args: argparse.Namespace, shipped) -> List[str]:
     low, _ = wilson_interval(shipped.headline_top1, shipped.images)
     gap = shipped.headline_top1 - shipped.top1
     if gap > max(FAR_BELOW, shipped.headline_top1 - low):
-        fix = (command('stdistill', 'export', args.run, args.output + '_tokens', '--which', args.which,
+        fix = (command('stdistill', 'export', args.run, f'{args.output.rstrip("/")}_{shipped.headline_head}',
+                       '--which', args.which,
                        *(['--ema'] if args.ema else []), '--head', shipped.headline_head)
                if shipped.headline_head != 'cls' else None)
         lines.append(f'stdistill: warning: the exported {shipped.head} head scores {gap:.2f} points below the run\'s '

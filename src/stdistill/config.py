@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from .hints import command
+
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
            'config_changes', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
 
@@ -323,7 +325,7 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
     checked = {}
     for key, value in values.items():
         if key not in known:
-            raise ValueError(f'unknown config key {key!r}{_closest(key, known)} (stdistill train --help lists them)')
+            raise ValueError(f'unknown config key {key!r}{_closest(key, known)} ({command("stdistill", "train", "--help")} lists them)')
         checked[key] = _check_teachers(value) if key == 'teachers' else _check_type(key, value, hints[key])
         if key == 'model_kwargs':
             _check_kwargs(key, checked[key])

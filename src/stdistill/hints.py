@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-__all__ = ['command', 'code']
+__all__ = ['command', 'code', 'train_longer']
 
 
 def command(*words: object) -> str:
@@ -19,3 +19,16 @@ def command(*words: object) -> str:
 def code(line: str) -> str:
     """A line of Python for the user, as printed: '`import stdistill`'."""
     return f'`{line}`'
+
+
+# updates a run at chance is told to reach: a few hundred train any of the recipes' models past chance
+ENOUGH_UPDATES = 300
+
+
+def train_longer(run: str, summary: dict) -> str:
+    """What to do about a run at chance, from its summary.json: its update count, and the command
+    that continues it to at least ENOUGH_UPDATES updates (twice its epochs at the least)."""
+    steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
+    epochs = max(2 * summary['epochs'], -(-ENOUGH_UPDATES // steps))
+    return (f'It made {summary["num_updates"]} updates ({steps} an epoch): train it longer, '
+            f'{command("stdistill", "train", "--resume", run, f"epochs={epochs}")}, or again with a lower batch_size')

@@ -316,7 +316,9 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
     train_set = _fixed_subset(train_set, cfg.train_samples, data_seed)
     val_set = _val_subset(cfg, val_set)
     # what the run trains on and scores, not what the folders hold
-    report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, cfg.val_split, classes)
+    # Fashion-MNIST has no validation split: its test set is evaluated, and said to be
+    scored = f'{cfg.val_split} (Fashion-MNIST\'s test set)' if cfg.dataset == 'fashion-mnist' else cfg.val_split
+    report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, scored, classes)
     if cfg.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True)
     else:

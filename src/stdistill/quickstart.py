@@ -134,6 +134,12 @@ def _clear_run(folder: str) -> None:
         shutil.rmtree(folder)
 
 
+def plot_title(rows: List[Dict[str, Any]]) -> str:
+    """The comparison plot's title: the test images every stage was scored on, of Fashion-MNIST's 10,000."""
+    images = rows[0]['test_images']
+    return 'Fashion-MNIST, ' + ('all 10,000 test images' if images == 10000 else f'{images:,} of its 10,000 test images')
+
+
 def _comparison_plot(path: str, rows: List[Dict[str, Any]], histories: Dict[str, List[Dict]]) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -146,9 +152,7 @@ def _comparison_plot(path: str, rows: List[Dict[str, Any]], histories: Dict[str,
     for bar, row in zip(bars, rows):
         bar_ax.annotate(f'{row["top1"]:.2f}\n{row["params_m"]:.2f}M', (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha='center', va='bottom', fontsize=9)
-    images = rows[0]['test_images']  # every stage scores the same test images
-    scored = 'all 10,000 test images' if images == 10000 else f'{images:,} of the 10,000 test images'
-    bar_ax.set(ylim=(0, 100), ylabel='test top-1 (%)', title=f'Fashion-MNIST, {scored}')  # from 0: no magnified gap
+    bar_ax.set(ylim=(0, 100), ylabel='test top-1 (%)', title=plot_title(rows))  # from 0: no magnified gap
     for name, history in histories.items():
         curve_ax.plot([h['epoch'] + 1 for h in history], [h['val_top1'] for h in history], marker='o', label=name)
     curve_ax.set(xlabel='epoch', ylabel='test top-1 (%)', title='per epoch')

@@ -43,7 +43,7 @@ from .deit import DeiTTokenStudent
 from .distributed import DistInfo, cpu_bf16_native, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
-from .hints import command
+from .hints import command, train_longer
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
 from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
 from .mine import MIRegularizer
@@ -269,11 +269,14 @@ def _warn_chance_teacher(path: str, i: int) -> None:
                                   'val_chance_top1': score['chance_top1']})
     if not note:
         return
-    run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    again = (f': train it longer, e.g. {command("stdistill", "train", "--resume", os.path.dirname(os.path.dirname(path)), "epochs=100")}'
-             if os.path.isfile(os.path.join(run, 'config.yaml')) else '')
-    print(f'stdistill: warning: teachers.{i} ({path}) {note[0].lower()}{note[1:]}: distilling from it teaches '
-          f'noise{again}', file=sys.stderr, flush=True)
+    run = os.path.dirname(os.path.dirname(path))  # RUN/best/model.safetensors: its run, if stdistill trained it
+    try:
+        with open(os.path.join(run, 'summary.json')) as f:
+            again = ' ' + train_longer(run, json.load(f))
+    except (OSError, ValueError, KeyError, TypeError):
+        again = ''
+    print(f'stdistill: warning: teachers.{i} ({path}): {note}; distilling from it teaches noise.{again}',
+          file=sys.stderr, flush=True)
 
 
 def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
