@@ -8,6 +8,8 @@ import pytest
 
 from stdistill.config import load_config
 
+pytestmark = pytest.mark.slow  # the benchmarks at their smoke size
+
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
 

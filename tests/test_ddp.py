@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from stdistill.checkpoint import load_checkpoint
@@ -11,6 +12,8 @@ from stdistill.config import load_config
 from stdistill.distributed import weights_digest
 from stdistill.train import build_student
 from test_train import TINY
+
+pytestmark = pytest.mark.slow  # 2-process torchrun runs
 
 
 def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):

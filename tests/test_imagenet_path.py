@@ -20,6 +20,8 @@ from stdistill.loaders import build_transforms
 from stdistill.distributed import cpu_bf16_native
 from stdistill.train import build_student, resolve_norm
 
+pytestmark = pytest.mark.slow  # 224-px recipes with teachers, minutes on 2 cores
+
 IMAGENET = sorted(glob.glob('recipes/imagenet/*.yaml'))
 CLASSES = 4
 

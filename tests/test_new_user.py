@@ -130,7 +130,7 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
     out = sh.run(f'stdistill train --config recipes/folder/plain.yaml {FOLDER} epochs=2 output=runs/plain '
                  f'model_ema=true model_ema_decay=0.9')
     assert 'batch_size 64 -> 12: 240 training images a process give 3 update(s) an epoch' in out.stdout
-    assert '`stdistill eval runs/plain --which best --ema` scores them' in sh.run('stdistill eval runs/plain').stdout
+    assert '`stdistill eval --which best --ema runs/plain` scores them' in sh.run('stdistill eval runs/plain').stdout
     assert json.loads((clothes / 'runs' / 'plain' / 'summary.json').read_text())['batch_size'] == 12
     # the printed top-1 carries its interval on a split of 60 images
     assert re.search(r'best top-1 [\d.]+ \(95% CI [\d.]+-[\d.]+ on 60 images\)', out.stdout), out.stdout
@@ -294,3 +294,38 @@ def test_train_help_groups_every_key_by_topic():
         assert f'\n{title}:\n' in f'\n{text}'
     keys = [line.split()[0] for line in text.splitlines() if line.startswith('  ')]
     assert keys == [f.name for f in __import__('dataclasses').fields(TrainConfig)]
+
+
+def test_a_split_too_small_to_tell_is_not_called_at_chance():
+    """On 1 or 2 images even 100% is not clearly above chance: the note says the split is too small."""
+    from stdistill.accuracy import is_at_chance
+    for images, chance in ((1, 100.0), (2, 50.0)):  # 3 images at 100% are clearly above 1/3
+        note = chance_note({'val_top1': 100.0, 'val_images': images, 'val_chance_top1': chance})
+        assert note and 'too few to tell' in note and not is_at_chance(note)
+    assert is_at_chance(chance_note({'val_top1': 35.0, 'val_images': 60, 'val_chance_top1': 100 / 3}))
+
+
+def test_train_longer_finishes_a_run_stopped_early():
+    from stdistill.hints import train_longer
+    stopped = {'num_updates': 20, 'epochs_done': 1, 'epochs': 15}
+    assert train_longer('runs/x', stopped).endswith('finish it, `stdistill train --resume runs/x`')
+    done = {'num_updates': 9, 'epochs_done': 3, 'epochs': 3}
+    assert '`stdistill train --resume runs/x epochs=100`' in train_longer('runs/x', done)
+    # a run folder named like an option, or the current folder: still a command that runs
+    assert '`stdistill train --resume=-x epochs=100`' in train_longer('-x', done)
+    assert '`stdistill train --resume . epochs=100`' in train_longer('', done)
+
+
+def test_resume_refuses_data_that_changes_the_lowered_batch_size(clothes, tmp_path, capsys):
+    import shutil
+    data = tmp_path / 'data'
+    shutil.copytree(clothes / 'data' / 'clothes', data)
+    run = ['train', '--config', os.path.join(ROOT, 'recipes', 'folder', 'plain.yaml'), f'data_dir={data}',
+           'workers=0', 'progress=false', 'epochs=2', f'output={tmp_path / "run"}']
+    assert cli.main([*run, '--stop-after', '1']) == 0
+    assert 'batch_size 64 -> 12' in capsys.readouterr().out
+    for i in range(24):  # 264 images: batch_size 13
+        shutil.copy(next((data / 'train' / 'bag').iterdir()), data / 'train' / 'bag' / f'copy{i}.png')
+    assert cli.main(['train', '--resume', str(tmp_path / 'run')]) == 2
+    err = capsys.readouterr().err
+    assert 'the run trained with batch_size 12 and its training data now gives 13' in err

@@ -121,6 +121,7 @@ def trained_teacher(tmp_path_factory):
     return cfg, str(out / 'best' / 'model.safetensors')
 
 
+@pytest.mark.slow  # minutes of training
 def test_teacher_argmax_under_bf16_agrees_with_fp32(trained_teacher):
     cfg, path = trained_teacher
     teacher = create_teacher('resnet18', 10, checkpoint=path).adapt_to(student_contract(cfg))

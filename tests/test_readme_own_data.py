@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,6 +36,7 @@ def test_readme_holds_the_walkthrough_of_the_manual():
     assert readme_commands() == walkthrough_commands()
 
 
+@pytest.mark.slow  # minutes of training
 def test_your_own_data_section_runs_as_written(tmp_path):
     for name in ('recipes', 'examples'):  # the commands use paths relative to a checkout
         os.symlink(os.path.join(ROOT, name), tmp_path / name)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Tuple
 
-__all__ = ['INTERVAL_BELOW', 'wilson_interval', 'chance_top1', 'at_chance', 'format_top1', 'chance_note']
+__all__ = ['INTERVAL_BELOW', 'wilson_interval', 'chance_top1', 'at_chance', 'format_top1', 'chance_note',
+           'is_at_chance']
 
 INTERVAL_BELOW = 1000  # images: a split this small gets its interval printed beside every top-1
 _Z95 = 1.959964  # two-sided 95% normal quantile
@@ -55,13 +56,22 @@ def format_top1(top1: float, images: int) -> str:
 
 def chance_note(metrics: Mapping[str, float], prefix: str = 'val_') -> Optional[str]:
     """For a row of evaluated metrics (`{prefix}top1`, `{prefix}images`, `{prefix}chance_top1`, as
-    engine.evaluate returns and log.jsonl keeps them): the words that flag a top-1 at chance, or
-    None when it is clearly above chance (or the row predates the chance level)."""
+    engine.evaluate returns and log.jsonl keeps them): the words that flag a top-1 at chance
+    (starting 'AT CHANCE'), or that the split is too small to tell (even 100% would not be clearly
+    above chance on it); None when it is clearly above chance (or the row predates the chance level)."""
     chance = metrics.get(f'{prefix}chance_top1')
     if chance is None:
         return None
     top1, images = metrics[f'{prefix}top1'], int(metrics[f'{prefix}images'])
     if not at_chance(top1, images, chance):
         return None
+    if at_chance(100.0, images, chance):
+        return (f'{images} validation image(s) are too few to tell any top-1 from chance ({chance:.2f}): score it '
+                f'on more images')
     return (f'AT CHANCE: top-1 {top1:.2f} is not clearly above {chance:.2f}, what always guessing the most '
-            f'frequent class gets on these {images} images; this model has learned nothing usable')
+            f'frequent class gets on these {images} images; this model does no better than a constant guess')
+
+
+def is_at_chance(note: Optional[str]) -> bool:
+    """Whether a chance_note says the model is at chance (not merely that the split is too small)."""
+    return bool(note) and note.startswith('AT CHANCE')

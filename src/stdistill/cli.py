@@ -16,9 +16,9 @@ import os
 import sys
 from typing import List, Optional
 
-from .accuracy import chance_note, format_top1
+from .accuracy import INTERVAL_BELOW, chance_note, format_top1, is_at_chance, wilson_interval
 from .config import config_help, load_config
-from .hints import code, command, train_longer
+from .hints import code, command, option, positionals, train_longer
 from .profiling import GMACS_TOLERANCE, PARAMS_TOLERANCE, paper_comparison, profile_model
 
 
@@ -75,7 +75,8 @@ def _train(args: argparse.Namespace) -> int:
         chance = chance_note({'val_top1': best['top1'], 'val_images': best['images'],
                               'val_chance_top1': best['chance_top1']})
         if chance:
-            print(f'stdistill: warning: {chance}. {train_longer(cfg.output, summary)}', file=sys.stderr)
+            again = f' {train_longer(cfg.output, summary)}' if is_at_chance(chance) else ''
+            print(f'stdistill: warning: {chance}.{again}', file=sys.stderr)
     return 0
 
 
@@ -85,7 +86,7 @@ def _teacher_pass(args: argparse.Namespace) -> int:
     if int(os.environ.get('RANK', 0)) == 0 and summary['images']:
         print(f'done: {summary["images"]} images through the teachers in {summary["seconds"]:.1f} s '
               f'({summary["img_per_s"]:.1f} img/s on this process), store {args.output}; train from it with '
-              f'{command("stdistill", "train", *(["--config", args.config] if args.config else []), *args.overrides, f"teacher_outputs={args.output}")}')
+              f'{command("stdistill", "train", *(option("--config", args.config) if args.config else []), *positionals(*args.overrides, f"teacher_outputs={args.output}"))}')
     return 0
 
 
@@ -104,10 +105,12 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError(f'no config.yaml beside {target}: give the run folder, or --config')
     cfg = load_config(config, args.overrides)
     m = evaluate_checkpoint(cfg, checkpoint, ema=args.ema)
-    heads = ''.join(f', {k[5:]} head {m[k]:.2f}' for k in ('top1_cls', 'top1_dist', 'top1_avg') if k in m)
+    ci = '' if m['images'] >= INTERVAL_BELOW else ' ({:.1f}-{:.1f})'  # each head's interval on a small split
+    heads = ''.join(f', {k[5:]} head {m[k]:.2f}{ci.format(*wilson_interval(m[k], m["images"]))}'
+                    for k in ('top1_cls', 'top1_dist', 'top1_avg') if k in m)
     also_ema = not args.ema and os.path.isfile(os.path.join(checkpoint, 'model_ema.safetensors'))
-    again = ['stdistill', 'eval', args.target, '--which', args.which, *(['--config', args.config] if args.config else []),
-             *args.overrides, '--ema']
+    again = ['stdistill', 'eval', '--which', args.which, *(option('--config', args.config) if args.config else []),
+             '--ema', *positionals(args.target, *args.overrides)]
     ema_hint = f'; it also holds EMA weights: {command(*again)} scores them'
     print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {format_top1(m["top1"], m["images"])}, '
           f'top-5 {m["top5"]:.2f} on {m["images"]} images ({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}'
@@ -155,23 +158,22 @@ FAR_BELOW = 2.0
 def _shipped_lines(args: argparse.Namespace, shipped) -> List[str]:
     """What the export ships, in numbers: its head's validation top-1 beside the run's headline,
     a warning when it is far below, and a warning when it is at chance."""
-    from .accuracy import wilson_interval
     if shipped is None:
         return [f'note: {args.run}/{args.which} records no validation top-1: score it with '
-                f'{command("stdistill", "eval", args.run, "--which", args.which)}']
+                f'{command("stdistill", "eval", "--which", args.which, *positionals(args.run))}']
     what = f'{"EMA weights, " if args.ema else ""}{shipped.head} head'
     if shipped.top1 is None:
         return [f'note: the top-1 of the {what} is not recorded (each head is scored for the student\'s weights): '
-                f'score it with {command("stdistill", "eval", args.run, "--which", args.which, "--ema", f"inference_head={shipped.head}")}']
+                f'score it with {command("stdistill", "eval", "--which", args.which, "--ema", *positionals(args.run, f"inference_head={shipped.head}"))}']
     lines = [f'it predicts with the {what}: validation top-1 {format_top1(shipped.top1, shipped.images)}'
              + ('' if shipped.head == shipped.headline_head else
                 f'; the run reported {shipped.headline_top1:.2f}, from its {shipped.headline_head} head')]
     low, _ = wilson_interval(shipped.headline_top1, shipped.images)
     gap = shipped.headline_top1 - shipped.top1
     if gap > max(FAR_BELOW, shipped.headline_top1 - low):
-        fix = (command('stdistill', 'export', args.run, f'{args.output.rstrip("/")}_{shipped.headline_head}',
-                       '--which', args.which,
-                       *(['--ema'] if args.ema else []), '--head', shipped.headline_head)
+        fix = (command('stdistill', 'export', '--which', args.which, *(['--ema'] if args.ema else []), '--head',
+                       shipped.headline_head,
+                       *positionals(args.run, f'{args.output.rstrip("/")}_{shipped.headline_head}'))
                if shipped.headline_head != 'cls' else None)
         lines.append(f'stdistill: warning: the exported {shipped.head} head scores {gap:.2f} points below the run\'s '
                      f'{shipped.headline_top1:.2f}: '

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-__all__ = ['command', 'code', 'train_longer']
+__all__ = ['command', 'code', 'option', 'positionals', 'train_longer']
 
 
 def command(*words: object) -> str:
@@ -25,10 +25,24 @@ def code(line: str) -> str:
 ENOUGH_UPDATES = 300
 
 
+def option(name: str, value: str) -> list:
+    """An option and its value, as argparse reads them whatever the value starts with ('-x': --name=-x)."""
+    return [f'{name}={value}'] if value.startswith('-') else [name, value]
+
+
+def positionals(*values: str) -> list:
+    """Positional arguments, after '--' when one starts with '-' (argparse would take it for an option)."""
+    return ['--', *values] if any(v.startswith('-') for v in values) else list(values)
+
+
 def train_longer(run: str, summary: dict) -> str:
-    """What to do about a run at chance, from its summary.json: its update count, and the command
-    that continues it to at least ENOUGH_UPDATES updates (twice its epochs at the least)."""
+    """What to do about a run at chance, from its summary.json: finish it when it stopped early, else
+    its update count and the command that continues it to at least ENOUGH_UPDATES updates (twice its
+    epochs at the least)."""
+    resume = ['stdistill', 'train', *option('--resume', run or '.')]
+    if summary['epochs_done'] < summary['epochs']:
+        return f'It has done {summary["epochs_done"]} of its {summary["epochs"]} epochs: finish it, {command(*resume)}'
     steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
     epochs = max(2 * summary['epochs'], -(-ENOUGH_UPDATES // steps))
     return (f'It made {summary["num_updates"]} updates ({steps} an epoch): train it longer, '
-            f'{command("stdistill", "train", "--resume", run, f"epochs={epochs}")}, or again with a lower batch_size')
+            f'{command(*resume, f"epochs={epochs}")}, or again with a lower batch_size')

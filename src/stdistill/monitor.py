@@ -68,7 +68,8 @@ class RunMonitor:
                 prefix = 'eval' if name.startswith(('val_', 'ema_')) else 'epoch'
                 self.writer.add_scalar(f'{prefix}/{name}', value, num_updates)
         self.writer.flush()
-        summary = ' '.join(f'{k} {format_top1(row[k], row["val_images"]) if k == "val_top1" else f"{row[k]:.4g}"}'
+        top1s = ('val_top1', 'ema_top1')  # with their interval on a small split
+        summary = ' '.join(f'{k} {format_top1(row[k], row["val_images"]) if k in top1s else f"{row[k]:.4g}"}'
                            for k in ('loss', 'val_top1', 'val_top5', 'ema_top1', 'mi_estimate') if k in row)
         tqdm.write(f'epoch {row["epoch"] + 1}/{self.epochs}: {summary}')  # counted from 1, as the bar
 

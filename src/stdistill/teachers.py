@@ -73,7 +73,8 @@ def load_weights(path: str, use_ema: bool = False) -> dict:
             return load_file(path)
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, foreign format: one clear line
-        raise ValueError(f'cannot load checkpoint {path}: {_first_line(e)}') from None
+        raise ValueError(f'cannot load checkpoint {path} ({type(e).__name__}: {_first_line(e)}): give a safetensors '
+                         f'file or a torch weights file') from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f'cannot load checkpoint {path}: it holds a {type(checkpoint).__name__}, not a state dict')
     keys = ('state_dict_ema', 'model_ema') if use_ema else ('state_dict', 'model')

@@ -32,7 +32,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
-from .accuracy import chance_note
+from .accuracy import chance_note, is_at_chance
 from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint_entry, load_checkpoint,
                          newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
@@ -43,7 +43,7 @@ from .deit import DeiTTokenStudent
 from .distributed import DistInfo, cpu_bf16_native, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
-from .hints import command, train_longer
+from .hints import command, option, train_longer
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
 from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
 from .mine import MIRegularizer
@@ -252,8 +252,8 @@ def _check_teacher_checkpoint(path: str, i: int) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     run = os.path.dirname(folder) if os.path.basename(folder) in ('best', *RESUMABLE) else None
     if run and os.path.isfile(os.path.join(run, 'config.yaml')):  # its run exists, the checkpoint not yet
-        how = (f'its run {os.path.dirname(os.path.dirname(path))} has not saved one: finish it with '
-               f'{command("stdistill", "train", "--resume", os.path.dirname(os.path.dirname(path)))}'
+        how = (f'its run {os.path.dirname(os.path.dirname(path)) or "."} has not saved one: finish it with '
+               f'{command("stdistill", "train", *option("--resume", os.path.dirname(os.path.dirname(path)) or "."))}'
                if any(os.path.isdir(os.path.join(run, n)) for n in RESUMABLE) else
                f'its run {os.path.dirname(os.path.dirname(path))} holds no checkpoint: train it again')
     else:
@@ -267,9 +267,9 @@ def _warn_chance_teacher(path: str, i: int) -> None:
     score = recorded_score(path)
     note = score and chance_note({'val_top1': score['top1_cls'], 'val_images': score['images'],
                                   'val_chance_top1': score['chance_top1']})
-    if not note:
+    if not is_at_chance(note):  # a split too small to tell says nothing of the teacher
         return
-    run = os.path.dirname(os.path.dirname(path))  # RUN/best/model.safetensors: its run, if stdistill trained it
+    run = os.path.dirname(os.path.dirname(path)) or '.'  # RUN/best/model.safetensors: its run, if stdistill trained it
     try:
         with open(os.path.join(run, 'summary.json')) as f:
             again = ' ' + train_longer(run, json.load(f))
@@ -382,17 +382,18 @@ def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
         raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ or previous/ checkpoint')
     if not resume and has_run:
         raise ValueError(f'{cfg.output} already holds a run: continue it with '
-                         f'{command("stdistill", "train", "--resume", cfg.output)}, or set output to a new folder')
+                         f'{command("stdistill", "train", *option("--resume", cfg.output))}, or set output to a new folder')
 
 
 def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict], optimizer, scheduler,
-                    objective: DistillObjective, ema, config: TrainConfig) -> Dict[str, Any]:
+                    objective: DistillObjective, ema, config: TrainConfig, batch_size: int) -> Dict[str, Any]:
     return {
         'epoch': epoch, 'num_updates': num_updates, 'best': best, 'history': history,
         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
         'mi': objective.mi.state_dict() if objective.mi is not None else None,
         'ema': None,  # the EMA weights are a file of their own, beside the student's (EMA_FILE)
         'config': json.dumps(dataclasses.asdict(config)),  # what trained this epoch: --resume compares with it
+        'batch_size': batch_size,  # per process, as trained: min_updates_per_epoch may have lowered config's
     }
 
 
@@ -579,6 +580,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         if ema is not None and state['ema'] is not None:  # written before the EMA had a file of its own
             ema.module.load_state_dict(state['ema'])
         start_epoch, num_updates = state['epoch'] + 1, state['num_updates']
+        trained = state.get('batch_size', cfg.batch_size)  # absent from checkpoints written before it was kept
+        if trained != cfg.batch_size:  # the same batch_size asked for, but the data now lowers it otherwise
+            raise ValueError(f'the run trained with batch_size {trained} and its training data now gives '
+                             f'{cfg.batch_size} (min_updates_per_epoch lowers it on a small training set): point '
+                             f'data_dir at the data it was trained on')
         if cfg.epochs < start_epoch:
             raise ValueError(f'epochs={cfg.epochs}, but the run has done {start_epoch} epochs: give epochs >= '
                              f'{start_epoch}')
@@ -668,7 +674,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
                                     metadata=scored, ema=ema_module)
                 state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema,
-                                        resolved)
+                                        resolved, cfg.batch_size)
                 state['rng'], state['changes'] = rng, changelog
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
                                 previous=os.path.join(cfg.output, 'previous'), metadata=scored, ema=ema_module)
