@@ -28,6 +28,9 @@ def test_quickstart_writes_table_plot_and_results(tmp_path, capsys):
     assert "validation (Fashion-MNIST's test set): 200 images in 10 classes" in printed and '(a subset of its 10000)' in printed
     assert plot_title(rows) == 'Fashion-MNIST, 200 of its 10,000 test images'
     assert 'class head alone' in printed
+    for row in rows:  # the table's top-1 is that of best/, the checkpoint eval and export take
+        best = json.loads((out / row['name'] / 'summary.json').read_text())['best']
+        assert row['top1'] == round(best['top1'], 2) and row['best_epoch'] == best['epoch'] + 1
     # run again: the finished stages are kept (nothing retrains) and the table is the same
     summaries = {n: (out / n / 'summary.json').stat().st_mtime_ns for n in ('teacher', 'plain', 'std')}
     again = run_quickstart(str(out), workers=0, train_samples=256, val_samples=200, epochs=1, progress=False)
