@@ -239,3 +239,16 @@ def test_an_export_stopped_by_sigterm_leaves_nothing(std_run, tmp_path):
     assert proc.wait(timeout=60) == 130
     assert 'stdistill: interrupted' in proc.stderr.read()
     assert os.listdir(out.parent) == []
+
+
+def test_an_ema_export_of_another_head_names_the_command_that_scores_it(std_run, tmp_path, capsys):
+    """Each head's top-1 is recorded for the student's weights only: the export of the EMA's class head
+    says so, with the command that scores it, which runs as printed (stdistill.hints)."""
+    import shlex
+    capsys.readouterr()
+    assert main(['export', str(std_run), str(tmp_path / 'ema_cls'), '--ema', '--head', 'cls']) == 0
+    out = capsys.readouterr().out
+    hint = re.search(r'not recorded .*: score it with `([^`]+)`', out).group(1)
+    assert hint == f'stdistill eval --which best --ema {std_run} inference_head=cls'
+    assert main(shlex.split(hint)[1:]) == 0
+    assert re.search(r'\(EMA weights\): top-1 [\d.]+', capsys.readouterr().out)

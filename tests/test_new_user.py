@@ -226,7 +226,18 @@ def test_missing_teacher_checkpoint_says_so_and_how_to_make_it(clothes, tmp_path
     assert 'is a folder: give the weights file' in capsys.readouterr().err
     (tmp_path / 'teacher' / 'config.yaml').write_text('model: resnet18\n')
     assert cli.main([*run, f'teachers.0.checkpoint={missing}']) == 2
-    assert 'holds no checkpoint: train it again' in capsys.readouterr().err
+    assert 'has not finished an epoch: let it finish its first, or train it again' in capsys.readouterr().err
+    # a teacher run whose best/ is gone: the key set to the checkpoint it holds
+    import shutil
+    teacher = tmp_path / 'stopped'
+    assert cli.main(['train', '--config', os.path.join(ROOT, 'recipes', 'folder', 'plain.yaml'), 'workers=0',
+                     'progress=false', f'data_dir={clothes / "data" / "clothes"}', 'epochs=2', '--stop-after', '1',
+                     f'output={teacher}']) == 0
+    shutil.rmtree(teacher / 'best')
+    capsys.readouterr()
+    assert cli.main([*run, f'teachers.0.checkpoint={teacher / "best" / "model.safetensors"}']) == 2
+    assert f'holds last/ but no best/: set teachers.0.checkpoint={teacher / "last" / "model.safetensors"}' in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize('native', [False, True, None])

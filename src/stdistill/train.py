@@ -251,14 +251,15 @@ def _check_teacher_checkpoint(path: str, i: int) -> None:
                          + (f', {key}={inside}' if os.path.isfile(inside) else ''))
     folder = os.path.dirname(os.path.abspath(path))
     run = os.path.dirname(folder) if os.path.basename(folder) in ('best', *RESUMABLE) else None
-    if run and os.path.isfile(os.path.join(run, 'config.yaml')):  # its run exists, the checkpoint not yet
-        how = (f'its run {os.path.dirname(os.path.dirname(path)) or "."} has not saved one: finish it with '
-               f'{command("stdistill", "train", *option("--resume", os.path.dirname(os.path.dirname(path)) or "."))}'
-               if any(os.path.isdir(os.path.join(run, n)) for n in RESUMABLE) else
-               f'its run {os.path.dirname(os.path.dirname(path))} holds no checkpoint: train it again')
+    shown = os.path.dirname(os.path.dirname(path)) or '.'  # the run folder as the user wrote it
+    if run and os.path.isfile(os.path.join(run, 'config.yaml')):  # its run exists, the checkpoint not (yet)
+        kept = next((n for n in RESUMABLE if os.path.isfile(os.path.join(run, n, MODEL_FILE))), None)
+        how = (f'its run {shown} holds {kept}/ but no {os.path.basename(folder)}/: set {key}='
+               f'{os.path.join(shown, kept, MODEL_FILE)}' if kept else
+               f'its run {shown} has not finished an epoch: let it finish its first, or train it again')
     else:
-        how = ('train the teacher first' + (f' with output={os.path.dirname(os.path.dirname(path))} (its '
-               f'best/{MODEL_FILE} is this file)' if run else '') + f', or set {key} to a teacher\'s weights file')
+        how = ('train the teacher first' + (f' with output={shown} (its best/{MODEL_FILE} is this file)' if run else '')
+               + f', or set {key} to a teacher\'s weights file')
     raise ValueError(f'{key}: the teacher checkpoint {path} does not exist: {how}')
 
 
