@@ -84,7 +84,7 @@ names = model.pretrained_cfg['label_names']
 for path in sys.argv[1:]:
     with torch.no_grad():
         p = model(tf(Image.open(path).convert('RGB')).unsqueeze(0)).softmax(-1)[0]
-    print(path + ': ' + ', '.join(f'{{names[i]}} {{p[i]:.3f}}' for i in p.topk(5).indices.tolist()))
+    print(path + ': ' + ', '.join(f'{{names[i]}} {{p[i]:.3f}}' for i in p.topk(min(5, p.numel())).indices.tolist()))
 """
 
 PREDICT_TOKENS = """
@@ -100,7 +100,7 @@ tf = build_transforms(loaded.cfg, *resolve_norm(loaded.cfg))[1]
 for path in sys.argv[1:]:
     with torch.no_grad():
         p = model(tf(to_model_mode(Image.open(path), 'RGB', path)).unsqueeze(0)).softmax(-1)[0]
-    print(path + ': ' + ', '.join(f'{{loaded.classes[i]}} {{p[i]:.3f}}' for i in p.topk(5).indices.tolist()))
+    print(path + ': ' + ', '.join(f'{{loaded.classes[i]}} {{p[i]:.3f}}' for i in p.topk(min(5, p.numel())).indices.tolist()))
 """
 
 
@@ -185,7 +185,7 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
             continue
         if hint.startswith('stdistill export'):  # the token export of the head the run reported
             sh.run(hint)
-            folder = shlex.split(hint)[3]
+            folder = shlex.split(hint)[-1]  # options first, then RUN OUT
             ours = sh.run(f'stdistill predict {folder} {" ".join(images)}').stdout
             assert 'stdistill.json' in os.listdir(clothes / folder)
             assert _top5(ours)[0][0] == images[0]
