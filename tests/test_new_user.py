@@ -325,6 +325,8 @@ def test_train_longer_finishes_a_run_stopped_early():
     # a run folder named like an option, or the current folder: still a command that runs
     assert '`stdistill train --resume=-x epochs=100`' in train_longer('-x', done)
     assert '`stdistill train --resume . epochs=100`' in train_longer('', done)
+    assert train_longer('runs/x', dict(done, batch_size=64)).endswith('or again with a lower batch_size')
+    assert train_longer('runs/x', dict(done, batch_size=2)).endswith('epochs=100`')  # 2 is as low as it goes
 
 
 def test_resume_refuses_data_that_changes_the_lowered_batch_size(clothes, tmp_path, capsys):

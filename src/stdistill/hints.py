@@ -44,5 +44,6 @@ def train_longer(run: str, summary: dict) -> str:
         return f'It has done {summary["epochs_done"]} of its {summary["epochs"]} epochs: finish it, {command(*resume)}'
     steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
     epochs = max(2 * summary['epochs'], -(-ENOUGH_UPDATES // steps))
+    lower = ', or again with a lower batch_size' if summary.get('batch_size', 3) > 2 else ''  # 2: BatchNorm, MINE
     return (f'It made {summary["num_updates"]} updates ({steps} an epoch): train it longer, '
-            f'{command(*resume, f"epochs={epochs}")}, or again with a lower batch_size')
+            f'{command(*resume, f"epochs={epochs}")}{lower}')
