@@ -276,6 +276,11 @@ MATRIX = [
     ('MINE warm-up rounding to every update', _train('mine_warmup_epochs=1.9'),
      ['mine_warmup_epochs 1.9', 'all 8 updates', 'never apply']),
     ('MINE warm-up rounding to no update', _train('mine_warmup_epochs=0.1'), ['no update', 'no warm-up']),
+    # values a library would take and silently turn into another result (issue 28)
+    ('img_size the patches do not tile', _train('img_size=30'), ['img_size 30 is not a multiple of',
+                                                                 'patch size 4', 'img_size=32 or 28']),
+    ('min_lr above lr', _train('lr=0.001', 'min_lr=0.01'), ['min_lr 0.01 is above lr', 'climb']),
+    ('warmup_lr above lr', _train('lr=0.001', 'warmup_lr=0.01', 'warmup_epochs=1'), ['warmup_lr 0.01 is above lr']),
 ]
 
 

@@ -252,3 +252,20 @@ def test_an_ema_export_of_another_head_names_the_command_that_scores_it(std_run,
     assert hint == f'stdistill eval --which best --ema {std_run} inference_head=cls'
     assert main(shlex.split(hint)[1:]) == 0
     assert re.search(r'\(EMA weights\): top-1 [\d.]+', capsys.readouterr().out)
+
+
+def test_predict_with_timm_example_says_what_timm_alone_cannot_load(std_run, folder, tmp_path):
+    """examples/predict_with_timm.py, which users copy: a token-head export and a student stdistill
+    registers (mixer_t4_28) are one line and exit 2, not a traceback (issue 28, case 6)."""
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples',
+                           'predict_with_timm.py')
+    assert main(['export', str(std_run), str(tmp_path / 'tokens')]) == 0
+    assert main(['export', str(std_run), str(tmp_path / 'cls'), '--head', 'cls']) == 0
+    image = _images(folder)[0]
+    for target, words in ((tmp_path / 'tokens', 'token heads, which only stdistill runs'),
+                          (tmp_path / 'cls', 'mixer_t4_28, which timm knows only once stdistill is imported'),
+                          (tmp_path / 'nowhere', 'is not a folder')):
+        done = subprocess.run([sys.executable, example, str(target), image], capture_output=True, text=True,
+                              timeout=300)
+        err = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(err) == 1 and words in err[0], done.stderr

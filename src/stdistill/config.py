@@ -222,8 +222,24 @@ def _check_ranges(cfg: 'TrainConfig') -> None:
     if cfg.smoothing >= 1:  # every target uniform: nothing to learn (and timm's loss asserts)
         raise ValueError(f'config key smoothing must be below 1 (label smoothing 1 makes every target uniform), '
                          f'got {cfg.smoothing}')
+    problem = schedule_problem(cfg, cfg.lr) if cfg.lr is not None else None
+    if problem:
+        raise ValueError(problem)
     if cfg.in_chans not in (1, 3):
         raise ValueError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
+
+
+def schedule_problem(cfg: 'TrainConfig', lr: float) -> Optional[str]:
+    """timm's schedulers run warmup_lr -> lr -> min_lr: what is wrong with a min_lr above the peak
+    `lr` (the cosine would climb to it) or a warm-up that starts above it (it would descend); None
+    when nothing is. A given lr is refused with it; DeiT's lr from batch_size is warned of."""
+    given = 'lr' if cfg.lr is not None else f'lr (null: {lr:.3g}, from batch_size)'
+    if cfg.min_lr > lr:
+        return f'config key min_lr {cfg.min_lr} is above {given}: the schedule would climb to it; set min_lr below lr'
+    if cfg.warmup_epochs and cfg.warmup_lr > lr:
+        return (f'config key warmup_lr {cfg.warmup_lr} is above {given}: the warm-up would descend to it; set '
+                f'warmup_lr below lr')
+    return None
 
 
 def _check_method_keys(cfg: 'TrainConfig') -> None:

@@ -38,7 +38,7 @@ from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
                          verify_checkpoint)
 from .config import (RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, config_from_dict, load_config, resume_changes,
-                     save_config)
+                     save_config, schedule_problem)
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, cpu_bf16_native, gather_objects, init_distributed, resolve_device, weights_digest
 from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
@@ -107,6 +107,7 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
     kwargs.update(cfg.model_kwargs)
     backbone = _create(cfg.model, cfg.pretrained if pretrained is None else pretrained, kwargs,
                        optional=('img_size',) if 'img_size' not in cfg.model_kwargs else ())
+    _check_patch_grid(cfg, backbone)
     positions = [t['token_position'] for t in cfg.teachers]
     if cfg.method == 'std':
         return STDStudent(backbone, num_teachers=len(positions), token_positions=positions, tokens=cfg.tokens,
@@ -116,6 +117,21 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
             raise ValueError(f'method deit takes exactly one teacher, got {len(positions)}')
         return DeiTTokenStudent(backbone, inference_head=cfg.inference_head)
     return backbone
+
+
+def _check_patch_grid(cfg: TrainConfig, backbone: nn.Module) -> None:
+    """Refuse an img_size that a patch embedding does not tile: its strided convolution drops the
+    last rows and columns (img_size 30 with 4-pixel patches trains on the top-left 28x28 alone)."""
+    from timm.layers import PatchEmbed
+    stem = next((m for m in backbone.modules() if isinstance(m, PatchEmbed)), None)
+    if stem is None:  # CycleMLP and CNNs: overlapping, padded stems see every pixel
+        return
+    patch = tuple(stem.patch_size)
+    if any(cfg.img_size % p for p in patch):
+        low, high = (cfg.img_size // patch[0]) * patch[0], -(-cfg.img_size // patch[0]) * patch[0]
+        raise ValueError(f'img_size {cfg.img_size} is not a multiple of {cfg.model}\'s patch size {patch[0]}: the last '
+                         f'{cfg.img_size - low} rows and columns would never reach the model; set img_size={high}'
+                         + (f' or {low}' if low else ''))
 
 
 def student_contract(cfg: TrainConfig) -> InputContract:
@@ -561,6 +577,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
             print(line, flush=True)
 
     lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * info.world_size / 512
+    problem = schedule_problem(cfg, lr) if cfg.lr is None and info.is_main else None
+    if problem:  # DeiT's rule on a small batch: said, as the recipe may be run at that size on purpose
+        print(f'stdistill: warning: {problem}', file=sys.stderr, flush=True)
     steps = len(data.train_loader)
     _check_mine_warmup(cfg, objective, steps)
     try:  # timm's factories: an unknown name is an assertion or a bare message
