@@ -342,3 +342,14 @@ def test_resume_refuses_data_that_changes_the_lowered_batch_size(clothes, tmp_pa
     assert cli.main(['train', '--resume', str(tmp_path / 'run')]) == 2
     err = capsys.readouterr().err
     assert 'the run trained with batch_size 12 and its training data now gives 13' in err
+
+
+def test_a_run_resumed_from_an_older_checkpoint_reports_without_the_chance_level(monkeypatch, capsys):
+    """A best/ recorded before the chance level has no image count: the last line prints its top-1 plainly."""
+    import stdistill.train
+    old_best = {'top1': 81.5, 'top5': 99.0, 'epoch': 1, 'weights': 'student'}
+    monkeypatch.setattr(stdistill.train, 'train', lambda cfg, resume, stop_after: {
+        'final': {'val_top1': 81.5}, 'best': old_best, 'epochs_done': 2, 'epochs': 2, 'num_updates': 40})
+    assert cli.main(['train', 'output=runs/old', 'dataset=fashion-mnist']) == 0
+    out = capsys.readouterr()
+    assert 'best top-1 81.50 (epoch 2), run folder runs/old' in out.out and 'warning' not in out.err

@@ -69,11 +69,12 @@ def _train(args: argparse.Namespace) -> int:
     if summary['final'] is not None and int(os.environ.get('RANK', 0)) == 0:  # once, not once a process
         best = summary['best']
         weights = ', EMA weights' if best.get('weights') == 'ema' else ''
-        print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 '
-              f'{format_top1(best["top1"], best["images"])} (epoch {best["epoch"] + 1}{weights}), run folder '
-              f'{cfg.output}')
-        chance = chance_note({'val_top1': best['top1'], 'val_images': best['images'],
-                              'val_chance_top1': best['chance_top1']})
+        # a run resumed from a checkpoint older than the chance level keeps a best without images
+        top1 = format_top1(best['top1'], best['images']) if 'images' in best else f'{best["top1"]:.2f}'
+        print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {top1} (epoch '
+              f'{best["epoch"] + 1}{weights}), run folder {cfg.output}')
+        chance = chance_note({'val_top1': best['top1'], 'val_images': best.get('images'),
+                              'val_chance_top1': best.get('chance_top1')})
         if chance:
             again = f' {train_longer(cfg.output, summary)}' if is_at_chance(chance) else ''
             print(f'stdistill: warning: {chance}.{again}', file=sys.stderr)
