@@ -84,16 +84,22 @@ def load_weights(path: str, use_ema: bool = False) -> dict:
     return clean_state_dict(checkpoint[key] if key else checkpoint)
 
 
-def recorded_classes(path: str) -> Optional[List[str]]:
-    """The class names (in index order) a stdistill checkpoint records; None when it records none."""
+def _recorded_json(path: str, key: str, what: str) -> Any:
+    """The JSON value a stdistill checkpoint records under `key` in its safetensors header; None for
+    a file that records none (or is not a safetensors file). A damaged record is a ValueError naming `what`."""
     if not path.endswith('.safetensors') or not os.path.isfile(path):
         return None
     try:
         with safe_open(path, 'pt') as f:
-            text = (f.metadata() or {}).get(CLASSES_KEY)
-        names = json.loads(text) if text else None
+            text = (f.metadata() or {}).get(key)
+        return json.loads(text) if text else None
     except Exception as e:  # a damaged record
-        raise ValueError(f'cannot read the class names recorded in {path}: {_first_line(e)}') from None
+        raise ValueError(f'cannot read the {what} recorded in {path}: {_first_line(e)}') from None
+
+
+def recorded_classes(path: str) -> Optional[List[str]]:
+    """The class names (in index order) a stdistill checkpoint records; None when it records none."""
+    names = _recorded_json(path, CLASSES_KEY, 'class names')
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise ValueError(f'the class names recorded in {path} are damaged (not a list of names)')
     return names
@@ -102,14 +108,10 @@ def recorded_classes(path: str) -> Optional[List[str]]:
 def recorded_score(path: str) -> Optional[Dict[str, float]]:
     """The validation score a stdistill checkpoint records for its weights ({'top1', 'top1_cls',
     'images', 'chance_top1'}: percent, except images); None for a file that records none."""
-    if not path.endswith('.safetensors') or not os.path.isfile(path):
-        return None
+    score = _recorded_json(path, SCORE_KEY, 'validation score')
     try:
-        with safe_open(path, 'pt') as f:
-            text = (f.metadata() or {}).get(SCORE_KEY)
-        score = json.loads(text) if text else None
         return None if score is None else {k: float(score[k]) for k in ('top1', 'top1_cls', 'images', 'chance_top1')}
-    except Exception as e:  # a damaged record
+    except (TypeError, KeyError, ValueError) as e:
         raise ValueError(f'cannot read the validation score recorded in {path}: {_first_line(e)}') from None
 
 
