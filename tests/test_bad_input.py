@@ -194,6 +194,32 @@ def _case_resume_change(*overrides):
     return lambda tmp, run: ['train', '--resume', str(copy_run(run, tmp)), *overrides]
 
 
+_HOLDERS = []  # processes that hold a folder's claim for a case (killed at the end of the module)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _kill_holders():
+    yield
+    for p in _HOLDERS:
+        p.kill()
+        p.wait()
+
+
+def _case_folder_in_use(tmp, run):
+    """Another live process writes the output folder (as a second `stdistill train` would)."""
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from stdistill.locks import lock_folder; '
+                               'lock_folder(sys.argv[1], "the run"); print("held", flush=True); time.sleep(300)',
+                               str(tmp / 'out')], stdout=subprocess.PIPE, text=True)
+    _HOLDERS.append(holder)
+    assert holder.stdout.readline().strip() == 'held'
+    return _train()(tmp, run)
+
+
+def _case_student_teacher_of_other_kwargs(tmp, run):
+    checkpoint = run / 'best' / 'model.safetensors'
+    return _train(f'teachers=[{{model: mixer_t4_28, checkpoint: {checkpoint}, kwargs: {{num_blocks: 3}}}}]')(tmp, run)
+
+
 MATRIX = [
     ('missing data folder', _train(*FOLDER, 'data_dir=/nowhere/at/all'), ['data folder not found', '/nowhere/at/all']),
     ('empty data folder', _case_empty_folder, ['empty']),
@@ -221,7 +247,8 @@ MATRIX = [
      ['token position 5 is outside the backbone']),
     ('batch larger than the data', _train('train_samples=20', 'batch_size=32'), ['no full batch of 32', 'lower batch_size']),
     ('interrupted download', _case_interrupted_download, ['train-images', 'truncated', 'delete it and fetch it again']),
-    ('eval: checkpoint of another model', _case_eval_other_model, ['does not fit mixer_t4_28']),
+    ('eval: checkpoint of another model', _case_eval_other_model, ['trained with model_kwargs.embed_dim=16',
+                                                                   'builds model_kwargs.embed_dim=24']),
     ('eval: truncated checkpoint', _case_eval_truncated, ['corrupt checkpoint', 'model.safetensors', 'truncated']),
     ('eval: pickle that runs code', _case_eval_pickle, ['cannot load checkpoint', 'student.pth']),
     ('resume: edited state.json', _case_resume_edited_state, ['nothing to resume', 'state.json does not match']),
@@ -281,6 +308,17 @@ MATRIX = [
                                                                  'patch size 4', 'img_size=32 or 28']),
     ('min_lr above lr', _train('lr=0.001', 'min_lr=0.01'), ['min_lr 0.01 is above lr', 'climb']),
     ('warmup_lr above lr', _train('lr=0.001', 'warmup_lr=0.01', 'warmup_epochs=1'), ['warmup_lr 0.01 is above lr']),
+    # a folder another process writes, and a trained student rebuilt as another (issue 28)
+    ('output folder another process writes', _case_folder_in_use, ['is in use by another stdistill process', 'pid ']),
+    ('eval: tokens moved to another block', lambda tmp, run: ['eval', str(run), 'teachers.0.token_position=0'],
+     ['trained with teachers.0.token_position=1 (block index)', 'builds teachers.0.token_position=0']),
+    ('eval: another token depth', lambda tmp, run: ['eval', str(run), 'token_depth=2'],
+     ['trained with token_depth=1', 'builds token_depth=2']),
+    ('teacher: a student checkpoint with other model_kwargs', _case_student_teacher_of_other_kwargs,
+     ['trained with model_kwargs.num_blocks=2', 'kwargs.num_blocks=3']),
+    ('teacher: a student checkpoint named as another model',
+     lambda tmp, run: _train(f'teachers=[{{model: mixer_t4_32, checkpoint: {run}/best/model.safetensors}}]')(tmp, run),
+     ['holds a mixer_t4_28, not a mixer_t4_32']),
 ]
 
 

@@ -35,7 +35,7 @@ from .teachers import EMA_FILE, _first_line, _whole_message
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
            'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
-           'checkpoint_entry', 'readable_as_umask', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
+           'checkpoint_entry', 'readable_as_umask', 'file_sha256', 'MODEL_FILE', 'STATE_FILE', 'STATE_JSON', 'EMA_FILE', 'RESUMABLE']
 
 MODEL_FILE, STATE_FILE, STATE_JSON = 'model.safetensors', 'state.safetensors', 'state.json'
 FORMAT = 'stdistill-checkpoint/1'

@@ -22,10 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from .disk import write_atomic
 from .hints import command
 
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
-           'config_changes', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
+           'config_changes', 'first_difference', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
 
 METHODS = ('none', 'kd', 'deit', 'std')
 # Bounds of an input contract (teacher_input.py checks contracts with the same ones)
@@ -432,16 +433,16 @@ RUNTIME_KEYS = ('workers', 'log_interval', 'progress', 'device', 'dist_timeout',
                 'teacher_outputs')
 
 
-def _first_difference(name: str, old: Any, new: Any) -> tuple:
+def first_difference(name: str, old: Any, new: Any) -> tuple:
     """(dotted key, old, new) of the first place two values differ (teachers.0.use_ema)."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
-                return _first_difference(f'{name}.{key}', old.get(key), new.get(key))
+                return first_difference(f'{name}.{key}', old.get(key), new.get(key))
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
             if a != b:
-                return _first_difference(f'{name}.{i}', a, b)
+                return first_difference(f'{name}.{i}', a, b)
     return name, old, new
 
 
@@ -464,7 +465,7 @@ def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]
         return text if len(text) <= 80 else text[:77] + '...'
     for key, (before, after) in changed.items():
         if key not in SCHEDULE_KEYS + RUNTIME_KEYS:
-            key, before, after = _first_difference(key, before, after)
+            key, before, after = first_difference(key, before, after)
             raise ValueError(f'--resume cannot change {key} ({short(before)} -> {short(after)}): the run was trained '
                              f'with {short(before)}; resume without it, or start a new run (output=...). A resumed run may '
                              f'change the schedule ({", ".join(SCHEDULE_KEYS)}) and run-time keys')
@@ -472,10 +473,7 @@ def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False))
 
 
 # `stdistill train --help` groups the keys by topic, as timm's train.py groups its arguments: each

@@ -29,6 +29,8 @@ import torch.nn as nn
 
 from .checkpoint import MODEL_FILE, checkpoint_entry, readable_as_umask, verify_checkpoint
 from .config import TrainConfig, config_from_dict, load_config
+from .disk import WriteRefused, write_failure
+from .locks import lock_folder
 from .teachers import _first_line, load_weights, recorded_contract
 from .train import build_student, load_student_checkpoint, resolve_norm
 
@@ -195,8 +197,6 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
     """Export a run's student to `output` (a new folder, written whole or not at all); head='cls'
     exports a token student's backbone and class head alone, a timm model. Returns what was
     written ({'folder', 'kind': 'timm' | 'stdistill', 'architecture', 'files', 'onnx_max_diff'})."""
-    from timm.models import save_for_hf
-
     if not output:
         raise ValueError('give the export a folder')
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
@@ -204,6 +204,16 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
     inside = os.path.relpath(os.path.abspath(output), os.path.abspath(run)).split(os.sep)[0]
     if inside in ('best', 'last', 'previous', 'last.old'):
         raise ValueError(f'{output} is inside the run\'s {inside}/ checkpoint, which training replaces: export elsewhere')
+    with lock_folder(output, 'the export'):  # a second export into the same folder is refused, not raced
+        if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+            raise ValueError(f'{output} exists and is not an empty folder: export to a new folder')
+        return _export(run, output, which, ema, onnx, head)
+
+
+def _export(run: str, output: str, which: str, ema: bool, onnx: bool, head: Optional[str]) -> Dict[str, Any]:
+    """export_run(), once `output` is claimed."""
+    from timm.models import save_for_hf
+
     loaded = load_run_student(run, which, ema, head)
     cfg = loaded.cfg
     parent = os.path.dirname(os.path.abspath(output))
@@ -211,7 +221,7 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix='.export.', dir=parent)
     except OSError as e:
-        raise ValueError(f'cannot write the export {output}: {_first_line(e)}') from None
+        raise WriteRefused(f'cannot write the export {output}: {e.strerror or _first_line(e)}') from None
     try:
         mean, std = resolve_norm(cfg)
         data = {'mean': tuple(mean), 'std': tuple(std), 'crop_pct': cfg.crop_pct,
@@ -236,11 +246,14 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
         if os.path.isdir(output):
             os.rmdir(output)  # an empty folder given as the output
         os.replace(tmp, output)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f'cannot write the export {output}: {_first_line(e)}') from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure(e) if isinstance(e, Exception) else None
+        if reason:  # a full or read-only disk, from Python's writes or safetensors'
+            raise WriteRefused(f'cannot write the export {output}: {reason}: free space there (or make it writable), '
+                               f'or export to another folder') from None
+        if isinstance(e, OSError):  # a name the file system refuses, say
+            raise ValueError(f'cannot write the export {output}: {e.strerror or _first_line(e)}') from None
         raise
     arch = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('architecture', cfg.model)
     tokens = cfg.method in ('std', 'deit')  # a student with distillation heads beside its class head

@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 
+from .disk import write_atomic
+
 __all__ = ['IMAGE_EXTENSIONS', 'FolderReader', 'find_split', 'read_class_map', 'write_class_map', 'scan_split',
            'describe_counts']
 
@@ -135,10 +137,7 @@ def read_class_map(path: str) -> List[str]:
 
 def write_class_map(names: Sequence[str], path: str) -> None:
     """`names` as a timm class_map text file, written whole or not at all."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(''.join(f'{n}\n' for n in names))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(''.join(f'{n}\n' for n in names)))
 
 
 class FolderReader(Reader):

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 from tqdm import tqdm
 
 from .accuracy import format_top1
+from .disk import save_figure
 
 __all__ = ['RunMonitor', 'write_plots']
 
@@ -105,7 +106,7 @@ def write_plots(folder: str, history: List[Dict]) -> List[str]:
     loss_ax.legend(fontsize='small')
     fig.tight_layout()
     paths = [os.path.join(folder, 'curves.png')]
-    fig.savefig(paths[0], dpi=100)
+    save_figure(fig, paths[0], dpi=100)
     plt.close(fig)
     if 'mi_estimate' in history[0]:
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -114,6 +115,6 @@ def write_plots(folder: str, history: List[Dict]) -> List[str]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         paths.append(os.path.join(folder, 'mi.png'))
-        fig.savefig(paths[1], dpi=100)
+        save_figure(fig, paths[1], dpi=100)
         plt.close(fig)
     return paths

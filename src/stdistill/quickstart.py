@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional
 
 from .accuracy import INTERVAL_BELOW, chance_note, wilson_interval
 from .config import RUNTIME_KEYS, TrainConfig, config_changes, config_from_dict, load_config
+from .disk import save_figure, write_atomic, writing
+from .locks import lock_folder
 
 __all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
 
@@ -159,7 +161,7 @@ def _comparison_plot(path: str, rows: List[Dict[str, Any]], histories: Dict[str,
     curve_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve_ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -168,6 +170,13 @@ def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir
     from .train import train
 
     configs = quickstart_configs(output, long, data_dir, workers, small, **extra)
+    if not output or os.path.isfile(output):
+        raise ValueError(f'--output must be a folder, got {output!r}')
+    with lock_folder(output, 'the quickstart'), writing(output, 'the quickstart', 'run it again (finished stages are kept)'):
+        return _run_stages(configs, output, restart, train)  # (each stage's run claims its own folder too)
+
+
+def _run_stages(configs: Dict[str, TrainConfig], output: str, restart: bool, train) -> Dict[str, Any]:
     _check_output(output)
     stages, stale = {}, restart
     for name, cfg in configs.items():  # teacher first: a new teacher makes the students' runs stale too
@@ -202,8 +211,7 @@ def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir
     minutes = round((time.perf_counter() - start) / 60, 2)
     results = {'dataset': 'fashion-mnist', 'seed': configs['plain'].seed, 'minutes': minutes,
                'rows': rows}
-    with open(os.path.join(output, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1)
+    write_atomic(os.path.join(output, 'results.json'), lambda f: json.dump(results, f, indent=1))
     _comparison_plot(os.path.join(output, 'comparison.png'), rows, histories)
     for line in results_table(rows):
         print(line)

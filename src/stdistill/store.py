@@ -35,6 +35,7 @@ from torch.utils.data import Subset
 from .checkpoint import file_sha256, readable_as_umask
 from .config import TrainConfig
 from .data import FashionMNIST
+from .disk import write_atomic
 from .folders import FolderReader
 from .loaders import data_seed_of
 from .losses import TeacherTargets
@@ -243,16 +244,7 @@ def _first_change(stored: Dict[str, Any], current: Dict[str, Any]) -> Optional[s
 
 
 def _write_atomic_json(path: str, doc: Dict[str, Any]) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'w') as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda f: json.dump(doc, f, indent=1))
 
 
 class StoreWriter:
@@ -361,11 +353,15 @@ class StoreWriter:
         path = _shard_path(self.folder, self._epoch, self.rank, self._first)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f'{path}.tmp{os.getpid()}'
-        save_file(tensors, tmp, metadata=meta)
-        readable_as_umask(tmp)  # safetensors writes 0600: a store is shared like any file
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # whole shards only: a kill before this leaves a temporary file, redone later
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            readable_as_umask(tmp)  # safetensors writes 0600: a store is shared like any file
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # whole shards only: a kill before this leaves a temporary file, redone later
+        finally:  # a failed write (a full disk) leaves no partial shard either
+            if os.path.exists(tmp):
+                os.remove(tmp)
         self._first += len(self._rows)
         self._rows = []
 

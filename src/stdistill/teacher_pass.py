@@ -13,6 +13,8 @@ keeps the whole shards and continues from the first missing step.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import time
 from typing import Any, Dict, Optional
 
@@ -22,9 +24,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .distributed import init_distributed, resolve_device
+from .disk import WriteRefused, writing
+from .distributed import DistInfo, init_distributed, resolve_device
 from .engine import prepare_batch
 from .loaders import build_data, build_mixup, data_seed_of
+from .locks import lock_folder_on_main
 from .store import SHARD_STEPS, StoreWriter, describe_outputs, outputs_spec, run_fingerprint
 from .train import (_amp_dtype, _fit_workers, build_teachers, refuse_labels_teacher_in_store, student_contract,
                     teacher_line)
@@ -50,6 +54,25 @@ def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = Non
     if shard_steps < 1:
         raise ValueError('--shard-steps must be a positive number of steps')
     info = init_distributed(cfg.device, cfg.dist_timeout)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f'--output {output} is a file: give a folder for the store')
+    claim = lock_folder_on_main(output, 'the teacher store', info)  # one live process writes a store
+    existed = os.path.isdir(output)
+    try:
+        with writing(output, 'the teacher store', 'run the command again (it keeps the whole shards)'):
+            return _pass(cfg, output, shard_steps, info)
+    except WriteRefused:
+        shards = os.path.isdir(output) and any(n.startswith('epoch') and os.listdir(os.path.join(output, n))
+                                               for n in os.listdir(output))
+        if info.is_main and not existed and not shards:  # nothing worth keeping: no half-made store
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    finally:
+        claim.release()
+
+
+def _pass(cfg: TrainConfig, output: str, shard_steps: int, info: DistInfo) -> Dict[str, Any]:
+    """teacher_pass(), once the store folder is claimed."""
     device = resolve_device(cfg.device, info)
     student_input = student_contract(cfg)
     data = build_data(_fit_workers(cfg, info), info, student_input.mean, student_input.std,

@@ -31,10 +31,11 @@ from .students import check_model_name
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
-           'recorded_contract', 'recorded_classes', 'recorded_score', 'model_contract', 'CLASSES_KEY', 'SCORE_KEY',
-           'EMA_FILE']
+           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_architecture', 'model_contract',
+           'CLASSES_KEY', 'SCORE_KEY', 'ARCHITECTURE_KEY', 'EMA_FILE']
 
 CLASSES_KEY = 'stdistill.classes'  # a checkpoint's class names, JSON, in its safetensors header
+ARCHITECTURE_KEY = 'stdistill.architecture'  # what rebuilds the student: model, its kwargs, size, tokens (JSON)
 SCORE_KEY = 'stdistill.score'  # its validation top-1 (and its class head's), images and chance level, JSON
 EMA_FILE = 'model_ema.safetensors'  # a stdistill checkpoint's EMA weights, beside model.safetensors
 
@@ -113,6 +114,35 @@ def recorded_score(path: str) -> Optional[Dict[str, float]]:
         return None if score is None else {k: float(score[k]) for k in ('top1', 'top1_cls', 'images', 'chance_top1')}
     except (TypeError, KeyError, ValueError) as e:
         raise ValueError(f'cannot read the validation score recorded in {path}: {_first_line(e)}') from None
+
+
+def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:
+    """The architecture a stdistill checkpoint records (architecture.student_architecture: model,
+    model_kwargs, img_size, in_chans, num_classes, method and, for STD, each teacher's token
+    block); None for a file that records none (older checkpoints, other programs')."""
+    arch = _recorded_json(path, ARCHITECTURE_KEY, 'architecture')
+    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get('model'), str)
+                                 and isinstance(arch.get('model_kwargs', {}), dict)):
+        raise ValueError(f'the architecture recorded in {path} is damaged (no model name)')
+    return arch
+
+
+def _recorded_kwargs(checkpoint: str, model_name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """kwargs for a teacher built from a stdistill checkpoint: the model_kwargs it was trained with
+    (a model_kwargs key that changes no weight shape, global_pool say, would otherwise be lost in
+    silence). A teacher entry that names another model or gives another value is refused."""
+    arch = recorded_architecture(checkpoint)
+    if arch is None:
+        return kwargs
+    if arch['model'] != model_name.split('.')[0]:
+        raise ValueError(f'checkpoint {checkpoint} holds a {arch["model"]}, not a {model_name}: set the teacher\'s '
+                         f'model to {arch["model"]}')
+    for key, value in arch.get('model_kwargs', {}).items():
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f'checkpoint {checkpoint} was trained with model_kwargs.{key}={value!r}, and the teacher '
+                             f'entry gives kwargs.{key}={kwargs[key]!r}: remove it (a teacher is built as it was '
+                             f'trained)')
+    return {**arch.get('model_kwargs', {}), **kwargs}
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:
@@ -313,6 +343,7 @@ def create_teacher(
     if checkpoint is not None:
         state = _backbone_of_std_student(load_weights(checkpoint, use_ema))
         recorded = recorded_contract(checkpoint)
+        kwargs = _recorded_kwargs(checkpoint, model_name, kwargs)
         weight = state.get(f'{_cfg_value(model_name, "classifier", "head")}.weight')
         if weight is not None:
             kwargs = dict(kwargs, num_classes=weight.shape[0])

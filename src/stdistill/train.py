@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -33,7 +34,8 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 
 from .accuracy import chance_note, is_at_chance
-from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint_entry, load_checkpoint,
+from .architecture import check_architecture, student_architecture
+from .checkpoint import (EMA_FILE, MODEL_FILE, RESUMABLE, STATE_JSON, checkpoint_entry, file_sha256, load_checkpoint,
                          newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state,
                          verify_checkpoint)
@@ -41,10 +43,12 @@ from .config import (RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, config_f
                      save_config, schedule_problem)
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, cpu_bf16_native, gather_objects, init_distributed, resolve_device, weights_digest
+from .disk import WriteRefused, write_atomic, writing
 from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
 from .hints import command, option, train_longer
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
+from .locks import lock_folder_on_main
 from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
 from .mine import MIRegularizer
 from .monitor import RunMonitor, write_plots
@@ -52,8 +56,9 @@ from .schedule import schedule_seed, seeded_random_states
 from .store import TeacherStore, outputs_spec, run_fingerprint
 from .students import STDStudent, check_model_name
 from .teacher_input import RECORD_KEY, InputContract
-from .teachers import (CLASSES_KEY, SCORE_KEY, FrozenTeacher, _first_line, _whole_message, create_teacher,
-                       create_with_weights, load_weights, recorded_classes, recorded_contract, recorded_score)
+from .teachers import (ARCHITECTURE_KEY, CLASSES_KEY, SCORE_KEY, FrozenTeacher, _first_line, _whole_message,
+                       create_teacher, create_with_weights, load_weights, recorded_classes, recorded_contract,
+                       recorded_score)
 
 __all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'teacher_line', 'refuse_labels_teacher_in_store',
@@ -102,7 +107,8 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
     if given != num_classes:
         raise ValueError(f'model_kwargs.num_classes is {given!r} but the data has {num_classes} classes: remove it '
                          f'(num_classes is read from the data)')
-    _refuse_unused_overlay(cfg.model_kwargs, cfg.pretrained if pretrained is None else pretrained, 'model_kwargs')
+    if pretrained is None:  # weights forced off (a trained student rebuilt, a resumed run) read no file
+        _refuse_unused_overlay(cfg.model_kwargs, cfg.pretrained, 'model_kwargs')
     kwargs = dict(num_classes=num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size, drop_path_rate=cfg.drop_path)
     kwargs.update(cfg.model_kwargs)
     backbone = _create(cfg.model, cfg.pretrained if pretrained is None else pretrained, kwargs,
@@ -320,7 +326,7 @@ def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]
 
 def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mixup_active: bool,
                     pretrained: Optional[bool] = None, classes: Optional[List[str]] = None,
-                    with_teachers: bool = True) -> DistillObjective:
+                    with_teachers: bool = True, student_pretrained: Optional[bool] = None) -> DistillObjective:
     """Student + teachers + losses (+ MINE), on `device`. pretrained=False forces random weights;
     classes: the run's class names (teacher checkpoints that record theirs must match);
     with_teachers=False: no teacher is built (a run that reads their outputs from a store)."""
@@ -328,7 +334,8 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
         raise ValueError('method none takes no teachers: remove them, or choose method kd, deit or std')
     if cfg.method != 'none' and not cfg.teachers:
         raise ValueError(f'method {cfg.method} needs teachers: add a list under teachers')
-    student = build_student(cfg, num_classes, pretrained).to(device)
+    student = build_student(cfg, num_classes, pretrained if student_pretrained is None else student_pretrained
+                            ).to(device)
     teachers = (build_teachers(cfg, num_classes, device, pretrained, classes,
                                mixup_smoothing=cfg.smoothing if mixup_active else 0.0) if with_teachers else [])
     if mixup_active:
@@ -352,6 +359,43 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
         raise ValueError(f'mine_warmup_epochs {cfg.mine_warmup_epochs} is not below epochs {cfg.epochs}: the MINE '
                          f'penalty would never apply (set mine=false for that)')
     return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi)
+
+
+def input_files(cfg: TrainConfig) -> Dict[str, str]:
+    """The files a run reads its teachers and labels from, by config key: each teacher's
+    checkpoint and pretrained_cfg_overlay file, and the class_map. (The student's own pretrained
+    file is read once, at the start: a resumed run takes its checkpoint's weights.)"""
+    files = {}
+    for i, spec in enumerate(cfg.teachers):
+        overlay = spec['kwargs'].get('pretrained_cfg_overlay')
+        files[f'teachers.{i}.checkpoint'] = spec['checkpoint']
+        files[f'teachers.{i}.kwargs.pretrained_cfg_overlay.file'] = overlay.get('file') \
+            if isinstance(overlay, dict) else None
+    files['class_map'] = cfg.class_map
+    return {key: os.path.abspath(path) for key, path in files.items() if isinstance(path, str) and os.path.isfile(path)}
+
+
+def input_digests(cfg: TrainConfig) -> Dict[str, Dict[str, str]]:
+    """{key: {'path', 'sha256'}} of input_files(cfg): kept in every checkpoint, and compared on
+    resume, so that a teacher file replaced in place between two runs of one training is caught."""
+    return {key: {'path': path, 'sha256': file_sha256(path)} for key, path in input_files(cfg).items()}
+
+
+def _check_inputs(recorded: Any, now: Dict[str, Dict[str, str]]) -> None:
+    """A resumed run reads the files its run started with, byte for byte: refuse one edited or
+    replaced in place since. (A teacher file cannot move: resume_changes refuses that first; a
+    class_map that moves is compared by the classes it names, _check_classes.) Checkpoints
+    written before inputs were recorded are not checked."""
+    if not isinstance(recorded, dict):
+        return
+    for key, then in recorded.items():
+        current = now.get(key)
+        if (isinstance(then, dict) and current is not None and then.get('path') == current['path']
+                and current['sha256'] != then.get('sha256')):
+            raise ValueError(f'{key} {current["path"]} has changed since the run started (SHA-256 '
+                             f'{str(then.get("sha256"))[:12]}... then, {current["sha256"][:12]}... now): the run '
+                             f'would finish against another file: put the original back, or start a new run '
+                             f'(output=...) with this one')
 
 
 def _check_mine_warmup(cfg: TrainConfig, objective: DistillObjective, steps: int) -> None:
@@ -378,22 +422,32 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """cfg with its data folder, teacher checkpoints and store as absolute paths: `--resume` from another
-    working directory must read the same files, not others that happen to share a relative name."""
+    """cfg with its data folder, teacher checkpoints, pretrained_cfg_overlay files and store as absolute
+    paths: `--resume` from another working directory must read the same files, not others that happen to
+    share a relative name."""
     def absolute(path: Optional[str]) -> Optional[str]:
-        return os.path.abspath(path) if path else path
-    teachers = [dict(t, checkpoint=absolute(t['checkpoint'])) for t in cfg.teachers]
+        return os.path.abspath(path) if isinstance(path, str) and path else path
+
+    def overlay(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        given = kwargs.get('pretrained_cfg_overlay')
+        if not isinstance(given, dict) or not given.get('file'):
+            return kwargs
+        return dict(kwargs, pretrained_cfg_overlay=dict(given, file=absolute(given['file'])))
+    teachers = [dict(t, checkpoint=absolute(t['checkpoint']), kwargs=overlay(t['kwargs'])) for t in cfg.teachers]
     return dataclasses.replace(cfg, output=absolute(cfg.output), data_dir=absolute(cfg.data_dir),
                                class_map=absolute(cfg.class_map), teachers=teachers,
-                               teacher_outputs=absolute(cfg.teacher_outputs))
+                               model_kwargs=overlay(cfg.model_kwargs), teacher_outputs=absolute(cfg.teacher_outputs))
 
 
-def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
+def _check_output_path(cfg: TrainConfig) -> None:
     path = os.path.abspath(cfg.output)
     while path and not os.path.exists(path):  # the output or the first of its parents that exists
         path = os.path.dirname(path) if os.path.dirname(path) != path else ''
     if path and not os.path.isdir(path):
         raise ValueError(f'output {cfg.output}: {path} is a file, not a folder: choose another output')
+
+
+def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
     has_run = any(os.path.isdir(os.path.join(cfg.output, name)) for name in RESUMABLE)
     if resume and not has_run:
         raise ValueError(f'nothing to resume in {cfg.output}: it holds no last/ or previous/ checkpoint')
@@ -522,6 +576,29 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     """
     info = init_distributed(cfg.device, cfg.dist_timeout)
     device = resolve_device(cfg.device, info)
+    _check_output_path(cfg)
+    claim = lock_folder_on_main(cfg.output, 'the run', info)  # one live process per run folder
+    existed = os.path.isdir(cfg.output)
+    try:
+        then = (f'continue with {command("stdistill", "train", *option("--resume", cfg.output))}' if resume else
+                'run the command again')
+        with writing(cfg.output, 'the run', then):
+            return _run(cfg, resume, stop_after, info, device)
+    except WriteRefused as e:
+        kept = [n for n in ('best', *RESUMABLE) if os.path.isdir(os.path.join(cfg.output, n))]
+        if info.is_main and not existed and not kept:  # nothing worth keeping: leave no half-made run folder
+            shutil.rmtree(cfg.output, ignore_errors=True)
+        elif kept and not resume:
+            raise WriteRefused(str(e).replace('run the command again', f'continue with '
+                               f'{command("stdistill", "train", *option("--resume", cfg.output))}')) from None
+        raise
+    finally:
+        claim.release()
+
+
+def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistInfo,
+         device: torch.device) -> Dict[str, Any]:
+    """train(), once its run folder is claimed."""
     _check_run_folder(cfg, resume)
     changes, folder = {}, None
     if resume:
@@ -529,6 +606,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         for reason in damaged if info.is_main else ():
             print(f'stdistill: warning: passing over {reason}', file=sys.stderr)
         changes = _resume_changes(cfg, folder)
+    inputs = input_digests(cfg)  # before anything is read from them
+    if resume:
+        _check_inputs(checkpoint_entry(folder, 'inputs'), inputs)
     if info.is_main and os.path.isdir(cfg.output):
         remove_stale_temporaries(cfg.output)  # half-written checkpoints of a killed process
     random_seed(cfg.seed, info.rank)
@@ -555,8 +635,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                       student_input.to_json())
         store = TeacherStore(cfg.teacher_outputs, fingerprint, outputs_spec(cfg), info.rank,
                              len(data.train_loader), device)
+    # a resumed student takes its checkpoint's weights: its pretrained file is not read again
     objective = build_objective(cfg, data.num_classes, device, mixup is not None, classes=data.classes,
-                                with_teachers=store is None)
+                                with_teachers=store is None, student_pretrained=False if resume else None)
     student = objective.student
     batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
     check_batch_size(cfg, info, mixup is not None, batch_norm)
@@ -565,7 +646,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
     # recorded in every checkpoint, so that this student can be a teacher later (teacher_input.py)
-    record = {RECORD_KEY: student_input.to_json()}
+    record = {RECORD_KEY: student_input.to_json(), ARCHITECTURE_KEY: json.dumps(student_architecture(cfg, student))}
     if data.classes is not None:
         record[CLASSES_KEY] = json.dumps(data.classes)
     teacher_inputs = [teacher_line(i, t) for i, t in enumerate(objective.teachers)]
@@ -695,7 +776,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                                     metadata=scored, ema=ema_module)
                 state = _training_state(epoch, num_updates, best, history, optimizer, scheduler, objective, ema,
                                         resolved, cfg.batch_size)
-                state['rng'], state['changes'] = rng, changelog
+                state['rng'], state['changes'], state['inputs'] = rng, changelog, inputs
                 save_checkpoint(os.path.join(cfg.output, 'last'), student, state,
                                 previous=os.path.join(cfg.output, 'previous'), metadata=scored, ema=ema_module)
     except NonFiniteLossError as e:
@@ -718,8 +799,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     }
     if info.is_main:
         summary['plots'] = write_plots(cfg.output, history)
-        with open(os.path.join(cfg.output, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
+        write_atomic(os.path.join(cfg.output, 'summary.json'), lambda f: json.dump(summary, f, indent=1))
     return summary
 
 
@@ -744,6 +824,7 @@ def load_student_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False
     if num_classes is None:
         raise ValueError('num_classes is not set in the config')
     student = build_student(cfg, num_classes, pretrained=False)
+    check_architecture(path, cfg, student)  # weights that fit are not enough: tokens at another block fit too
     try:
         student.load_state_dict(weights)
     except RuntimeError as e:
