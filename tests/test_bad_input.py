@@ -215,6 +215,29 @@ def _case_folder_in_use(tmp, run):
     return _train()(tmp, run)
 
 
+def _case_lock_file_is_a_folder(tmp, run):
+    (tmp / '.out.lock').mkdir()
+    return _train()(tmp, run)
+
+
+def _case_output_link_to_nothing(tmp, run):
+    os.symlink(tmp / 'gone' / 'deep', tmp / 'link')
+    return ['train', *TINY, f'output={tmp / "link"}']
+
+
+def _case_damaged_architecture(tmp, run):
+    import json as _json
+
+    from safetensors import safe_open
+    copy = copy_run(run, tmp)
+    path = copy / 'best' / 'model.safetensors'
+    with safe_open(str(path), 'pt') as f:
+        header, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header['stdistill.architecture'] = _json.dumps({'model': 'mixer_t4_28'})  # no kwargs, size or classes
+    save_file(weights, str(path), metadata=header)
+    return ['eval', str(path)]
+
+
 def _case_student_teacher_of_other_kwargs(tmp, run):
     checkpoint = run / 'best' / 'model.safetensors'
     return _train(f'teachers=[{{model: mixer_t4_28, checkpoint: {checkpoint}, kwargs: {{num_blocks: 3}}}}]')(tmp, run)
@@ -312,10 +335,19 @@ MATRIX = [
     ('output folder another process writes', _case_folder_in_use, ['is in use by another stdistill process', 'pid ']),
     ('eval: tokens moved to another block', lambda tmp, run: ['eval', str(run), 'teachers.0.token_position=0'],
      ['trained with teachers.0.token_position=1 (block index)', 'builds teachers.0.token_position=0']),
+    ('eval: another method', lambda tmp, run: ['eval', str(run), 'method=kd'],
+     ['trained with method="std"', 'builds method="kd"']),
     ('eval: another token depth', lambda tmp, run: ['eval', str(run), 'token_depth=2'],
      ['trained with token_depth=1', 'builds token_depth=2']),
     ('teacher: a student checkpoint with other model_kwargs', _case_student_teacher_of_other_kwargs,
      ['trained with model_kwargs.num_blocks=2', 'kwargs.num_blocks=3']),
+    ('teacher: a student checkpoint with a kwarg it was trained without',
+     lambda tmp, run: _train(f'teachers=[{{model: mixer_t4_28, checkpoint: {run}/best/model.safetensors, '
+                             f'kwargs: {{stem_norm: true}}}}]')(tmp, run),
+     ['trained without model_kwargs.stem_norm', 'kwargs.stem_norm=True']),
+    ('eval: a damaged architecture record', _case_damaged_architecture, ['architecture recorded in', 'is damaged']),
+    ('lock file that is a folder', _case_lock_file_is_a_folder, ['.out.lock is a folder where the lock file', 'remove it']),
+    ('output a link to nothing', _case_output_link_to_nothing, ['is a link to', 'which does not exist']),
     ('teacher: a student checkpoint named as another model',
      lambda tmp, run: _train(f'teachers=[{{model: mixer_t4_32, checkpoint: {run}/best/model.safetensors}}]')(tmp, run),
      ['holds a mixer_t4_28, not a mixer_t4_32']),

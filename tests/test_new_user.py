@@ -236,8 +236,8 @@ def test_missing_teacher_checkpoint_says_so_and_how_to_make_it(clothes, tmp_path
     shutil.rmtree(teacher / 'best')
     capsys.readouterr()
     assert cli.main([*run, f'teachers.0.checkpoint={teacher / "best" / "model.safetensors"}']) == 2
-    assert f'holds last/ but no best/: set teachers.0.checkpoint={teacher / "last" / "model.safetensors"}' in \
-        capsys.readouterr().err
+    assert (f'holds last/model.safetensors but no best/model.safetensors: set teachers.0.checkpoint='
+            f'{teacher / "last" / "model.safetensors"}') in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('native', [False, True, None])

@@ -64,9 +64,8 @@ def digits(tmp_path_factory):
     return root
 
 
-def trained(tmp_path_factory, digits, name, recipe, *extra):
-    """A finished 1-epoch run of recipes/folder/RECIPE.yaml on the digits."""
-    run = tmp_path_factory.mktemp('runs') / name
+def trained(run, digits, recipe, *extra):
+    """A finished 1-epoch run of recipes/folder/RECIPE.yaml on the digits, in the folder `run`."""
     assert main(['train', '--config', f'{R}/{recipe}.yaml', *F(digits), 'epochs=1', f'output={run}', *extra]) == 0
     return run
 
@@ -74,12 +73,24 @@ def trained(tmp_path_factory, digits, name, recipe, *extra):
 @pytest.fixture(scope='module')
 def std_run(digits, tmp_path_factory):
     """The issue's STD run: the labels teacher's token pair reads block -3 (block 3 of 6)."""
-    return trained(tmp_path_factory, digits, 'q', 'std', 'teachers=[{model: labels, token_position: -3}]')
+    return trained(tmp_path_factory.mktemp('runs') / 'q', digits, 'std',
+                   'teachers=[{model: labels, token_position: -3}]')
 
 
 @pytest.fixture(scope='module')
 def teacher_run(digits, tmp_path_factory):
-    return trained(tmp_path_factory, digits, 'teacher', 'teacher')
+    return trained(tmp_path_factory.mktemp('runs') / 'teacher', digits, 'teacher')
+
+
+def writer_argv(command, folder, digits, std_run, teacher_run):
+    """The command line of each command that writes a folder, writing `folder`."""
+    return {
+        'train': ['train', '--config', f'{R}/plain.yaml', *F(digits), 'epochs=1', f'output={folder}'],
+        'teacher-pass': ['teacher-pass', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', '--output', folder,
+                         f'teachers.0.checkpoint={teacher_run}/best/model.safetensors'],
+        'export': ['export', std_run, folder],
+        'quickstart': ['quickstart', '--small', '--output', folder],
+    }[command]
 
 
 # ---- one live process per folder ----------------------------------------------------------
@@ -131,14 +142,8 @@ def test_a_folder_another_process_writes_is_refused(command, digits, std_run, te
     folder = {'resume': tmp_path / 'copy'}.get(command, tmp_path / 'out')
     if command == 'resume':
         shutil.copytree(std_run, folder)
-    argv = {
-        'train': ['train', '--config', f'{R}/plain.yaml', *F(digits), 'epochs=1', f'output={folder}'],
-        'resume': ['train', '--resume', folder, 'epochs=2'],
-        'teacher-pass': ['teacher-pass', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', '--output', folder,
-                         f'teachers.0.checkpoint={teacher_run}/best/model.safetensors'],
-        'export': ['export', std_run, folder],
-        'quickstart': ['quickstart', '--small', '--output', folder],
-    }[command]
+    argv = ['train', '--resume', folder, 'epochs=2'] if command == 'resume' else \
+        writer_argv(command, folder, digits, std_run, teacher_run)
     before = sorted(os.listdir(folder)) if folder.exists() else None
     holder = held(folder)
     code, out = run_main(capsys, *argv)
@@ -161,6 +166,17 @@ def test_a_killed_process_claim_does_not_block_the_next_run(digits, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith('done: 3/3 epochs')
     assert not (tmp_path / '.killed.lock').exists()
+
+
+@pytest.mark.parametrize('command', ['train', 'teacher-pass', 'export', 'quickstart'])
+def test_an_output_that_links_to_nothing_is_one_line_before_any_work(command, digits, std_run, teacher_run, tmp_path,
+                                                                      capsys):
+    link = tmp_path / 'link'
+    link.symlink_to(tmp_path / 'gone' / 'deep')
+    code, out = run_main(capsys, *writer_argv(command, link, digits, std_run, teacher_run))
+    refused(code, out.err, f'{link} is a link to {tmp_path / "gone" / "deep"}, which does not exist')
+    assert out.out == ''  # refused before it loaded any data
+    assert sorted(os.listdir(tmp_path)) == ['link']
 
 
 # ---- the model scored is the model trained -------------------------------------------------
@@ -214,7 +230,8 @@ def test_whatever_rebuilds_a_trained_student_refuses_another_architecture(how, d
 @pytest.fixture(scope='module')
 def small_run(digits, tmp_path_factory):
     """A plain student trained with model_kwargs: 2 blocks of width 32 instead of mixer_t4_32's 6 of 128."""
-    return trained(tmp_path_factory, digits, 'small', 'plain', 'model_kwargs={num_blocks: 2, embed_dim: 32}')
+    return trained(tmp_path_factory.mktemp('runs') / 'small', digits, 'plain',
+                   'model_kwargs={num_blocks: 2, embed_dim: 32}')
 
 
 @pytest.mark.parametrize('entry, words', [
@@ -266,6 +283,34 @@ def test_resume_refuses_a_teacher_checkpoint_replaced_in_place(digits, teacher_r
     assert json.loads((run / 'summary.json').read_text())['epochs_done'] == 1  # the run is kept as it was
 
 
+def test_resume_says_why_when_the_teacher_is_a_run_that_trained_since(digits, tmp_path, capsys):
+    """The teacher's own run, resumed to train it longer, replaces the best/ checkpoint a student reads."""
+    teacher = trained(tmp_path / 'teacher', digits, 'teacher')
+    run = _stopped_std_run(digits, tmp_path, f'teachers.0.checkpoint={teacher}/best/model.safetensors')
+    shutil.copy(run / 'last' / 'model.safetensors', teacher / 'best' / 'model.safetensors')  # as a resume would
+    code, out = run_main(capsys, 'train', '--resume', run)
+    refused(code, out.err, 'has changed since the run started', f'its run {teacher} has trained since',
+            'copy one elsewhere')
+
+
+def test_the_printed_command_that_trains_a_store_backed_run_longer_runs_as_printed(digits, teacher_run, tmp_path):
+    """A store covers the epochs it was made for: the printed command adds teacher_outputs=null."""
+    import re
+
+    from stdistill.hints import train_longer
+    store, run = tmp_path / 'store', tmp_path / 'from_store'
+    teacher = f'teachers.0.checkpoint={teacher_run}/best/model.safetensors'
+    assert main(['teacher-pass', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', '--output', str(store),
+                 teacher]) == 0
+    assert main(['train', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', f'output={run}', teacher,
+                 f'teacher_outputs={store}']) == 0
+    hint = train_longer(str(run), json.loads((run / 'summary.json').read_text()))
+    printed = re.search(r'`([^`]*)`', hint).group(1)
+    assert printed.endswith('teacher_outputs=null')
+    done = subprocess.run(printed, shell=True, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
 def test_resume_refuses_a_teacher_pretrained_file_replaced_in_place(digits, tmp_path, capsys):
     import timm
     weights = tmp_path / 'resnet10t.safetensors'
@@ -287,6 +332,10 @@ def test_resume_refuses_a_class_map_edited_in_place(digits, tmp_path, capsys):
     class_map.write_text(''.join(f'{d}\n' for d in reversed(range(10))))  # labels 0..9 now mean 9..0
     code, out = run_main(capsys, 'train', '--resume', run)
     refused(code, out.err, f'class_map {class_map} has changed since the run started')
+    moved = tmp_path / 'moved.txt'  # a class_map may move: then the classes it names are compared
+    moved.write_text(class_map.read_text())
+    code, out = run_main(capsys, 'train', '--resume', run, f'class_map={moved}')
+    refused(code, out.err, 'names the run\'s classes in another order', "label 0 is now '9'")
     class_map.write_text(''.join(f'{d}\n' for d in range(10)))  # put back: the run continues
     code, out = run_main(capsys, 'train', '--resume', run)
     assert code == 0, out.err
@@ -357,6 +406,24 @@ def test_a_full_disk_at_a_later_checkpoint_keeps_the_last_one_and_says_resume(di
     assert code == 0 and 'done: 2/2 epochs' in out.out, out.err
 
 
+def test_a_full_disk_between_best_and_last_leaves_no_run_that_cannot_resume(digits, disk, tmp_path, capsys):
+    """best/ is written before last/, which commits the epoch: a disk that holds the first but not the
+    second has committed nothing, so nothing is kept and the advice is to run again, not --resume."""
+    def size(folder):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+    argv = ['train', '--config', f'{R}/plain.yaml', *F(digits), 'epochs=1']
+    sized = tmp_path / 'sized'
+    assert main([*argv, f'output={sized}']) == 0
+    disk.fill(leave=size(sized / 'best') + (size(sized / 'last') - size(sized / 'best')) // 2)
+    run = disk.path / 'run'
+    code, out = run_main(capsys, *argv, f'output={run}')
+    refused(code, out.err, f'cannot write the run to {run}: No space left on device', 'run the command again')
+    assert disk.entries() == []
+    disk.free()
+    code, out = run_main(capsys, *argv, f'output={run}')
+    assert code == 0, out.err
+
+
 def test_a_full_disk_in_a_teacher_pass_is_one_line_and_leaves_no_store(digits, teacher_run, disk, capsys):
     store = disk.path / 'store'
     disk.fill(leave=8 * 1024)  # the lock file and store.json fit, the first shard does not
@@ -379,13 +446,6 @@ WHAT = {'train': 'the run', 'teacher-pass': 'the teacher store', 'export': 'the 
 @pytest.mark.parametrize('command', ['train', 'teacher-pass', 'export', 'quickstart'])
 def test_a_read_only_folder_is_one_line(command, digits, std_run, teacher_run, disk, capsys):
     out_folder = disk.path / 'out'
-    argv = {
-        'train': ['train', '--config', f'{R}/plain.yaml', *F(digits), 'epochs=1', f'output={out_folder}'],
-        'teacher-pass': ['teacher-pass', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', '--output', out_folder,
-                         f'teachers.0.checkpoint={teacher_run}/best/model.safetensors'],
-        'export': ['export', std_run, out_folder],
-        'quickstart': ['quickstart', '--small', '--output', out_folder],
-    }[command]
     disk.read_only()
-    code, out = run_main(capsys, *argv)
-    refused(code, out.err, f'cannot write {WHAT[command]} {out_folder}: Read-only file system')
+    code, out = run_main(capsys, *writer_argv(command, out_folder, digits, std_run, teacher_run))
+    refused(code, out.err, f'cannot write {WHAT[command]} {out_folder}: Read-only file system', 'make it writable')

@@ -20,16 +20,12 @@ from typing import TYPE_CHECKING, Any, Dict
 import torch.nn as nn
 
 from .config import first_difference
-from .teachers import recorded_architecture
+from .teachers import TRAINING_ONLY_KWARGS, recorded_architecture
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ['student_architecture', 'check_architecture', 'TRAINING_ONLY_KWARGS']
-
-# model_kwargs that act during training only: the trained network is the same without them
-TRAINING_ONLY_KWARGS = ('pretrained_cfg_overlay', 'drop_rate', 'drop_path_rate', 'proj_drop_rate', 'attn_drop_rate',
-                        'pos_drop_rate', 'patch_drop_rate')
+__all__ = ['student_architecture', 'check_architecture']
 
 
 def student_architecture(cfg: 'TrainConfig', student: nn.Module) -> Dict[str, Any]:
@@ -56,6 +52,8 @@ def check_architecture(path: str, cfg: 'TrainConfig', student: nn.Module) -> Non
         return
     key, was, now = first_difference('', recorded, built)
     key = key.lstrip('.')
+    if key == 'method':  # kd and none build the same network, recorded as none: show what was given
+        now = cfg.method
     block = ' (block index)' if key.endswith('token_position') else ''
     raise ValueError(f'{path} holds a student trained with {key}={json.dumps(was)}{block}, and the config given '
                      f'builds {key}={json.dumps(now)}: a trained student is rebuilt as it was trained, so drop the '

@@ -45,5 +45,8 @@ def train_longer(run: str, summary: dict) -> str:
     steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
     epochs = max(2 * summary['epochs'], -(-ENOUGH_UPDATES // steps))
     lower = ', or again with a lower batch_size' if summary.get('batch_size', 3) > 2 else ''  # 2: BatchNorm, MINE
+    # a teacher-output store covers the epochs it was made for: the added ones run the teachers online
+    online = ['teacher_outputs=null'] if summary.get('teacher_outputs') else []
     return (f'It made {summary["num_updates"]} updates ({steps} an epoch): train it longer, '
-            f'{command(*resume, f"epochs={epochs}")}{lower}')
+            f'{command(*resume, f"epochs={epochs}", *online)}'
+            + (' (its teacher store covers only the epochs it was made for)' if online else '') + lower)

@@ -17,6 +17,7 @@ not keep the claim. They work across the hosts of an NFS mount that runs a lock 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -113,7 +114,28 @@ def _refused(what: str, folder: str, e: OSError) -> ValueError:
     """'cannot write the run runs/x: Read-only file system (runs)': the folder, and where it failed."""
     failed = e.filename if e.filename and not str(e.filename).endswith('.lock') else os.path.dirname(lock_path(folder))
     where = f' ({failed})' if os.path.abspath(failed) != os.path.abspath(folder) else ''
-    return ValueError(f'cannot write {what} {folder}: {e.strerror or e}{where}: choose another folder')
+    fix = {errno.ENOSPC: 'free space there', errno.EDQUOT: 'free space there', errno.EROFS: 'make it writable',
+           errno.EACCES: 'make it writable', errno.EPERM: 'make it writable'}.get(e.errno)
+    return ValueError(f'cannot write {what} {folder}: {e.strerror or e}{where}: '
+                      f'{fix + ", or use another folder" if fix else "use another folder"}')
+
+
+def _check_path(folder: str, what: str) -> None:
+    """Refuse, in one line, a folder that cannot be made: one of its parts is a file, or a link to
+    nothing (os.makedirs would fail on either, after the command had done its work)."""
+    path = os.path.abspath(folder)
+    while True:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise ValueError(f'cannot write {what} {folder}: {path} is a link to {os.readlink(path)}, which does not '
+                             f'exist: create it, or use another folder')
+        if os.path.exists(path):
+            if not os.path.isdir(path):
+                raise ValueError(f'cannot write {what} {folder}: {path} is a file, not a folder: use another folder')
+            return
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
 
 
 def _shorter(text: str, limit: int = 120) -> str:
@@ -142,9 +164,12 @@ def lock_folder(folder: str, what: str, wait: float = 10.0) -> FolderLock:
     and when its parent folder cannot be written (a read-only or full disk). A lock left by a
     process that has just ended is waited for up to `wait` seconds (the kernel releases it
     with the process's last thread)."""
+    _check_path(folder, what)
     path = lock_path(folder)
     if path in _HELD:
         raise ValueError(f'{folder} is already being written by this process: choose another folder')
+    if os.path.isdir(path):
+        raise ValueError(f'{path} is a folder where the lock file of {folder} goes: remove it')
     try:
         made = _make_parents(path)
     except OSError as e:

@@ -32,10 +32,15 @@ from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_ena
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
            'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_architecture', 'model_contract',
-           'CLASSES_KEY', 'SCORE_KEY', 'ARCHITECTURE_KEY', 'EMA_FILE']
+           'CLASSES_KEY', 'SCORE_KEY', 'ARCHITECTURE_KEY', 'TRAINING_ONLY_KWARGS', 'EMA_FILE']
 
 CLASSES_KEY = 'stdistill.classes'  # a checkpoint's class names, JSON, in its safetensors header
 ARCHITECTURE_KEY = 'stdistill.architecture'  # what rebuilds the student: model, its kwargs, size, tokens (JSON)
+# model_kwargs that act during training only: the trained network is the same without them
+TRAINING_ONLY_KWARGS = ('pretrained_cfg_overlay', 'drop_rate', 'drop_path_rate', 'proj_drop_rate', 'attn_drop_rate',
+                        'pos_drop_rate', 'patch_drop_rate')
+_RECORD_TYPES = {'model': str, 'model_kwargs': dict, 'img_size': int, 'in_chans': int, 'num_classes': int,
+                 'method': str}
 SCORE_KEY = 'stdistill.score'  # its validation top-1 (and its class head's), images and chance level, JSON
 EMA_FILE = 'model_ema.safetensors'  # a stdistill checkpoint's EMA weights, beside model.safetensors
 
@@ -121,9 +126,13 @@ def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:
     model_kwargs, img_size, in_chans, num_classes, method and, for STD, each teacher's token
     block); None for a file that records none (older checkpoints, other programs')."""
     arch = _recorded_json(path, ARCHITECTURE_KEY, 'architecture')
-    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get('model'), str)
-                                 and isinstance(arch.get('model_kwargs', {}), dict)):
-        raise ValueError(f'the architecture recorded in {path} is damaged (no model name)')
+    if arch is None:
+        return None
+    wrong = next((k for k, kind in _RECORD_TYPES.items() if not isinstance(arch.get(k), kind)), None) \
+        if isinstance(arch, dict) else 'the record'
+    if wrong:
+        raise ValueError(f'the architecture recorded in {path} is damaged ({wrong} is missing or of the wrong '
+                         f'type): use the checkpoint as its run wrote it')
     return arch
 
 
@@ -137,12 +146,14 @@ def _recorded_kwargs(checkpoint: str, model_name: str, kwargs: Dict[str, Any]) -
     if arch['model'] != model_name.split('.')[0]:
         raise ValueError(f'checkpoint {checkpoint} holds a {arch["model"]}, not a {model_name}: set the teacher\'s '
                          f'model to {arch["model"]}')
-    for key, value in arch.get('model_kwargs', {}).items():
-        if key in kwargs and kwargs[key] != value:
-            raise ValueError(f'checkpoint {checkpoint} was trained with model_kwargs.{key}={value!r}, and the teacher '
-                             f'entry gives kwargs.{key}={kwargs[key]!r}: remove it (a teacher is built as it was '
-                             f'trained)')
-    return {**arch.get('model_kwargs', {}), **kwargs}
+    recorded = arch['model_kwargs']
+    for key in sorted(set(recorded) | set(kwargs)):
+        if key in TRAINING_ONLY_KWARGS or key not in kwargs or kwargs[key] == recorded.get(key):
+            continue
+        trained = f'with model_kwargs.{key}={recorded[key]!r}' if key in recorded else f'without model_kwargs.{key}'
+        raise ValueError(f'checkpoint {checkpoint} was trained {trained}, and the teacher entry gives '
+                         f'kwargs.{key}={kwargs[key]!r}: remove it (a teacher is built as it was trained)')
+    return {**recorded, **kwargs}
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:

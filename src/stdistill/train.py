@@ -276,7 +276,7 @@ def _check_teacher_checkpoint(path: str, i: int) -> None:
     shown = os.path.dirname(os.path.dirname(path)) or '.'  # the run folder as the user wrote it
     if run and os.path.isfile(os.path.join(run, 'config.yaml')):  # its run exists, the checkpoint not (yet)
         kept = next((n for n in RESUMABLE if os.path.isfile(os.path.join(run, n, MODEL_FILE))), None)
-        how = (f'its run {shown} holds {kept}/ but no {os.path.basename(folder)}/: set {key}='
+        how = (f'its run {shown} holds {kept}/{MODEL_FILE} but no {os.path.basename(folder)}/{MODEL_FILE}: set {key}='
                f'{os.path.join(shown, kept, MODEL_FILE)}' if kept else
                f'its run {shown} has not finished an epoch: let it finish its first, or train it again')
     else:
@@ -392,8 +392,13 @@ def _check_inputs(recorded: Any, now: Dict[str, Dict[str, str]]) -> None:
         current = now.get(key)
         if (isinstance(then, dict) and current is not None and then.get('path') == current['path']
                 and current['sha256'] != then.get('sha256')):
+            folder = os.path.dirname(current['path'])
+            trained = (os.path.basename(folder) in ('best', *RESUMABLE)
+                       and os.path.isfile(os.path.join(os.path.dirname(folder), 'config.yaml')))
+            why = (f' (its run {os.path.dirname(folder)} has trained since: it replaces its checkpoints; copy one '
+                   f'elsewhere before pointing a teacher at it)' if trained else '')
             raise ValueError(f'{key} {current["path"]} has changed since the run started (SHA-256 '
-                             f'{str(then.get("sha256"))[:12]}... then, {current["sha256"][:12]}... now): the run '
+                             f'{str(then.get("sha256"))[:12]}... then, {current["sha256"][:12]}... now){why}: the run '
                              f'would finish against another file: put the original back, or start a new run '
                              f'(output=...) with this one')
 
@@ -445,6 +450,24 @@ def _check_output_path(cfg: TrainConfig) -> None:
         path = os.path.dirname(path) if os.path.dirname(path) != path else ''
     if path and not os.path.isdir(path):
         raise ValueError(f'output {cfg.output}: {path} is a file, not a folder: choose another output')
+
+
+# what train() writes into a run folder (monitor.py, checkpoint.py); dot-names are checkpoint writes
+_RUN_FILES = ('config.yaml', 'class_map.txt', 'log.jsonl', 'tb', 'curves.png', 'mi.png', 'summary.json', 'best',
+              *RESUMABLE)
+
+
+def _remove_unfinished_run(run: str) -> None:
+    """Remove what a run that committed no epoch wrote (only that: anything else in its folder stays),
+    and the folder when nothing else is there."""
+    for name in os.listdir(run) if os.path.isdir(run) else ():
+        path = os.path.join(run, name)
+        if name in _RUN_FILES or (name.startswith(('.best.', '.last.')) and os.path.isdir(path)):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    try:
+        os.rmdir(run)
+    except OSError:  # other files are there
+        pass
 
 
 def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
@@ -549,6 +572,11 @@ def _check_classes(run: str, classes: Optional[List[str]], trained_count: Option
     if classes is None or not os.path.isfile(path):
         return
     trained = read_class_map(path)
+    if trained != classes and sorted(trained) == sorted(classes):
+        first = next(i for i, (a, b) in enumerate(zip(trained, classes)) if a != b)
+        raise ValueError(f'the training data names the run\'s classes in another order (label {first} is now '
+                         f'{classes[first]!r}, the run trained it as {trained[first]!r}, {path}): give class_map the '
+                         f'run\'s order, or point data_dir at the data it was trained on')
     if trained != classes:
         raise ValueError(f'the training data now has {len(classes)} classes ({", ".join(classes[:3])}, ...) and the '
                          f'run was trained on {len(trained)} ({path}): point data_dir at the data it was trained on')
@@ -585,9 +613,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         with writing(cfg.output, 'the run', then):
             return _run(cfg, resume, stop_after, info, device)
     except WriteRefused as e:
-        kept = [n for n in ('best', *RESUMABLE) if os.path.isdir(os.path.join(cfg.output, n))]
-        if info.is_main and not existed and not kept:  # nothing worth keeping: leave no half-made run folder
-            shutil.rmtree(cfg.output, ignore_errors=True)
+        kept = [n for n in RESUMABLE if os.path.isdir(os.path.join(cfg.output, n))]  # what --resume continues
+        if info.is_main and not existed and not kept:  # no epoch committed: leave no half-made run folder
+            _remove_unfinished_run(cfg.output)
         elif kept and not resume:
             raise WriteRefused(str(e).replace('run the command again', f'continue with '
                                f'{command("stdistill", "train", *option("--resume", cfg.output))}')) from None
@@ -795,6 +823,7 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
         **{key: sum(row.get(key, 0) for row in history)
            for key in ('skipped_steps', 'skipped_batches', 'skipped_images', 'unpaired_images', 'dropped_last_images')},
         'world_size': info.world_size, 'weights_sha256_per_rank': digests, 'teacher_inputs': teacher_inputs,
+        'teacher_outputs': cfg.teacher_outputs,
         'data': data.report, 'config_changes': changelog,
     }
     if info.is_main:
