@@ -104,7 +104,7 @@ def make_step(objective: DistillObjective, device: torch.device, dtype: torch.dt
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = objective(images, targets, teacher_outputs=cached)
+            loss = objective(images, targets, teacher_outputs=cached)['loss']
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

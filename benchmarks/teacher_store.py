@@ -111,7 +111,7 @@ def step_figures(device: torch.device, dtype: torch.dtype, batch_size: int, warm
         start = time.perf_counter()
         outputs = store(0, stored_step, indices) if stored_step is not None else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = objective(images, targets, outputs)
+            loss = objective(images, targets, outputs)['loss']
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -107,7 +107,7 @@ def _agree_on_skips(rank, store, results):
                             timeout=datetime.timedelta(seconds=60))
     torch.manual_seed(0)
     objective = DistillObjective(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), 'none', nn.CrossEntropyLoss())
-    model = nn.parallel.DistributedDataParallel(objective)
+    model = objective.prepare_distributed()
     images, targets = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(rank)), torch.tensor([0, 1, 2, 0])
     first = (None, None, 4) if rank == 1 else (images, targets, 0)
     loader = [first, (images, targets, 0), (images[:1], targets[:1], 3)]

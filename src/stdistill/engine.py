@@ -1,10 +1,4 @@
-"""The training objective and the plain loops: one epoch of training, one pass of evaluation.
-
-`DistillObjective` holds the student, the frozen teachers, the loss and the MI regulariser,
-and maps (images, targets) to (loss, logged terms). It is the module DDP wraps, so one
-backward pass reaches the student and MINE's statistics networks alike. The teachers are held
-outside its module tree: DDP has nothing to synchronise or broadcast for them, and no state
-dict or optimizer sees them.
+"""The plain loops around a training task (task.STDTask): one epoch of training, one pass of evaluation.
 
 Precision (the same on CPU and GPU): under `amp_dtype` (bf16) the student's forward and the
 teachers' run under autocast; teacher logits, every loss, MINE and every evaluated head are
@@ -16,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,13 +18,14 @@ from timm.utils import dispatch_clip_grad
 
 from .accuracy import chance_top1
 from .distributed import DistInfo, all_reduce_sum
-from .losses import DistillationLoss, LabelsTeacher, TeacherTargets
-from .mine import MIRegularizer
+from .losses import TeacherTargets
 from .schedule import scheduled_mixup
-from .students import INFERENCE_HEADS, STDOutput, combine_heads
-from .teachers import FrozenTeacher
+from .students import INFERENCE_HEADS, combine_heads
+from .task import STDTask, to_float
 
-__all__ = ['DistillObjective', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float', 'Batch',
+DistillObjective = STDTask  # its name before it was a timm TrainingTask
+
+__all__ = ['DistillObjective', 'STDTask', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float', 'Batch',
            'prepare_batch']
 
 
@@ -95,81 +90,8 @@ def prepare_batch(batch, device: torch.device, mixup: Optional[Callable], data_s
     return Batch(images, targets, indices, unreadable, unpaired)
 
 
-def to_float(obj: Any) -> Any:
-    """Floating tensors in `obj` (a tensor, or tuples / named tuples / lists of them) as fp32."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, tuple) and hasattr(obj, '_fields'):
-        return type(obj)(*(to_float(o) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_float(o) for o in obj)
-    return obj
-
-
-class DistillObjective(nn.Module):
-    """loss = base or distillation loss (+ lambda * MINE) for methods none | kd | deit | std."""
-
-    def __init__(self, student: nn.Module, method: str, base_criterion: nn.Module,
-                 teachers: Optional[List[Union[FrozenTeacher, LabelsTeacher]]] = None,
-                 distill_loss: Optional[DistillationLoss] = None,
-                 mi: Optional[MIRegularizer] = None) -> None:
-        super().__init__()
-        self.student, self.method, self.base_criterion = student, method, base_criterion
-        # a plain list: not submodules (see above)
-        self.teachers: List[Union[FrozenTeacher, LabelsTeacher]] = list(teachers or [])
-        self.distill_loss, self.mi = distill_loss, mi
-        # no teachers with a distillation loss: the run reads their outputs from a store
-        if method != 'none' and distill_loss is None:
-            raise ValueError(f'method {method} needs at least one teacher')
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        inner = getattr(self.student, 'no_weight_decay', None)
-        return {f'student.{n}' for n in (inner() if inner else ())}
-
-    def teacher_logits(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
-                       ) -> List[Union[torch.Tensor, TeacherTargets]]:
-        """Each teacher's output for the student's batch `images`: fp32 logits (B, num_classes),
-        each teacher adapting the batch to its own input (teacher_input.py) under the caller's
-        autocast; a labels teacher's TeacherTargets from `targets` (the batch's, after mixup).
-        Raises ValueError when the teachers were not built (a run that reads their outputs
-        from a store)."""
-        if not self.teachers:
-            raise ValueError('this objective has no teachers (a run from a teacher-output store): give their '
-                             'outputs for the batch')
-        return [t(targets) if isinstance(t, LabelsTeacher) else t(images) for t in self.teachers]
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor,
-                teacher_outputs: Optional[List[Union[torch.Tensor, TeacherTargets]]] = None
-                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(loss, detached terms) for a batch (B, C, H, W) and its targets ((B,) or (B, classes)).
-
-        teacher_outputs: the teachers' outputs for these images, given (logits, or TeacherTargets
-        from a store); None runs the teachers.
-        """
-        out = self.student(images)
-        teacher_logits = teacher_outputs
-        if self.method != 'none' and teacher_logits is None:
-            teacher_logits = self.teacher_logits(images, targets)
-        with torch.autocast(images.device.type, enabled=False):  # losses and MINE in fp32
-            out = to_float(out)
-            if self.method == 'none':
-                loss = self.base_criterion(out, targets)
-                return loss, {'loss_cls': loss.detach()}
-            teacher_logits = to_float(teacher_logits)
-            if self.method == 'kd':  # Hinton's KD: every teacher supervises the class head itself
-                count = len(teacher_logits)
-                out = STDOutput(out, [out] * count, [None] * count, [None] * count)
-            loss, terms = self.distill_loss(out, targets, teacher_logits)
-            if self.mi is not None:
-                mi = self.mi(out.spatial_tokens, out.channel_tokens)
-                loss = loss + mi.loss
-                terms['mi_estimate'] = mi.estimate
-        return loss, terms
-
-
 def train_one_epoch(
-        objective: nn.Module,
+        task: STDTask,
         loader,
         optimizer: torch.optim.Optimizer,
         scheduler,
@@ -203,12 +125,12 @@ def train_one_epoch(
     penalty reaches the tokens from update `mine_warmup_updates` on (its statistics networks
     learn from the first).
     """
-    objective.train()
+    task.train()
     sums: Dict[str, float] = defaultdict(float)
     steps, images_seen, skipped_steps, skipped_images, start = 0, 0, 0, 0, time.perf_counter()
     skipped_batches, unpaired_images = 0, 0
-    params = [p for p in objective.parameters() if p.requires_grad]
-    mi = getattr(objective.module if hasattr(objective, 'module') else objective, 'mi', None)
+    params = [p for p in task.parameters() if p.requires_grad]
+    mi = task.mi
     for step, batch in enumerate(loader):
         images, targets, indices, unreadable, unpaired = prepare_batch(batch, device, mixup, data_seed, epoch, step,
                                                                        rank)
@@ -221,7 +143,9 @@ def train_one_epoch(
         if mi is not None:
             mi.set_penalty(num_updates >= mine_warmup_updates)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            loss, terms = objective(images, targets, stored)
+            result = task(images, targets, stored)
+        loss = result['loss']
+        terms = {k: v for k, v in result.items() if k not in ('loss', 'output')}
         if not _on_every_process(math.isfinite(loss.item()), device):
             if not skip_nonfinite:
                 raise NonFiniteLossError(_nonfinite_message(loss, terms, epoch, step, num_updates))
@@ -235,8 +159,7 @@ def train_one_epoch(
         num_updates += 1
         scheduler.step_update(num_updates=num_updates)
         if ema is not None:
-            ema.update(objective.module.student if hasattr(objective, 'module') else objective.student,
-                       step=num_updates)
+            ema.update(task.student, step=num_updates)
         values = {'loss': loss.item(), **{k: float(v) for k, v in terms.items()}}
         for k, v in values.items():
             sums[k] += v

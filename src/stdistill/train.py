@@ -44,7 +44,7 @@ from .config import (RESIZE_INTERPOLATIONS, SCHEDULE_KEYS, TrainConfig, config_f
 from .deit import DeiTTokenStudent
 from .distributed import DistInfo, cpu_bf16_native, gather_objects, init_distributed, resolve_device, weights_digest
 from .disk import WriteRefused, write_atomic, writing
-from .engine import DistillObjective, NonFiniteLossError, evaluate, train_one_epoch
+from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .folders import read_class_map, write_class_map
 from .hints import command, option, train_longer
 from .loaders import FASHION_MNIST_NORM, build_data, build_mixup, check_batch_size, data_seed_of
@@ -55,6 +55,7 @@ from .monitor import RunMonitor, write_plots
 from .schedule import schedule_seed, seeded_random_states
 from .store import TeacherStore, outputs_spec, run_fingerprint
 from .students import STDStudent, check_model_name
+from .task import STDTask
 from .teacher_input import RECORD_KEY, InputContract
 from .teachers import (ARCHITECTURE_KEY, CLASSES_KEY, SCORE_KEY, FrozenTeacher, _first_line, _whole_message,
                        create_teacher, create_with_weights, load_weights, recorded_classes, recorded_contract,
@@ -326,7 +327,7 @@ def resolve_norm(cfg: TrainConfig) -> Tuple[Tuple[float, ...], Tuple[float, ...]
 
 def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mixup_active: bool,
                     pretrained: Optional[bool] = None, classes: Optional[List[str]] = None,
-                    with_teachers: bool = True, student_pretrained: Optional[bool] = None) -> DistillObjective:
+                    with_teachers: bool = True, student_pretrained: Optional[bool] = None) -> STDTask:
     """Student + teachers + losses (+ MINE), on `device`. pretrained=False forces random weights;
     classes: the run's class names (teacher checkpoints that record theirs must match);
     with_teachers=False: no teacher is built (a run that reads their outputs from a store)."""
@@ -358,7 +359,7 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     if cfg.mine_warmup_epochs >= cfg.epochs:
         raise ValueError(f'mine_warmup_epochs {cfg.mine_warmup_epochs} is not below epochs {cfg.epochs}: the MINE '
                          f'penalty would never apply (set mine=false for that)')
-    return DistillObjective(student, cfg.method, base, teachers, distill_loss, mi)
+    return STDTask(student, cfg.method, base, teachers, distill_loss, mi)
 
 
 def input_files(cfg: TrainConfig) -> Dict[str, str]:
@@ -403,7 +404,7 @@ def _check_inputs(recorded: Any, now: Dict[str, Dict[str, str]]) -> None:
                              f'(output=...) with this one')
 
 
-def _check_mine_warmup(cfg: TrainConfig, objective: DistillObjective, steps: int) -> None:
+def _check_mine_warmup(cfg: TrainConfig, objective: STDTask, steps: int) -> None:
     """The warm-up is counted in updates (round(mine_warmup_epochs * steps per epoch)): refuse one
     that rounds to no update (no warm-up) or to every update (the penalty never applies)."""
     if objective.mi is None or cfg.mine_warmup_epochs == 0:
@@ -480,7 +481,7 @@ def _check_run_folder(cfg: TrainConfig, resume: bool) -> None:
 
 
 def _training_state(epoch: int, num_updates: int, best: Dict, history: List[Dict], optimizer, scheduler,
-                    objective: DistillObjective, ema, config: TrainConfig, batch_size: int) -> Dict[str, Any]:
+                    objective: STDTask, ema, config: TrainConfig, batch_size: int) -> Dict[str, Any]:
     return {
         'epoch': epoch, 'num_updates': num_updates, 'best': best, 'history': history,
         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
@@ -692,7 +693,7 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
     steps = len(data.train_loader)
     _check_mine_warmup(cfg, objective, steps)
     try:  # timm's factories: an unknown name is an assertion or a bare message
-        optimizer = create_optimizer_v2(objective, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+        optimizer = create_optimizer_v2(objective.trainable_module, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
                                         momentum=cfg.momentum)
     except (AssertionError, ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f'config key opt: {_first_line(e)} (timm optimizer names: adamw, sgd, lamb, ...)') from None
@@ -732,13 +733,13 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
                    f'{num_updates} (lr {optimizer.param_groups[0]["lr"]:.4g})') if rebuilt else ''
             print(f'stdistill: resuming at epoch {start_epoch + 1} with {said}{how}', flush=True)
 
-    model = objective
-    if info.distributed:  # teachers are not in `objective`'s modules; buffers need syncing only for BatchNorm
+    if info.distributed:  # DDP around student and MINE, the teachers outside; buffers synced only for BatchNorm
         ddp = nn.parallel.DistributedDataParallel
         # torch 2.14 renamed broadcast_buffers (per-forward sync) to forward_sync_buffers
         sync = 'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(ddp).parameters \
             else 'broadcast_buffers'
-        model = ddp(objective, device_ids=[device.index] if device.type == 'cuda' else None, **{sync: batch_norm})
+        objective.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None,
+                                      **{sync: batch_norm})
     if cfg.compile:
         student.compile()
     if state is not None:
@@ -767,7 +768,7 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
                 monitor.start_epoch(epoch, cfg.epochs, steps)
             start = time.perf_counter()
             metrics, num_updates = train_one_epoch(
-                model, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
+                objective, data.train_loader, optimizer, scheduler, device, epoch, num_updates, mixup=mixup,
                 clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, amp_dtype=amp_dtype, ema=ema,
                 on_step=monitor.step if monitor else None, skip_nonfinite=cfg.skip_nonfinite, min_batch=min_batch,
                 data_seed=data_seed_of(cfg), rank=info.rank, teacher_outputs=store,
