@@ -39,12 +39,16 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_time import DTYPES, build, device_name, sync  # noqa: E402  (a sibling script)
 
 from stdistill.config import load_config  # noqa: E402
 from stdistill.data import FashionMNIST  # noqa: E402
+from stdistill.engine import train_step  # noqa: E402
 from stdistill.store import StoreWriter, TeacherStore  # noqa: E402
 from stdistill.teacher_pass import teacher_pass  # noqa: E402
 
@@ -89,7 +93,7 @@ def pass_figures(folder: str, store: str, kind: str, device: str, batch_size: in
 def step_figures(device: torch.device, dtype: torch.dtype, batch_size: int, warmup: int, rounds: int,
                  root: str) -> List[float]:
     """Paired online / store step-time ratios, one per round (and prints the medians)."""
-    objective = build('mixer_s16_std', device)
+    objective, cfg = build('mixer_s16_std', device)
     images = torch.randn(batch_size, 3, 224, 224, device=device)
     targets = torch.randint(0, 1000, (batch_size,), device=device)
     indices = torch.arange(batch_size)
@@ -104,17 +108,20 @@ def step_figures(device: torch.device, dtype: torch.dtype, batch_size: int, warm
         writer.add(indices, logits)
     writer.flush()
     store = TeacherStore(os.path.join(root, 'step_store'), fingerprint, {'kind': 'hard'}, 0, steps, device)
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = create_optimizer_v2(objective.trainable_module, opt=cfg.opt, lr=cfg.lr or 5e-4,
+                                    weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                       warmup_epochs=cfg.warmup_epochs, step_on_epochs=False, updates_per_epoch=1000)
+    ema = ModelEmaV3(objective.student, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    updates = [0]
 
-    def step(stored_step: Optional[int]) -> float:
+    def step(stored_step: Optional[int]) -> float:  # the step stdistill train takes (engine.train_step)
         sync(device)
         start = time.perf_counter()
         outputs = store(0, stored_step, indices) if stored_step is not None else None
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = objective(images, targets, outputs)['loss']
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _, updates[0] = train_step(objective, images, targets, optimizer, scheduler, updates[0], outputs,
+                                   amp_dtype=None if dtype == torch.float32 else dtype, clip_grad=cfg.clip_grad,
+                                   clip_mode=cfg.clip_mode, ema=ema)
         sync(device)
         return time.perf_counter() - start
 

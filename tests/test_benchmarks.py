@@ -27,6 +27,8 @@ def test_step_time_prints_ratios(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     for row in step_time.BREAKDOWN:
         assert any(line.startswith(f'Mixer-S16: {row} / plain step time') for line in out), row
+    for row in ('std+teachers', 'timm deit+teacher'):  # beside timm's own distillation, in one run
+        assert any(line.startswith(f'Mixer-S16: {row} / timm kd+teacher step time') for line in out), row
     last = re.fullmatch(r'std_overhead=([\d.]+) peak_fraction_plain=([\d.]+) peak_fraction_std=([\d.]+)', out[-1])
     assert last, out[-1]
     assert all(float(v) > 0 for v in last.groups())

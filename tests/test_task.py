@@ -63,28 +63,13 @@ def test_kd_gives_the_loss_of_timm_logit_distillation_task(alpha, tau):
     assert torch.equal(a['output'], b['output'].detach())
 
 
-class _TimmDistilled(nn.Module):
-    """stdistill's DeiT-token student as timm's token task expects one: (main, dist) logits in training."""
-
-    def __init__(self, student: DeiTTokenStudent) -> None:
-        super().__init__()
-        self.student, self.pretrained_cfg = student, student.pretrained_cfg
-        self.num_classes, self.in_chans = student.num_classes, 3
-
-    def set_distilled_training(self, enable: bool = True) -> None:
-        pass
-
-    def forward(self, x):
-        out = self.student(x)
-        return out.logits, out.dist_logits[0]
-
-
 @pytest.mark.parametrize('distill, tau', [('hard', 1.0), ('soft', 1.0), ('soft', 3.0)])
 def test_deit_gives_the_loss_of_timm_token_distillation_task(distill, tau):
+    """The same DeiT-token student: timm's task switches it to (main, dist) pairs, which STDTask takes too."""
     student, images_targets = DeiTTokenStudent(mixer()), batch()
     ours = STDTask(student, 'deit', nn.CrossEntropyLoss(), [teacher()],
                    DistillationLoss(nn.CrossEntropyLoss(), alpha=0.5, tau=tau, distill=distill)).train()
-    theirs = TokenDistillationTask(_TimmDistilled(student), teacher(), criterion=nn.CrossEntropyLoss(),
+    theirs = TokenDistillationTask(student, teacher(), criterion=nn.CrossEntropyLoss(),
                                    distill_type=distill, task_loss_weight=0.5, temperature=tau, verbose=False).train()
     a, b = ours(*images_targets), theirs(*images_targets)
     assert torch.allclose(a['loss'], b['loss'], atol=1e-6), (a['loss'], b['loss'])

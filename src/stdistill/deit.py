@@ -9,7 +9,7 @@ average of the two heads, as DeiT does.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Tuple, Union
 
 import timm
 import torch
@@ -72,10 +72,17 @@ class DeiTTokenStudent(nn.Module):
         self.head_dist = nn.Linear(backbone.embed_dim, self.num_classes)
         trunc_normal_(self.head_dist.weight, std=.02)
         nn.init.zeros_(self.head_dist.bias)
+        self.distilled_training = False
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return {'dist_token'}
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """As timm's distilled DeiT: in training, forward returns (class logits, distillation logits),
+        the pair timm.task.TokenDistillationTask trains (STDTask takes either form)."""
+        self.distilled_training = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, self.img_size, type(self).__name__)
@@ -87,9 +94,11 @@ class DeiTTokenStudent(nn.Module):
         logits = self.backbone.forward_head(x[:, :-1])
         return STDOutput(logits, [self.head_dist(x[:, -1])], [None], [None])
 
-    def forward(self, x: torch.Tensor) -> Union[STDOutput, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Union[STDOutput, Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         out = self.forward_head(self.forward_features(x))
-        return out if self.training else combine_heads(out, self.inference_head)
+        if not self.training:
+            return combine_heads(out, self.inference_head)
+        return (out.logits, out.dist_logits[0]) if self.distilled_training else out
 
 
 DEIT_BASES = {

@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.utils import dispatch_clip_grad
+from timm.task import TrainingTask
+from timm.utils import dispatch_clip_grad, unwrap_model
 
 from .accuracy import chance_top1
 from .distributed import DistInfo, all_reduce_sum
@@ -25,7 +26,7 @@ from .task import STDTask, to_float
 
 DistillObjective = STDTask  # its name before it was a timm TrainingTask
 
-__all__ = ['DistillObjective', 'STDTask', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float', 'Batch',
+__all__ = ['DistillObjective', 'STDTask', 'train_step', 'train_one_epoch', 'evaluate', 'NonFiniteLossError', 'to_float', 'Batch',
            'prepare_batch']
 
 
@@ -90,6 +91,48 @@ def prepare_batch(batch, device: torch.device, mixup: Optional[Callable], data_s
     return Batch(images, targets, indices, unreadable, unpaired)
 
 
+def train_step(task: TrainingTask, images: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scheduler, num_updates: int, teacher_outputs: Optional[List[TeacherTargets]] = None, *,
+               amp_dtype: Optional[torch.dtype] = None, params: Optional[List[torch.Tensor]] = None,
+               clip_grad: Optional[float] = None, clip_mode: str = 'norm', ema=None, skip_nonfinite: bool = False,
+               mine_penalty: bool = True, epoch: int = 0, step: int = 0) -> Tuple[Optional[Dict[str, float]], int]:
+    """One optimisation step, the one `stdistill train` takes (and the benchmarks time): the task's
+    forward under bf16 autocast (amp_dtype), the finite check (on every process together),
+    backward, gradient clipping of `params` (default: the task's trainable parameters), the
+    optimizer step, the scheduler's update count, the EMA of the student's weights, and MINE's
+    penalty on or off (its warm-up). images (B, C, H, W), targets (B,) or (B, classes);
+    teacher_outputs: the teachers' outputs read from a store (None: the task runs its teachers).
+
+    Returns the step's logged values ({'loss', 'loss_cls', ...}, floats) and the update count;
+    (None, num_updates) for a non-finite loss skipped under skip_nonfinite. Otherwise a non-finite
+    loss raises NonFiniteLossError naming epoch, step and term, before anything is updated.
+    """
+    mi = getattr(task, 'mi', None)  # any timm TrainingTask steps here too (the benchmarks' timm rows)
+    if mi is not None:
+        mi.set_penalty(mine_penalty)
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        result = task(images, targets) if teacher_outputs is None else task(images, targets, teacher_outputs)
+    loss = result['loss']
+    terms = {k: v for k, v in result.items() if k not in ('loss', 'output')}
+    if not _on_every_process(math.isfinite(loss.item()), images.device):
+        if not skip_nonfinite:
+            raise NonFiniteLossError(_nonfinite_message(loss, terms, epoch, step, num_updates))
+        return None, num_updates
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad is not None:
+        dispatch_clip_grad(params if params is not None else [p for p in task.parameters() if p.requires_grad],
+                           clip_grad, mode=clip_mode)
+    optimizer.step()
+    num_updates += 1
+    scheduler.step_update(num_updates=num_updates)
+    if ema is not None:
+        ema.update(task.student if isinstance(task, STDTask) else unwrap_model(task.get_trainable_module()),
+                   step=num_updates)
+    return {'loss': loss.item(), **{k: float(v.detach() if isinstance(v, torch.Tensor) else v)
+                                    for k, v in terms.items()}}, num_updates
+
+
 def train_one_epoch(
         task: STDTask,
         loader,
@@ -130,7 +173,6 @@ def train_one_epoch(
     steps, images_seen, skipped_steps, skipped_images, start = 0, 0, 0, 0, time.perf_counter()
     skipped_batches, unpaired_images = 0, 0
     params = [p for p in task.parameters() if p.requires_grad]
-    mi = task.mi
     for step, batch in enumerate(loader):
         images, targets, indices, unreadable, unpaired = prepare_batch(batch, device, mixup, data_seed, epoch, step,
                                                                        rank)
@@ -140,27 +182,13 @@ def train_one_epoch(
             skipped_batches += 1
             continue
         stored = teacher_outputs(epoch, step, indices) if teacher_outputs is not None else None
-        if mi is not None:
-            mi.set_penalty(num_updates >= mine_warmup_updates)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            result = task(images, targets, stored)
-        loss = result['loss']
-        terms = {k: v for k, v in result.items() if k not in ('loss', 'output')}
-        if not _on_every_process(math.isfinite(loss.item()), device):
-            if not skip_nonfinite:
-                raise NonFiniteLossError(_nonfinite_message(loss, terms, epoch, step, num_updates))
+        values, num_updates = train_step(task, images, targets, optimizer, scheduler, num_updates, stored,
+                                         amp_dtype=amp_dtype, params=params, clip_grad=clip_grad, clip_mode=clip_mode,
+                                         ema=ema, skip_nonfinite=skip_nonfinite,
+                                         mine_penalty=num_updates >= mine_warmup_updates, epoch=epoch, step=step)
+        if values is None:  # a non-finite loss, skipped (skip_nonfinite)
             skipped_steps += 1
             continue
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad is not None:
-            dispatch_clip_grad(params, clip_grad, mode=clip_mode)
-        optimizer.step()
-        num_updates += 1
-        scheduler.step_update(num_updates=num_updates)
-        if ema is not None:
-            ema.update(task.student, step=num_updates)
-        values = {'loss': loss.item(), **{k: float(v) for k, v in terms.items()}}
         for k, v in values.items():
             sums[k] += v
         steps += 1

@@ -114,6 +114,8 @@ class STDTrainable(nn.Module):
     def forward(self, images: torch.Tensor, targets: torch.Tensor,
                 teacher_outputs: Optional[List[Union[torch.Tensor, TeacherTargets]]] = None):
         out = self.student(images)
+        if isinstance(out, tuple) and not isinstance(out, STDOutput):  # a timm-style distilled (main, dist) pair
+            out = STDOutput(out[0], [out[1]], [None], [None])
         with torch.autocast(images.device.type, enabled=False):  # losses and MINE in fp32
             out = to_float(out)
             if self.method == 'none':
