@@ -35,7 +35,6 @@ import tempfile
 import time
 from typing import List, Optional
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file

@@ -102,6 +102,8 @@ def main() -> None:
     if args.teacher != 'labels' and not args.teacher_checkpoint:
         parser.error('give --teacher-checkpoint (e.g. runs/quickstart/teacher/best/model.safetensors), '
                      'or --teacher labels')
+    if args.teacher == 'labels' and args.teacher_checkpoint:
+        parser.error('the labels teacher has no weights: leave out --teacher-checkpoint')
 
     train_set = FashionMNIST(args.data_dir, 'train')  # create_loader sets its .transform
     train_set.images, train_set.targets = train_set.images[:args.train_samples], train_set.targets[:args.train_samples]

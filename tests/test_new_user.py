@@ -191,6 +191,11 @@ def test_a_new_users_folder_and_every_hint_the_cli_prints(clothes):
             assert _top5(ours)[0][0] == images[0]
         elif hint.startswith('stdistill train') and 'teacher_outputs=' in hint:  # trains from the store
             assert 'teacher outputs from the store' in sh.run(hint).stdout
+        elif hint.startswith('stdistill train --resume runs/from_chance'):
+            # its teacher (runs/chance) has been trained longer since, as its warning advised: the
+            # student would finish against another teacher, so the resume is refused, saying why
+            out = sh.run(hint, expect=2)
+            assert 'runs/chance has trained since' in out.stderr, out.stderr
         elif hint == 'stdistill train --help':
             assert 'min_updates_per_epoch' in sh.run(hint).stdout
         elif hint.startswith(('stdistill ', 'apt-get install')):  # apt-get: installed already, as CI runs it (root)

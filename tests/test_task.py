@@ -114,3 +114,23 @@ def test_mine_is_task_state_and_the_ema_follows_the_student():
     other.load_task_state(state)
     for a, b in zip(other.mi.state_dict().values(), task.mi.state_dict().values()):  # log_ma starts as nan
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_student_of_another_method_or_a_missing_loss_is_refused():
+    loss = DistillationLoss(nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match='method kd trains a plain classifier .* the student given is an STDStudent'):
+        STDTask(tiny_student('mixer'), 'kd', nn.CrossEntropyLoss(), [teacher()], loss)
+    with pytest.raises(ValueError, match='method std trains an STDStudent .* the student given is a plain classifier'):
+        STDTask(mixer(), 'std', nn.CrossEntropyLoss(), [teacher()], loss)
+    with pytest.raises(ValueError, match='method deit trains a DeiTTokenStudent'):
+        STDTask(mixer(), 'deit', nn.CrossEntropyLoss(), [teacher()], loss)
+    with pytest.raises(ValueError, match='method kd needs a distill_loss'):
+        STDTask(mixer(), 'kd', nn.CrossEntropyLoss(), [teacher()])
+
+
+def test_the_loss_is_its_terms():
+    student = tiny_student('mixer')
+    task = STDTask(student, 'std', nn.CrossEntropyLoss(), [teacher()], DistillationLoss(nn.CrossEntropyLoss()),
+                   MIRegularizer(student, hidden=8))
+    result = task.train()(*batch())
+    assert torch.allclose(result['loss'], 0.5 * result['loss_cls'] + 0.5 * result['loss_dist'] + result['loss_mine'])

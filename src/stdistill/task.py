@@ -129,8 +129,22 @@ class STDTrainable(nn.Module):
             if self.mi is not None:
                 mi = self.mi(out.spatial_tokens, out.channel_tokens)
                 loss = loss + mi.loss
-                terms['mi_estimate'] = mi.estimate
+                # the MINE objective (its statistics networks' bound, and lambda * I for the tokens)
+                terms['loss_mine'], terms['mi_estimate'] = mi.loss.detach(), mi.estimate
         return loss, terms, out
+
+
+def _check_student(student: nn.Module, method: str) -> None:
+    """Each method trains its own kind of student: std an STDStudent (token pairs), deit a
+    DeiTTokenStudent (a distillation head), none and kd a plain classifier."""
+    tokens, head = hasattr(student, 'token_pairs'), hasattr(student, 'head_dist')
+    kind = 'an STDStudent (stdistill.students)' if tokens else 'a DeiTTokenStudent (stdistill.deit)' if head \
+        else 'a plain classifier'
+    needed = {'std': tokens, 'deit': head}.get(method, not (tokens or head))
+    if not needed:
+        want = {'std': 'an STDStudent (token pairs)', 'deit': 'a DeiTTokenStudent (a distillation head)'}.get(
+            method, 'a plain classifier (its class head is what kd and none train)')
+        raise ValueError(f'method {method} trains {want}; the student given is {kind}')
 
 
 class STDTask(TrainingTask):
@@ -139,7 +153,10 @@ class STDTask(TrainingTask):
 
     task(images (B, C, H, W), targets (B,) or mixed (B, classes)[, teacher_outputs]) returns
     {'loss': scalar, 'output': (B, classes) logits of the student's inference head, 'loss_cls',
-    'loss_dist', 'loss_dist_<j>', 'teacher_weight_<j>', 'mi_estimate' (as the method has them)}.
+    'loss_dist', 'loss_dist_<j>', 'teacher_weight_<j>', 'loss_mine', 'mi_estimate' (as the method
+    has them); output is detached. loss = (1 - alpha) * loss_cls + alpha * loss_dist + loss_mine.
+    student_mean/std (C,): the student's normalisation, which a timm DistillationTeacher
+    renormalises from (default: the student's pretrained_cfg, as timm's tasks read it).
     teacher_outputs: each teacher's logits (B, classes) or TeacherTargets (from a store); None
     runs the teachers. Raises ValueError for a method with teachers but no distillation loss.
     """
@@ -151,7 +168,11 @@ class STDTask(TrainingTask):
                  device: Optional[torch.device] = None, verbose: bool = False) -> None:
         super().__init__(device=device, verbose=verbose)
         if method in METHODS_WITH_TEACHERS and distill_loss is None:
-            raise ValueError(f'method {method} needs at least one teacher')
+            raise ValueError(f'method {method} needs a distill_loss (stdistill.losses.DistillationLoss)')
+        _check_student(student, method)
+        if student_mean is None or student_std is None:  # as timm's tasks: the student's own cfg
+            cfg = getattr(student, 'pretrained_cfg', None) or {}
+            student_mean, student_std = cfg.get('mean'), cfg.get('std')
         self.method = method
         self.trainable_module = STDTrainable(student, method, base_criterion, distill_loss, mi)
         # a plain list: not submodules (see the module's docstring)
