@@ -43,7 +43,7 @@ def student_architecture(cfg: 'TrainConfig', student: nn.Module) -> Dict[str, An
 
 def check_architecture(path: str, cfg: 'TrainConfig', student: nn.Module) -> None:
     """Refuse, in one line, a student built from `cfg` that is not the one the checkpoint `path`
-    records (a checkpoint that records none is not checked: written before stdistill 0.x kept it)."""
+    records. Checkpoints written before the record was kept have none, and are not checked."""
     recorded = recorded_architecture(path)
     if recorded is None:
         return

@@ -27,7 +27,7 @@ class WriteRefused(ValueError):
 
 def write_failure(e: BaseException) -> Optional[str]:
     """The OS's reason ('No space left on device') when `e` is a refused write (REFUSED_WRITES),
-    else None. Reads OSError's errno and the `code: N` that safetensors' Rust writer reports."""
+    else None. Reads OSError's errno, and the `os error N` (or `code: N`) in safetensors' errors."""
     if isinstance(e, OSError):
         code = e.errno
     else:
