@@ -14,7 +14,8 @@ from stdistill.checkpoint import (_seal, file_sha256, load_checkpoint, newest_va
                                   verify_checkpoint)
 from stdistill.cli import main
 from stdistill.teachers import create_teacher
-from stdistill.train import build_student, train
+from stdistill.builders import build_student
+from stdistill.train import train
 from test_teachers import _Payload
 from test_train import TINY, read_jsonl, tiny_config
 

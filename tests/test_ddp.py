@@ -10,7 +10,7 @@ import torch
 from stdistill.checkpoint import load_checkpoint
 from stdistill.config import load_config
 from stdistill.distributed import weights_digest
-from stdistill.train import build_student
+from stdistill.builders import build_student
 from test_train import TINY
 
 pytestmark = pytest.mark.slow  # 2-process torchrun runs

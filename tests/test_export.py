@@ -77,7 +77,7 @@ def test_token_student_exports_with_its_heads_and_onnx_matches_on_real_images(st
     assert run.classes == exported.classes == ['bag', 'top', 'trouser']
     # real validation images through the run's own evaluation transform
     from stdistill.loaders import build_transforms
-    from stdistill.train import resolve_norm
+    from stdistill.builders import resolve_norm
     transform = build_transforms(run.cfg, *resolve_norm(run.cfg))[1]
     batch = torch.stack([transform(Image.open(p).convert('L')) for p in _images(folder)])
     with torch.no_grad():

@@ -18,7 +18,7 @@ from stdistill.config import load_config
 from stdistill.data import FashionMNIST
 from stdistill.loaders import build_transforms
 from stdistill.distributed import cpu_bf16_native
-from stdistill.train import build_student, resolve_norm
+from stdistill.builders import build_student, resolve_norm
 
 pytestmark = pytest.mark.slow  # 224-px recipes with teachers, minutes on 2 cores
 

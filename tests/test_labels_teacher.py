@@ -13,7 +13,7 @@ from stdistill.engine import prepare_batch
 from stdistill.loaders import build_data, build_mixup
 from stdistill.losses import DistillationLoss, LabelsTeacher
 from stdistill.schedule import scheduled_mixup
-from stdistill.train import build_objective, student_contract
+from stdistill.builders import build_objective, student_contract
 
 BASE = ['dataset=fashion-mnist', 'img_size=28', 'in_chans=1', 'batch_size=16', 'workers=0', 'train_samples=64',
         'val_samples=32', 'aa=null', 'reprob=0.0', 'repeated_aug=false', 'crop_pct=1.0', 'model=mixer_t4_28',

@@ -12,10 +12,7 @@ import shlex
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from stdistill import cli
 from stdistill.accuracy import at_chance, chance_note, format_top1, wilson_interval
@@ -94,7 +91,7 @@ from PIL import Image
 from stdistill.export import load_exported
 from stdistill.images import to_model_mode
 from stdistill.loaders import build_transforms
-from stdistill.train import resolve_norm
+from stdistill.builders import resolve_norm
 loaded = load_exported({folder!r})  # for the class names and the run's evaluation transform
 tf = build_transforms(loaded.cfg, *resolve_norm(loaded.cfg))[1]
 for path in sys.argv[1:]:
@@ -247,8 +244,8 @@ def test_missing_teacher_checkpoint_says_so_and_how_to_make_it(clothes, tmp_path
 
 @pytest.mark.parametrize('native', [False, True, None])
 def test_amp_on_a_cpu_without_bf16_is_said_at_setup(tmp_path, monkeypatch, capsys, native):
-    import stdistill.train
-    monkeypatch.setattr(stdistill.train, 'cpu_bf16_native', lambda: native)
+    import stdistill.builders
+    monkeypatch.setattr(stdistill.builders, 'cpu_bf16_native', lambda: native)
     tiny = ['dataset=fashion-mnist', 'img_size=28', 'in_chans=1', 'batch_size=16', 'workers=0', 'train_samples=32',
             'val_samples=16', 'aa=null', 'mixup=0', 'cutmix=0', 'repeated_aug=false', 'model=mixer_t4_28',
             'model_kwargs={embed_dim: 16, num_blocks: 1}', 'method=none', 'epochs=1', 'warmup_epochs=0',

@@ -12,7 +12,8 @@ from stdistill.data import FashionMNIST
 from stdistill.losses import DistillationLoss
 from stdistill.mine import MINE
 from stdistill.teachers import FrozenTeacher, create_teacher
-from stdistill.train import student_contract, train
+from stdistill.builders import student_contract
+from stdistill.train import train
 from test_train import TINY
 
 TWO_TEACHERS = 'teachers=[{model: resnet10t, pretrained: false, token_position: 0}, {model: resnet18, pretrained: false}]'
@@ -79,8 +80,8 @@ def _student_head_dtype(seen):
 
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_amp_on_the_cpu_trains_every_method_with_fp32_losses(tmp_path, method, dtypes, monkeypatch):
-    import stdistill.train as train_module
-    monkeypatch.setattr(train_module, 'build_student', _student_head_dtype(dtypes))
+    import stdistill.builders as builders  # where build_objective finds build_student
+    monkeypatch.setattr(builders, 'build_student', _student_head_dtype(dtypes))
     out = tmp_path / method
     train(load_config(None, [*TINY, *METHODS[method], 'amp=true', f'output={out}']))
     with open(out / 'log.jsonl') as f:
@@ -102,8 +103,8 @@ def test_amp_on_the_cpu_trains_every_method_with_fp32_losses(tmp_path, method, d
 
 
 def test_amp_false_is_fp32_everywhere(tmp_path, dtypes, monkeypatch):
-    import stdistill.train as train_module
-    monkeypatch.setattr(train_module, 'build_student', _student_head_dtype(dtypes))
+    import stdistill.builders as builders  # where build_objective finds build_student
+    monkeypatch.setattr(builders, 'build_student', _student_head_dtype(dtypes))
     train(load_config(None, [*TINY, *METHODS['std'], 'amp=false', 'epochs=1', f'output={tmp_path / "run"}']))
     assert {o for _, o in dtypes['student_head']} == {torch.float32}
     assert dtypes['teacher_logits'] == {torch.float32} and dtypes['teacher_weights'] == {torch.float32}

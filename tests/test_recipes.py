@@ -9,7 +9,7 @@ from timm.optim import create_optimizer_v2
 
 from stdistill.config import config_from_dict, load_config
 from stdistill.quickstart import RECIPES
-from stdistill.train import build_objective
+from stdistill.builders import build_objective
 
 IMAGENET = sorted(glob.glob('recipes/imagenet/*.yaml'))
 

@@ -251,7 +251,7 @@ def test_a_student_used_as_a_teacher_is_built_with_its_recorded_model_kwargs(dig
     predicts what the student predicted (before, its 2-block weights did not fit 6 blocks)."""
     from stdistill.config import load_config
     from stdistill.teachers import create_teacher
-    from stdistill.train import load_student_checkpoint
+    from stdistill.builders import load_student_checkpoint
     checkpoint = str(small_run / 'best' / 'model.safetensors')
     teacher = create_teacher('mixer_t4_32', 10, checkpoint=checkpoint)
     cfg = load_config(str(small_run / 'config.yaml'))

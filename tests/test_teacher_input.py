@@ -13,7 +13,8 @@ from stdistill.data import FashionMNIST
 from stdistill.loaders import FASHION_MNIST_NORM
 from stdistill.teacher_input import RECORD_KEY, InputContract, TeacherInput
 from stdistill.teachers import create_teacher, recorded_contract
-from stdistill.train import build_objective, build_teachers, student_contract, train
+from stdistill.builders import build_objective, build_teachers, student_contract
+from stdistill.train import train
 from test_train import TINY
 
 

@@ -20,7 +20,7 @@ from stdistill.loaders import build_data, build_mixup
 from stdistill.losses import DistillationLoss, TeacherTargets, topk_soft_loss
 from stdistill.schedule import ScheduledDataset
 from stdistill.store import TeacherStore, outputs_spec, run_fingerprint
-from stdistill.train import build_objective, student_contract
+from stdistill.builders import build_objective, student_contract
 
 # Two random teachers of two families, hard distillation, entropy weights, mixup and cutmix, MINE
 BASE = ['dataset=fashion-mnist', 'img_size=28', 'in_chans=1', 'batch_size=16', 'workers=0', 'train_samples=64',

@@ -21,7 +21,7 @@ from stdistill.cli import main
 from stdistill.config import load_config
 from stdistill.distributed import DistInfo
 from stdistill.loaders import build_data
-from stdistill.train import build_objective, student_contract
+from stdistill.builders import build_objective, student_contract
 from test_train import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

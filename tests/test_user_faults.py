@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from stdistill.cli import main
 from stdistill.config import load_config
 from stdistill.data import FashionMNIST
-from stdistill.train import build_student
+from stdistill.builders import build_student
 from test_train import TINY, read_jsonl
 
 # A tiny plain student on 28x28 grayscale folders: no augmentation, so that an image's input is

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Dict
 import torch.nn as nn
 
 from .config import first_difference
+from .errors import UserError
+from .methods import method_of
 from .teachers import TRAINING_ONLY_KWARGS, recorded_architecture
 
 if TYPE_CHECKING:
@@ -34,8 +36,8 @@ def student_architecture(cfg: 'TrainConfig', student: nn.Module) -> Dict[str, An
     arch = {'model': cfg.model.split('.')[0],
             'model_kwargs': {k: v for k, v in cfg.model_kwargs.items() if k not in TRAINING_ONLY_KWARGS},
             'img_size': cfg.img_size, 'in_chans': cfg.in_chans, 'num_classes': student.num_classes,
-            'method': cfg.method if cfg.method in ('std', 'deit') else 'none'}
-    if cfg.method == 'std':
+            'method': method_of(cfg.method).student}
+    if method_of(cfg.method).student == 'std':
         arch.update(teachers=[{'token_position': int(p)} for p in student.token_positions], tokens=cfg.tokens,
                     token_depth=cfg.token_depth)
     return json.loads(json.dumps(arch))  # as read back: tuples become lists
@@ -55,6 +57,6 @@ def check_architecture(path: str, cfg: 'TrainConfig', student: nn.Module) -> Non
     if key == 'method':  # kd and none build the same network, recorded as none: show what was given
         now = cfg.method
     block = ' (block index)' if key.endswith('token_position') else ''
-    raise ValueError(f'{path} holds a student trained with {key}={json.dumps(was)}{block}, and the config given '
-                     f'builds {key}={json.dumps(now)}: a trained student is rebuilt as it was trained, so drop the '
-                     f'override or --config that changes {key} (the run\'s own config.yaml is the default)')
+    raise UserError(f'{path} holds a student trained with {key}={json.dumps(was)}{block}, and the config given '
+                    f'builds {key}={json.dumps(now)}: a trained student is rebuilt as it was trained, so drop the '
+                    f'override or --config that changes {key} (the run\'s own config.yaml is the default)')

@@ -20,6 +20,7 @@ from timm.models.mlp_mixer import Affine, MixerBlock, MlpMixer, ResBlock, Spatia
 from timm.models.mlp_mixer import checkpoint_filter_fn as mixer_checkpoint_filter_fn
 
 from .cyclemlp import CycleBlock, CycleMLP
+from .errors import UserError
 
 __all__ = ['TokenDims', 'num_blocks', 'token_dims', 'patch_grid', 'mixer_t4_28', 'mixer_t4_32', 'resmlp_t4_32',
            'mixer_t8_64', 'resmlp_t8_64', 'resmlp_b24_224', 'SMALL_STUDENTS']
@@ -43,8 +44,8 @@ def _blocks(model: nn.Module) -> list:
         return list(model.blocks)
     if isinstance(model, CycleMLP):
         return [block for stage in model.stages for block in stage.blocks]
-    raise ValueError(f'{type(model).__name__} is not a supported STD backbone '
-                     '(supported: timm MlpMixer family (Mixer, ResMLP, gMLP) and CycleMLP)')
+    raise UserError(f'{type(model).__name__} is not a supported STD backbone '
+                    '(supported: timm MlpMixer family (Mixer, ResMLP, gMLP) and CycleMLP)')
 
 
 def num_blocks(model: nn.Module) -> int:
@@ -64,7 +65,7 @@ def token_dims(model: nn.Module, index: int) -> TokenDims:
     block = _blocks(model)[index]
     height, width = patch_grid(model, index)
     if not isinstance(block, (MixerBlock, ResBlock, SpatialGatingBlock, CycleBlock)):
-        raise ValueError(f'block type {type(block).__name__} is not a supported vision-MLP block')
+        raise UserError(f'block type {type(block).__name__} is not a supported vision-MLP block')
     # Only Mixer's token mixing has a hidden layer; the others mix positions with one linear map.
     spatial = block.mlp_tokens.fc1.out_features if isinstance(block, MixerBlock) else None
     channel_mlp = block.mlp if isinstance(block, CycleBlock) else block.mlp_channels

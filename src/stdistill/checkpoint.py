@@ -31,7 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .teachers import EMA_FILE, _first_line, _whole_message
+from .errors import UserError, first_line, whole_message
+from .teachers import EMA_FILE
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'verify_checkpoint', 'newest_valid_checkpoint',
            'remove_stale_temporaries', 'split_tensors', 'join_tensors', 'rng_state', 'set_rng_state', 'rng_state_fits',
@@ -200,37 +201,37 @@ def remove_stale_temporaries(run: str) -> List[str]:
 def verify_checkpoint(folder: str) -> Dict[str, Any]:
     """Check a checkpoint folder against its checksums; return its state.json document.
 
-    Raises ValueError, one line naming the damaged file, for a missing, truncated, edited or
+    Raises UserError, one line naming the damaged file, for a missing, truncated, edited or
     foreign file. The tensor files are not parsed here (safetensors does that, without pickle).
     """
     paths = {name: os.path.join(folder, name) for name in (MODEL_FILE, STATE_FILE, STATE_JSON)}
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
-        raise ValueError(f'not a stdistill checkpoint: {missing[0]} is missing')
+        raise UserError(f'not a stdistill checkpoint: {missing[0]} is missing')
     try:
         with open(paths[STATE_JSON]) as f:
             doc = json.load(f)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} is unreadable ({_first_line(e)})') from None
+        raise UserError(f'corrupt checkpoint {folder}: {STATE_JSON} is unreadable ({first_line(e)})') from None
     if not isinstance(doc, dict) or doc.get('format') != FORMAT:
-        raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} is not a {FORMAT} document '
-                         f'(written by an older stdistill, or another program)')
+        raise UserError(f'corrupt checkpoint {folder}: {STATE_JSON} is not a {FORMAT} document '
+                        f'(written by an older stdistill, or another program)')
     if doc.get('sha256') != _seal(doc):
-        raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} does not match its checksum (edited or damaged)')
+        raise UserError(f'corrupt checkpoint {folder}: {STATE_JSON} does not match its checksum (edited or damaged)')
     files = doc.get('files') if isinstance(doc.get('files'), dict) else {}
     for name in (MODEL_FILE, STATE_FILE) + ((EMA_FILE,) if EMA_FILE in files else ()):
         paths[name] = os.path.join(folder, name)
         if not os.path.isfile(paths[name]):
-            raise ValueError(f'corrupt checkpoint {folder}: {name} is missing')
+            raise UserError(f'corrupt checkpoint {folder}: {name} is missing')
         expected = files.get(name)
         if not isinstance(expected, dict) or not {'bytes', 'sha256'} <= set(expected):
-            raise ValueError(f'corrupt checkpoint {folder}: {STATE_JSON} lists no checksum for {name}')
+            raise UserError(f'corrupt checkpoint {folder}: {STATE_JSON} lists no checksum for {name}')
         size = os.path.getsize(paths[name])
         if size != expected['bytes']:
-            raise ValueError(f'corrupt checkpoint {folder}: {name} has {size} bytes, {expected["bytes"]} were written '
-                             f'(truncated or overwritten)')
+            raise UserError(f'corrupt checkpoint {folder}: {name} has {size} bytes, {expected["bytes"]} were written '
+                            f'(truncated or overwritten)')
         if file_sha256(paths[name]) != expected['sha256']:
-            raise ValueError(f'corrupt checkpoint {folder}: {name} does not match its checksum (edited or damaged)')
+            raise UserError(f'corrupt checkpoint {folder}: {name} does not match its checksum (edited or damaged)')
     return doc
 
 
@@ -253,7 +254,7 @@ def newest_valid_checkpoint(run: str) -> Tuple[str, List[str]]:
             rejected.append(f'checkpoint {folder} holds no training state (no epoch): it cannot be resumed')
     if not valid:
         reasons = '; '.join(rejected) or f'no {"/, ".join(RESUMABLE)}/ folder'
-        raise ValueError(f'nothing to resume in {run}: {reasons}')
+        raise UserError(f'nothing to resume in {run}: {reasons}')
     # the highest epoch; between equal epochs, the first in RESUMABLE order (max keeps the first)
     return max(valid, key=lambda v: v[0])[1], rejected
 
@@ -288,11 +289,11 @@ def load_checkpoint(folder: str, model: torch.nn.Module, verified: bool = False,
         ema_weights = load_file(os.path.join(folder, EMA_FILE)) \
             if ema is not None and os.path.isfile(os.path.join(folder, EMA_FILE)) else None
     except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'corrupt checkpoint in {folder}: {_first_line(e)}') from None
+        raise UserError(f'corrupt checkpoint in {folder}: {first_line(e)}') from None
     try:
         model.load_state_dict(weights)
         if ema_weights is not None:
             ema.load_state_dict(ema_weights)
     except RuntimeError as e:
-        raise ValueError(f'checkpoint {folder} does not fit this model: {_whole_message(e)}') from None
+        raise UserError(f'checkpoint {folder} does not fit this model: {whole_message(e)}') from None
     return join_tensors(doc['state'], tensors)

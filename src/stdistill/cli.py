@@ -12,21 +12,26 @@ Bad input ends with one line on stderr naming what to fix and exit status 2, nev
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import List, Optional
 
 from .accuracy import INTERVAL_BELOW, chance_note, format_top1, is_at_chance, wilson_interval
 from .config import config_help, load_config
+from .errors import UserError
 from .hints import code, command, option, positionals, train_longer
+from .log import setup_logging
 from .profiling import GMACS_TOLERANCE, PARAMS_TOLERANCE, paper_comparison, profile_model
+
+_logger = logging.getLogger(__name__)
 
 
 def _profile(args: argparse.Namespace) -> int:
     if args.paper:
         return _paper_table()
     if not args.model:
-        raise ValueError('give a model name, or --paper for the paper table')
+        raise UserError('give a model name, or --paper for the paper table')
     extra = {'num_classes': args.num_classes}
     if args.token_positions:
         extra['token_positions'] = args.token_positions
@@ -59,25 +64,25 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         saved = os.path.join(args.resume, 'config.yaml')
         if args.config is None and not os.path.isfile(saved):
-            raise ValueError(f'nothing to resume in {args.resume}: it holds no config.yaml')
+            raise UserError(f'nothing to resume in {args.resume}: it holds no config.yaml')
         cfg = load_config(args.config or saved, [*args.overrides, f'output={args.resume}'])
     else:
         cfg = load_config(args.config, args.overrides)
     if args.stop_after is not None and args.stop_after < 1:
-        raise ValueError('--stop-after must be a positive number of epochs')
+        raise UserError('--stop-after must be a positive number of epochs')
     summary = train(cfg, resume=bool(args.resume), stop_after=args.stop_after)
     if summary['final'] is not None and int(os.environ.get('RANK', 0)) == 0:  # once, not once a process
         best = summary['best']
         weights = ', EMA weights' if best.get('weights') == 'ema' else ''
         # a run resumed from a checkpoint older than the chance level keeps a best without images
         top1 = format_top1(best['top1'], best['images']) if 'images' in best else f'{best["top1"]:.2f}'
-        print(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {top1} (epoch '
-              f'{best["epoch"] + 1}{weights}), run folder {cfg.output}')
+        _logger.info(f'done: {summary["epochs_done"]}/{summary["epochs"]} epochs, best top-1 {top1} (epoch '
+                     f'{best["epoch"] + 1}{weights}), run folder {cfg.output}')
         chance = chance_note({'val_top1': best['top1'], 'val_images': best.get('images'),
                               'val_chance_top1': best.get('chance_top1')})
         if chance:
             again = f' {train_longer(cfg.output, summary)}' if is_at_chance(chance) else ''
-            print(f'stdistill: warning: {chance}.{again}', file=sys.stderr)
+            _logger.warning(f'{chance}.{again}')
     return 0
 
 
@@ -85,14 +90,14 @@ def _teacher_pass(args: argparse.Namespace) -> int:
     from .teacher_pass import teacher_pass
     summary = teacher_pass(load_config(args.config, args.overrides), args.output, shard_steps=args.shard_steps)
     if int(os.environ.get('RANK', 0)) == 0 and summary['images']:
-        print(f'done: {summary["images"]} images through the teachers in {summary["seconds"]:.1f} s '
-              f'({summary["img_per_s"]:.1f} img/s on this process), store {args.output}; train from it with '
-              f'{command("stdistill", "train", *(option("--config", args.config) if args.config else []), *positionals(*args.overrides, f"teacher_outputs={args.output}"))}')
+        _logger.info(f'done: {summary["images"]} images through the teachers in {summary["seconds"]:.1f} s '
+                     f'({summary["img_per_s"]:.1f} img/s on this process), store {args.output}; train from it with '
+                     f'{command("stdistill", "train", *(option("--config", args.config) if args.config else []), *positionals(*args.overrides, f"teacher_outputs={args.output}"))}')
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .train import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
     target = args.target
     checkpoint = os.path.join(target, args.which) if os.path.isfile(os.path.join(target, 'config.yaml')) else target
     config = args.config
@@ -103,7 +108,7 @@ def _eval(args: argparse.Namespace) -> int:
         config = next((os.path.join(r, 'config.yaml') for r in runs if os.path.isfile(os.path.join(r, 'config.yaml'))),
                       None)
         if config is None:
-            raise ValueError(f'no config.yaml beside {target}: give the run folder, or --config')
+            raise UserError(f'no config.yaml beside {target}: give the run folder, or --config')
     cfg = load_config(config, args.overrides)
     m = evaluate_checkpoint(cfg, checkpoint, ema=args.ema)
     ci = '' if m['images'] >= INTERVAL_BELOW else ' ({:.1f}-{:.1f})'  # each head's interval on a small split
@@ -113,12 +118,12 @@ def _eval(args: argparse.Namespace) -> int:
     again = ['stdistill', 'eval', '--which', args.which, *(option('--config', args.config) if args.config else []),
              '--ema', *positionals(args.target, *args.overrides)]
     ema_hint = f'; it also holds EMA weights: {command(*again)} scores them'
-    print(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {format_top1(m["top1"], m["images"])}, '
-          f'top-5 {m["top5"]:.2f} on {m["images"]} images ({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}'
-          f'{ema_hint if also_ema else ""}')
+    _logger.info(f'{checkpoint}{" (EMA weights)" if args.ema else ""}: top-1 {format_top1(m["top1"], m["images"])}, '
+                 f'top-5 {m["top5"]:.2f} on {m["images"]} images ({cfg.dataset or cfg.data_dir} {cfg.val_split}){heads}'
+                 f'{ema_hint if also_ema else ""}')
     chance = chance_note({f'val_{k}': v for k, v in m.items()})
     if chance:
-        print(f'stdistill: warning: {chance}', file=sys.stderr)
+        _logger.warning(f'{chance}')
     return 0
 
 
@@ -142,10 +147,13 @@ def _export(args: argparse.Namespace) -> int:
         how = code(f"import stdistill.export; model = stdistill.export.load_exported({folder!r}).model") + \
             ' (token heads)'
     onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
-    print(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {folder}: "
-          f"{', '.join(done['files'])}; load it with {how}{onnx}")
+    _logger.info(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {folder}: "
+                 f"{', '.join(done['files'])}; load it with {how}{onnx}")
     for line in _shipped_lines(args, done['top1']):
-        print(line, file=sys.stderr if line.startswith('stdistill: warning') else sys.stdout)
+        if line.startswith('stdistill: warning: '):
+            _logger.warning(line[len('stdistill: warning: '):])
+        else:
+            _logger.info(line)
     hint = ema_hint(args.run, args.which, args.ema)
     if hint:
         print(hint, file=sys.stderr)
@@ -320,6 +328,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    setup_logging()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after an option (train ... --stop-after 1 epochs=5)
@@ -331,9 +340,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         for name in ('img_size', 'in_chans', 'num_classes'):
             if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-                raise ValueError(f'--{name.replace("_", "-")} must be a positive integer')
+                raise UserError(f'--{name.replace("_", "-")} must be a positive integer')
         return args.func(args)
-    except ValueError as e:
+    except UserError as e:  # bad input; any other error is a bug and keeps its traceback
         print(f'stdistill: error: {_one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

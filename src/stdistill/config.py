@@ -6,7 +6,7 @@ Defaults are DeiT's ImageNet recipe (the paper trains with it). Every key, its d
 what it does are listed by `stdistill train --help` (from the field metadata below). Values
 given on the command line are parsed as YAML (`lr=1e-3`, `scale=[0.5,1]`, `mine=false`), and
 a dotted key reaches inside a list or mapping (`teachers.1.checkpoint=r101.safetensors`).
-An unknown or mistyped key is a ValueError naming the nearest known key.
+An unknown or mistyped key is a UserError naming the nearest known key.
 """
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from .disk import write_atomic
+from .errors import UserError
 from .hints import command
+from .methods import METHOD_NAMES, method_of
 
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
-           'config_changes', 'first_difference', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS']
+           'config_changes', 'first_difference', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS', 'with_absolute_paths']
 
-METHODS = ('none', 'kd', 'deit', 'std')
+METHODS = METHOD_NAMES  # the table of what each needs: methods.py
 # Bounds of an input contract (teacher_input.py checks contracts with the same ones)
 MIN_STD = 1e-6  # a smaller normalisation std turns image noise into values fp32 and bf16 overflow on
 MAX_IMG_SIZE = 8192  # pixels a side: beyond it a size is damaged, not a model's input size
@@ -185,7 +187,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.distill is None:  # the method's own target: KD is soft (Hinton et al.), DeiT and STD hard
-            self.distill = 'soft' if self.method == 'kd' else 'hard'
+            self.distill = method_of(self.method).distill if self.method in METHOD_NAMES else 'hard'
 
 
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
@@ -204,30 +206,30 @@ def _check_ranges(cfg: 'TrainConfig') -> None:
         value = getattr(cfg, f.name)
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ValueError(f'config key {f.name} must be finite, got {value}')
+            raise UserError(f'config key {f.name} must be finite, got {value}')
     if cfg.dist_timeout > 7 * 24 * 60:
-        raise ValueError(f'config key dist_timeout must be at most a week (10080 minutes), got {cfg.dist_timeout}')
+        raise UserError(f'config key dist_timeout must be at most a week (10080 minutes), got {cfg.dist_timeout}')
     if cfg.std is not None and any(s < MIN_STD for s in cfg.std):
-        raise ValueError(f'config key std must be at least {MIN_STD} (a normalisation divides by it), got {cfg.std}')
+        raise UserError(f'config key std must be at least {MIN_STD} (a normalisation divides by it), got {cfg.std}')
     for name, low in _AT_LEAST.items():
         value = getattr(cfg, name)
         if value is not None and value < low:
-            raise ValueError(f'config key {name} must be >= {low}, got {value}')
+            raise UserError(f'config key {name} must be >= {low}, got {value}')
     for name in _POSITIVE:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
-            raise ValueError(f'config key {name} must be > 0, got {value}')
+            raise UserError(f'config key {name} must be > 0, got {value}')
     for name in _PROBABILITIES:
         if not 0 <= getattr(cfg, name) <= 1:
-            raise ValueError(f'config key {name} must be between 0 and 1, got {getattr(cfg, name)}')
+            raise UserError(f'config key {name} must be between 0 and 1, got {getattr(cfg, name)}')
     if cfg.smoothing >= 1:  # every target uniform: nothing to learn (and timm's loss asserts)
-        raise ValueError(f'config key smoothing must be below 1 (label smoothing 1 makes every target uniform), '
-                         f'got {cfg.smoothing}')
+        raise UserError(f'config key smoothing must be below 1 (label smoothing 1 makes every target uniform), '
+                        f'got {cfg.smoothing}')
     problem = schedule_problem(cfg, cfg.lr) if cfg.lr is not None else None
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     if cfg.in_chans not in (1, 3):
-        raise ValueError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
+        raise UserError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
 
 
 def schedule_problem(cfg: 'TrainConfig', lr: float) -> Optional[str]:
@@ -245,19 +247,20 @@ def schedule_problem(cfg: 'TrainConfig', lr: float) -> Optional[str]:
 
 def _check_method_keys(cfg: 'TrainConfig') -> None:
     """Refuse keys the run's method would ignore while config.yaml recorded them as used."""
-    if cfg.method == 'none':
+    method = method_of(cfg.method)
+    if not method.needs_teachers:
         return  # no distillation: every distillation key is moot, and recipes keep theirs
     if not MIN_TAU <= cfg.tau <= MAX_TAU:
-        raise ValueError(f'config key tau must be from {MIN_TAU} to {MAX_TAU} (soft distillation scales by tau**2), '
-                         f'got {cfg.tau}')
+        raise UserError(f'config key tau must be from {MIN_TAU} to {MAX_TAU} (soft distillation scales by tau**2), '
+                        f'got {cfg.tau}')
     if cfg.distill == 'hard' and cfg.tau != 1.0:
-        raise ValueError(f'tau {cfg.tau} applies to soft distillation, and this run distils hard labels '
-                         f'(method {cfg.method}, distill hard): set distill=soft, or drop tau')
-    if cfg.method != 'std':
+        raise UserError(f'tau {cfg.tau} applies to soft distillation, and this run distils hard labels '
+                        f'(method {cfg.method}, distill hard): set distill=soft, or drop tau')
+    if not method.token_positions:
         for i, t in enumerate(cfg.teachers):
             if t['token_position'] != -1:
-                raise ValueError(f'teachers.{i}.token_position is the block an STD token pair reads (method std); '
-                                 f'method {cfg.method} distils the final output: drop it, or set method=std')
+                raise UserError(f'teachers.{i}.token_position is the block an STD token pair reads (method std); '
+                                f'method {cfg.method} distils the final output: drop it, or set method=std')
 
 
 def _closest(key: str, known: Sequence[str]) -> str:
@@ -266,7 +269,7 @@ def _closest(key: str, known: Sequence[str]) -> str:
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
-    """Return value (ints widened to float where a float is wanted) or raise a ValueError."""
+    """Return value (ints widened to float where a float is wanted) or raise a UserError."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union:  # Optional[X]
         if value is None:
@@ -289,7 +292,7 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
             return [_check_type(name, v, float) for v in value]
         return value
     kind = getattr(base, '__name__', str(base))
-    raise ValueError(f'config key {name} must be {"a list" if base is list else kind}, got {value!r}')
+    raise UserError(f'config key {name} must be {"a list" if base is list else kind}, got {value!r}')
 
 
 def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
@@ -297,42 +300,42 @@ def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
     value: refuse it rather than build the model without the argument."""
     for key, value in kwargs.items():
         if value is None and isinstance(key, str) and ':' in key:
-            raise ValueError(f'{name} key {key!r} has no value: write it as {key.split(":", 1)[0]}: '
-                             f'{key.split(":", 1)[1]} (YAML needs a space after the colon)')
+            raise UserError(f'{name} key {key!r} has no value: write it as {key.split(":", 1)[0]}: '
+                            f'{key.split(":", 1)[1]} (YAML needs a space after the colon)')
 
 
 def _check_teachers(teachers: Any) -> List[Dict[str, Any]]:
     if not isinstance(teachers, list):
-        raise ValueError(f'config key teachers must be a list of mappings, got {teachers!r}')
+        raise UserError(f'config key teachers must be a list of mappings, got {teachers!r}')
     out = []
     for i, t in enumerate(teachers):
         t = {'model': t} if isinstance(t, str) else t
         for key in t if isinstance(t, dict) else ():
             if key not in _TEACHER_KEYS:
-                raise ValueError(f'unknown key teachers.{i}.{key}{_closest(key, _TEACHER_KEYS)} '
-                                 f'(known: {", ".join(_TEACHER_KEYS)})')
+                raise UserError(f'unknown key teachers.{i}.{key}{_closest(key, _TEACHER_KEYS)} '
+                                f'(known: {", ".join(_TEACHER_KEYS)})')
         if not isinstance(t, dict) or 'model' not in t:
-            raise ValueError(f'teachers.{i} must be a mapping with at least a model name, got {t!r}')
+            raise UserError(f'teachers.{i} must be a mapping with at least a model name, got {t!r}')
         name = t['model']
         if isinstance(name, str) and name != LABELS_TEACHER and difflib.get_close_matches(
                 name.strip().lower(), [LABELS_TEACHER], cutoff=0.75):  # no timm model is this close to it
-            raise ValueError(f'teachers.{i}.model {name!r} is no model; did you mean {LABELS_TEACHER} '
-                             f'(the ground truth as a teacher, spelt exactly so)?')
+            raise UserError(f'teachers.{i}.model {name!r} is no model; did you mean {LABELS_TEACHER} '
+                            f'(the ground truth as a teacher, spelt exactly so)?')
         spec = dataclasses.asdict(TeacherSpec(**t))
         hints = typing.get_type_hints(TeacherSpec)
         out.append({k: _check_type(f'teachers.{i}.{k}', v, hints[k]) for k, v in spec.items()})
         _check_kwargs(f'teachers.{i}.kwargs', out[-1]['kwargs'])
         for key in ('mean', 'std'):
             if out[-1][key] is not None and not all(math.isfinite(v) for v in out[-1][key]):
-                raise ValueError(f'config key teachers.{i}.{key} must be finite, got {out[-1][key]}')
+                raise UserError(f'config key teachers.{i}.{key} must be finite, got {out[-1][key]}')
         if out[-1]['std'] is not None and any(v < MIN_STD for v in out[-1]['std']):
-            raise ValueError(f'config key teachers.{i}.std must be at least {MIN_STD}, got {out[-1]["std"]}')
+            raise UserError(f'config key teachers.{i}.std must be at least {MIN_STD}, got {out[-1]["std"]}')
         if out[-1]['img_size'] is not None and not 1 <= out[-1]['img_size'] <= MAX_IMG_SIZE:
-            raise ValueError(f'config key teachers.{i}.img_size must be from 1 to {MAX_IMG_SIZE}, '
-                             f'got {out[-1]["img_size"]}')
+            raise UserError(f'config key teachers.{i}.img_size must be from 1 to {MAX_IMG_SIZE}, '
+                            f'got {out[-1]["img_size"]}')
         if out[-1]['interpolation'] not in (None, *RESIZE_INTERPOLATIONS):
-            raise ValueError(f'config key teachers.{i}.interpolation must be one of bilinear, bicubic, nearest, '
-                             f'got {out[-1]["interpolation"]!r}')
+            raise UserError(f'config key teachers.{i}.interpolation must be one of bilinear, bicubic, nearest, '
+                            f'got {out[-1]["interpolation"]!r}')
     return out
 
 
@@ -342,16 +345,16 @@ def config_from_dict(values: Dict[str, Any]) -> TrainConfig:
     checked = {}
     for key, value in values.items():
         if key not in known:
-            raise ValueError(f'unknown config key {key!r}{_closest(key, known)} ({command("stdistill", "train", "--help")} lists them)')
+            raise UserError(f'unknown config key {key!r}{_closest(key, known)} ({command("stdistill", "train", "--help")} lists them)')
         checked[key] = _check_teachers(value) if key == 'teachers' else _check_type(key, value, hints[key])
         if key == 'model_kwargs':
             _check_kwargs(key, checked[key])
     cfg = TrainConfig(**checked)
-    _check_method_keys(cfg)
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get('choices')
         if choices and getattr(cfg, f.name) not in choices:
-            raise ValueError(f'config key {f.name} must be one of {", ".join(choices)}, got {getattr(cfg, f.name)!r}')
+            raise UserError(f'config key {f.name} must be one of {", ".join(choices)}, got {getattr(cfg, f.name)!r}')
+    _check_method_keys(cfg)  # (a known method)
     _check_ranges(cfg)
     return cfg
 
@@ -369,13 +372,13 @@ def _set_dotted(values: Dict[str, Any], dotted: str, value: Any) -> None:
                 target.append({})
             target = target[int(part)]
             if isinstance(target, str):  # a teacher given by name only
-                raise ValueError(f'{".".join(parts[:i + 1])} is a bare name; write it as a mapping to set {dotted}')
+                raise UserError(f'{".".join(parts[:i + 1])} is a bare name; write it as a mapping to set {dotted}')
         else:
-            raise ValueError(f'cannot set {dotted}: {".".join(parts[:i + 1])} does not exist')
+            raise UserError(f'cannot set {dotted}: {".".join(parts[:i + 1])} does not exist')
     last = parts[-1]
     if isinstance(target, list):
         if not (last.isdigit() and int(last) <= len(target)):
-            raise ValueError(f'cannot set {dotted}: index {last} is past the end of the list')
+            raise UserError(f'cannot set {dotted}: index {last} is past the end of the list')
         if int(last) == len(target):
             target.append(value)
         else:
@@ -383,12 +386,12 @@ def _set_dotted(values: Dict[str, Any], dotted: str, value: Any) -> None:
     elif isinstance(target, dict):
         target[last] = value
     else:
-        raise ValueError(f'cannot set {dotted}: {".".join(parts[:-1])} is not a list or mapping')
+        raise UserError(f'cannot set {dotted}: {".".join(parts[:-1])} is not a list or mapping')
 
 
 def parse_override(text: str) -> tuple:
     if '=' not in text:
-        raise ValueError(f'override {text!r} must be key=value')
+        raise UserError(f'override {text!r} must be key=value')
     key, raw = text.split('=', 1)
     try:
         value = read_yaml(raw) if raw.strip() else None
@@ -402,21 +405,21 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     values: Dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
-            raise ValueError(f'config file not found: {path}')
+            raise UserError(f'config file not found: {path}')
         try:
             with open(path) as f:
                 loaded = read_yaml(f)
         except yaml.YAMLError as e:
-            raise ValueError(f'{path} is not valid YAML: {str(e).splitlines()[0]}') from None
+            raise UserError(f'{path} is not valid YAML: {str(e).splitlines()[0]}') from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f'{path} must be a YAML mapping of config keys')
+            raise UserError(f'{path} must be a YAML mapping of config keys')
         values = loaded or {}
     values = copy.deepcopy(values)
     for text in overrides:
         key, value = parse_override(text)
         top = key.split('.')[0]
         if '.' in key and top not in ('teachers', 'model_kwargs'):
-            raise ValueError(f'unknown config key {key!r}: only teachers and model_kwargs take dotted keys')
+            raise UserError(f'unknown config key {key!r}: only teachers and model_kwargs take dotted keys')
         if '.' in key and top not in values:
             values[top] = dataclasses.asdict(TrainConfig())[top]
         _set_dotted(values, key, value)
@@ -456,7 +459,7 @@ def config_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]
 
 
 def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]:
-    """config_changes(saved, cfg), or a ValueError naming the first key that a resumed run may
+    """config_changes(saved, cfg), or a UserError naming the first key that a resumed run may
     not change (not in SCHEDULE_KEYS or RUNTIME_KEYS)."""
     changed = config_changes(saved, cfg)
 
@@ -466,9 +469,9 @@ def resume_changes(saved: TrainConfig, cfg: TrainConfig) -> Dict[str, List[Any]]
     for key, (before, after) in changed.items():
         if key not in SCHEDULE_KEYS + RUNTIME_KEYS:
             key, before, after = first_difference(key, before, after)
-            raise ValueError(f'--resume cannot change {key} ({short(before)} -> {short(after)}): the run was trained '
-                             f'with {short(before)}; resume without it, or start a new run (output=...). A resumed run may '
-                             f'change the schedule ({", ".join(SCHEDULE_KEYS)}) and run-time keys')
+            raise UserError(f'--resume cannot change {key} ({short(before)} -> {short(after)}): the run was trained '
+                            f'with {short(before)}; resume without it, or start a new run (output=...). A resumed run may '
+                            f'change the schedule ({", ".join(SCHEDULE_KEYS)}) and run-time keys')
     return changed
 
 
@@ -496,3 +499,21 @@ def config_help() -> str:
         lines.append(f'  {f.name:<21} {shown:<22} '
                      f'{f.metadata["help"]}{extra}')
     return '\n'.join(lines)
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """cfg with its data folder, teacher checkpoints, pretrained_cfg_overlay files and store as absolute
+    paths: `--resume` from another working directory must read the same files, not others that happen to
+    share a relative name."""
+    def absolute(path: Optional[str]) -> Optional[str]:
+        return os.path.abspath(path) if isinstance(path, str) and path else path
+
+    def overlay(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        given = kwargs.get('pretrained_cfg_overlay')
+        if not isinstance(given, dict) or not given.get('file'):
+            return kwargs
+        return dict(kwargs, pretrained_cfg_overlay=dict(given, file=absolute(given['file'])))
+    teachers = [dict(t, checkpoint=absolute(t['checkpoint']), kwargs=overlay(t['kwargs'])) for t in cfg.teachers]
+    return dataclasses.replace(cfg, output=absolute(cfg.output), data_dir=absolute(cfg.data_dir),
+                               class_map=absolute(cfg.class_map), teachers=teachers,
+                               model_kwargs=overlay(cfg.model_kwargs), teacher_outputs=absolute(cfg.teacher_outputs))

@@ -23,6 +23,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .errors import UserError
+
+
 __all__ = ['CycleFC', 'CycleBlock', 'CycleMLP', 'cycle_offsets', 'cycle_shift']
 
 
@@ -57,7 +60,7 @@ class CycleFC(nn.Module):
                  bias: bool = True) -> None:
         super().__init__()
         if axis not in ('h', 'w'):
-            raise ValueError(f"CycleFC axis must be 'h' or 'w', got {axis!r}")
+            raise UserError(f"CycleFC axis must be 'h' or 'w', got {axis!r}")
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.axis = kernel_size, axis
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -154,7 +157,7 @@ class CycleMLP(nn.Module):
     ) -> None:
         super().__init__()
         if global_pool not in ('', 'avg'):
-            raise ValueError(f"CycleMLP supports global_pool 'avg' or '', got {global_pool!r}")
+            raise UserError(f"CycleMLP supports global_pool 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -237,7 +240,7 @@ class CycleMLP(nn.Module):
         across all stages (an int n takes the last n blocks).
         """
         if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+            raise UserError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         blocks = self._blocks()
         if indices is None:
             take = list(range(len(blocks)))
@@ -246,7 +249,7 @@ class CycleMLP(nn.Module):
         else:
             take = [i % len(blocks) for i in indices]
         if norm and any(self.feature_info[i]['num_chs'] != self.num_features for i in take):
-            raise ValueError('norm=True needs every intermediate to be in the last stage')
+            raise UserError('norm=True needs every intermediate to be in the last stage')
         x = self.forward_stem(x)
         intermediates = []
         last = max(take) if (stop_early and take) else len(blocks) - 1
@@ -311,7 +314,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CycleMLP) -
 
 def _create_cyclemlp(variant: str, pretrained: bool = False, **kwargs: Any) -> CycleMLP:
     if kwargs.pop('features_only', False):
-        raise ValueError('CycleMLP does not support features_only; use forward_intermediates')
+        raise UserError('CycleMLP does not support features_only; use forward_intermediates')
     return build_model_with_cfg(CycleMLP, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UserError
 from .hints import command
 
 __all__ = ['FashionMNIST', 'read_idx', 'find_fashion_mnist', 'DEBIAN_FASHION_MNIST', 'FASHION_MNIST_CLASSES']
@@ -43,17 +44,17 @@ def read_idx(path: str) -> np.ndarray:
         with opener(path, 'rb') as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f'cannot read {path}, truncated or corrupt ({e}): {_REFETCH}') from None
+        raise UserError(f'cannot read {path}, truncated or corrupt ({e}): {_REFETCH}') from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise ValueError(f'{path} is not an IDX file (bad magic number)')
+        raise UserError(f'{path} is not an IDX file (bad magic number)')
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
     dtype = np.dtype(_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f'{path} is truncated or corrupt ({len(data) - header} bytes of data, '
-                         f'header says {expected}): {_REFETCH}')
+        raise UserError(f'{path} is truncated or corrupt ({len(data) - header} bytes of data, '
+                        f'header says {expected}): {_REFETCH}')
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -66,9 +67,9 @@ def _locate(folder: str, name: str) -> Optional[str]:
 
 
 def find_fashion_mnist(data_dir: Optional[str] = None, split: str = 'train') -> Tuple[str, str]:
-    """Paths of the images and labels files of a split, or a ValueError saying how to get them."""
+    """Paths of the images and labels files of a split, or a UserError saying how to get them."""
     if split not in _FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
     # a given folder, flat or in torchvision's layout; else Debian's package
     folders = [data_dir, os.path.join(data_dir, 'FashionMNIST', 'raw')] if data_dir else [DEBIAN_FASHION_MNIST]
     for folder in folders:
@@ -78,10 +79,10 @@ def find_fashion_mnist(data_dir: Optional[str] = None, split: str = 'train') -> 
     files = f'{_FILES[split][0]}[.gz] and {_FILES[split][1]}[.gz]'
     install = command('apt-get', 'install', 'dataset-fashion-mnist')
     if data_dir:  # installing Debian's package would not put them there
-        raise ValueError(f'Fashion-MNIST {split} files not found in {data_dir}: set data_dir to the folder holding '
-                         f'{files}, or remove data_dir to read Debian\'s package ({install})')
-    raise ValueError(f'Fashion-MNIST {split} files not found in {DEBIAN_FASHION_MNIST}: install them with {install}, '
-                     f'or set data_dir to a folder holding {files}')
+        raise UserError(f'Fashion-MNIST {split} files not found in {data_dir}: set data_dir to the folder holding '
+                        f'{files}, or remove data_dir to read Debian\'s package ({install})')
+    raise UserError(f'Fashion-MNIST {split} files not found in {DEBIAN_FASHION_MNIST}: install them with {install}, '
+                    f'or set data_dir to a folder holding {files}')
 
 
 class FashionMNIST(torch.utils.data.Dataset):
@@ -93,7 +94,7 @@ class FashionMNIST(torch.utils.data.Dataset):
                  transform: Optional[Callable] = None, download: bool = False) -> None:
         try:
             images_path, labels_path = find_fashion_mnist(data_dir, split)
-        except ValueError:
+        except UserError:
             if not (download and data_dir):
                 raise
             _download(data_dir)
@@ -101,8 +102,8 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.images = read_idx(images_path)
         self.targets = read_idx(labels_path).astype(np.int64)
         if self.images.ndim != 3 or len(self.images) != len(self.targets):
-            raise ValueError(f'{images_path} and {labels_path} do not match: '
-                             f'{self.images.shape} images, {self.targets.shape} labels')
+            raise UserError(f'{images_path} and {labels_path} do not match: '
+                            f'{self.images.shape} images, {self.targets.shape} labels')
         self.transform = transform
 
     def __len__(self) -> int:
@@ -120,6 +121,6 @@ def _download(data_dir: str) -> None:
     try:
         TorchvisionFashionMNIST(data_dir, download=True)
     except Exception as e:  # offline: urllib/http errors of many kinds
-        raise ValueError(f'cannot download Fashion-MNIST into {data_dir} ({type(e).__name__}): remove data_dir and '
-                         f'download to read Debian\'s package, {command("apt-get", "install", "dataset-fashion-mnist")}'
-                         ) from None
+        raise UserError(f'cannot download Fashion-MNIST into {data_dir} ({type(e).__name__}): remove data_dir and '
+                        f'download to read Debian\'s package, {command("apt-get", "install", "dataset-fashion-mnist")}'
+                        ) from None

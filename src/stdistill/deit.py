@@ -17,6 +17,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.mlp_mixer import MixerBlock, MlpMixer, ResBlock, SpatialGatingBlock
 
+from .errors import UserError
 from .students import INFERENCE_HEADS, STDOutput, check_input_size, combine_heads, register_wrapper
 
 __all__ = ['DeiTTokenStudent', 'grow_linear', 'grow_token_mixing']
@@ -48,17 +49,17 @@ def grow_token_mixing(block: nn.Module) -> None:
     elif isinstance(block, SpatialGatingBlock):
         block.mlp_channels.gate.proj = grow_linear(block.mlp_channels.gate.proj, 1, 1)
     else:
-        raise ValueError(f'DeiT-style token needs an isotropic MLP block (Mixer, ResMLP, gMLP), '
-                         f'got {type(block).__name__}')
+        raise UserError(f'DeiT-style token needs an isotropic MLP block (Mixer, ResMLP, gMLP), '
+                        f'got {type(block).__name__}')
 
 
 class DeiTTokenStudent(nn.Module):
     def __init__(self, backbone: MlpMixer, inference_head: str = 'avg') -> None:
         super().__init__()
         if not isinstance(backbone, MlpMixer):
-            raise ValueError(f'DeiT-style distillation supports timm MlpMixer backbones, got {type(backbone).__name__}')
+            raise UserError(f'DeiT-style distillation supports timm MlpMixer backbones, got {type(backbone).__name__}')
         if inference_head not in INFERENCE_HEADS:
-            raise ValueError(f'inference_head must be one of {INFERENCE_HEADS}, got {inference_head!r}')
+            raise UserError(f'inference_head must be one of {INFERENCE_HEADS}, got {inference_head!r}')
         self.backbone = backbone
         for block in backbone.blocks:
             grow_token_mixing(block)

@@ -3,7 +3,7 @@
 A full disk (or quota), a read-only mount or a folder without write permission is not a bug:
 the user frees space or picks another folder and runs the command again. `writing` turns such
 a failure, from Python's own files or from safetensors (which reports it as a SafetensorError
-carrying the OS error code), into a ValueError naming the folder; every other error keeps its
+carrying the OS error code), into a WriteRefused (a UserError) naming the folder; every other error keeps its
 traceback. `write_atomic` writes a file through a temporary one renamed over it, so that a
 failure leaves the old file or none, never half of one.
 """
@@ -15,13 +15,15 @@ import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, TextIO
 
+from .errors import UserError
+
 __all__ = ['WriteRefused', 'write_failure', 'writing', 'write_atomic', 'save_figure']
 
 # what the disk or its permissions refuse, as opposed to a bug
 REFUSED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-class WriteRefused(ValueError):
+class WriteRefused(UserError):
     """A write the disk refused (full, over quota, read-only, not permitted): one line, exit 2."""
 
 

@@ -14,6 +14,9 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
+
 __all__ = ['DistInfo', 'init_distributed', 'resolve_device', 'all_reduce_sum', 'weights_digest', 'gather_objects',
            'cpu_bf16_native']
 
@@ -36,7 +39,7 @@ class DistInfo:
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     """The device a process trains on: 'auto' (CUDA when visible), 'cpu', 'cuda' (GPU LOCAL_RANK
     under torchrun, the current GPU otherwise) or 'cuda:N' (GPU N; one process only). The chosen
-    GPU becomes the current one, so CUDA RNG state and allocations follow it. Raises ValueError
+    GPU becomes the current one, so CUDA RNG state and allocations follow it. Raises UserError
     for a name it does not know, a GPU that is not visible, or cuda:N under torchrun."""
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -44,16 +47,16 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         return torch.device('cpu')
     kind, _, index = name.partition(':')
     if kind != 'cuda' or (index and not index.isdigit()):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if not torch.cuda.is_available():
-        raise ValueError(f'device {name} requested but no GPU is visible; use device=cpu')
+        raise UserError(f'device {name} requested but no GPU is visible; use device=cpu')
     if index and info.distributed:
-        raise ValueError(f'device {name} names one GPU, but under torchrun each process takes GPU LOCAL_RANK: '
-                         f'set device=cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)')
+        raise UserError(f'device {name} names one GPU, but under torchrun each process takes GPU LOCAL_RANK: '
+                        f'set device=cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)')
     gpu = int(index) if index else info.local_rank if info.distributed else torch.cuda.current_device()
     if gpu >= torch.cuda.device_count():
-        raise ValueError(f'device {name}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 to '
-                         f'cuda:{torch.cuda.device_count() - 1})')
+        raise UserError(f'device {name}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 to '
+                        f'cuda:{torch.cuda.device_count() - 1})')
     torch.cuda.set_device(gpu)
     return torch.device('cuda', gpu)
 

@@ -19,6 +19,7 @@ from timm.utils import dispatch_clip_grad, unwrap_model
 
 from .accuracy import chance_top1
 from .distributed import DistInfo, all_reduce_sum
+from .errors import UserError
 from .losses import TeacherTargets
 from .schedule import scheduled_mixup
 from .students import INFERENCE_HEADS, combine_heads
@@ -30,8 +31,8 @@ __all__ = ['DistillObjective', 'STDTask', 'train_step', 'train_one_epoch', 'eval
            'prepare_batch']
 
 
-class NonFiniteLossError(ValueError):
-    pass
+class NonFiniteLossError(UserError):
+    """A loss that is not finite (a learning rate too high, data that is not what the recipe says): the recipe needs fixing."""
 
 
 def _on_every_process(ok: bool, device: torch.device) -> bool:
@@ -266,8 +267,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, info: DistInfo,
     total = summed[-1]
     if total == 0:
         skipped = int(summed[names.index('skipped_images')])
-        raise ValueError(f'the evaluation split has no readable image ({skipped} unreadable): check val_split, '
-                         f'data_dir and the images')
+        raise UserError(f'the evaluation split has no readable image ({skipped} unreadable): check val_split, '
+                        f'data_dir and the images')
     result = {n: int(v) if n == 'skipped_images' else 100.0 * v / max(total, 1) for n, v in zip(names, summed)}
     result['loss'] = summed[-2] / max(total, 1)
     result['images'] = int(total)

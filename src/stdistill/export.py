@@ -27,12 +27,14 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
+from .builders import build_student, load_student_checkpoint, resolve_norm
 from .checkpoint import MODEL_FILE, checkpoint_entry, readable_as_umask, verify_checkpoint
 from .config import TrainConfig, config_from_dict, load_config
 from .disk import WriteRefused, write_failure
+from .errors import UserError, first_line
 from .locks import lock_folder
-from .teachers import _first_line, load_weights, recorded_contract
-from .train import build_student, load_student_checkpoint, resolve_norm
+from .methods import method_of
+from .teachers import load_weights, recorded_contract
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'ema_hint',
            'timm_needs_stdistill', 'shipped_top1', 'ShippedTop1', 'STDISTILL_JSON']
@@ -64,7 +66,7 @@ class _Predictor(nn.Module):
 def _run_config(run: str) -> TrainConfig:
     path = os.path.join(run, 'config.yaml')
     if not os.path.isfile(path):
-        raise ValueError(f'{run} is not a run folder (no config.yaml)')
+        raise UserError(f'{run} is not a run folder (no config.yaml)')
     return load_config(path)
 
 
@@ -72,27 +74,27 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     """The student of a run folder's `which` checkpoint (or its EMA weights), ready to predict
     with `head` (a token student's inference head; None: the run's `inference_head`).
 
-    Raises ValueError (one line) for a missing or damaged checkpoint, or missing EMA weights.
+    Raises UserError (one line) for a missing or damaged checkpoint, or missing EMA weights.
     """
     cfg = _run_config(run)
     if head is not None:
         cfg = dataclasses.replace(cfg, inference_head=head)
     folder = os.path.join(run, which)
     if not os.path.isdir(folder):
-        raise ValueError(f'{run} has no {which}/ checkpoint')
+        raise UserError(f'{run} has no {which}/ checkpoint')
     verify_checkpoint(folder)  # a missing state.json (and its checksums) is refused too
     path = os.path.join(folder, MODEL_FILE)
     recorded = recorded_contract(path)
     mean, std = resolve_norm(cfg)
     if recorded and (_rounded(recorded.get('mean')) != _rounded(mean) or _rounded(recorded.get('std')) != _rounded(std)):
-        raise ValueError(f'{run}/config.yaml gives mean {list(mean)} std {list(std)} but {path} was trained with mean '
-                         f'{list(recorded["mean"])} std {list(recorded["std"])}: restore the run\'s config.yaml')
+        raise UserError(f'{run}/config.yaml gives mean {list(mean)} std {list(std)} but {path} was trained with mean '
+                        f'{list(recorded["mean"])} std {list(recorded["std"])}: restore the run\'s config.yaml')
     student, classes = load_student_checkpoint(cfg, path, ema)  # the file: verified above
     num_classes = len(classes) if classes else cfg.num_classes
     student.eval()
     tokens = hasattr(student, 'token_pairs') or hasattr(student, 'head_dist')
     if head is not None and head != 'cls' and not tokens:
-        raise ValueError(f'--head {head}: the run\'s student has no distillation tokens, only its class head')
+        raise UserError(f'--head {head}: the run\'s student has no distillation tokens, only its class head')
     if tokens:
         model = student.backbone if cfg.inference_head == 'cls' else _Predictor(student, cfg.inference_head)
     else:
@@ -169,13 +171,13 @@ def _rounded(values) -> Optional[tuple]:
 
 def export_onnx(model: nn.Module, cfg: TrainConfig, path: str, atol: float = 1e-4) -> float:
     """Write `model` as ONNX (batch size dynamic) and return the largest difference of its logits
-    from PyTorch's under onnxruntime on a random batch; a ValueError above `atol`."""
+    from PyTorch's under onnxruntime on a random batch; a UserError above `atol`."""
     import numpy as np
     for needed in ('onnx', 'onnxscript', 'onnxruntime'):  # torch's ONNX exporter writes through onnxscript
         try:
             importlib.import_module(needed)
         except ImportError:  # e.name is None for some failed imports: name the package ourselves
-            raise ValueError(f'--onnx needs {needed}: pip install "stdistill[export]"') from None
+            raise UserError(f'--onnx needs {needed}: pip install "stdistill[export]"') from None
     import onnxruntime
 
     sample = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
@@ -188,7 +190,7 @@ def export_onnx(model: nn.Module, cfg: TrainConfig, path: str, atol: float = 1e-
     got = session.run(['logits'], {'images': sample.numpy()})[0]
     diff = float(np.abs(got - expected).max())
     if not diff <= atol:
-        raise ValueError(f'the ONNX model differs from PyTorch by {diff:.2e} (more than {atol}): not written')
+        raise UserError(f'the ONNX model differs from PyTorch by {diff:.2e} (more than {atol}): not written')
     return diff
 
 
@@ -198,15 +200,15 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
     exports a token student's backbone and class head alone, a timm model. Returns what was
     written ({'folder', 'kind': 'timm' | 'stdistill', 'architecture', 'files', 'onnx_max_diff'})."""
     if not output:
-        raise ValueError('give the export a folder')
+        raise UserError('give the export a folder')
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
-        raise ValueError(f'{output} exists and is not an empty folder: export to a new folder')
+        raise UserError(f'{output} exists and is not an empty folder: export to a new folder')
     inside = os.path.relpath(os.path.abspath(output), os.path.abspath(run)).split(os.sep)[0]
     if inside in ('best', 'last', 'previous', 'last.old'):
-        raise ValueError(f'{output} is inside the run\'s {inside}/ checkpoint, which training replaces: export elsewhere')
+        raise UserError(f'{output} is inside the run\'s {inside}/ checkpoint, which training replaces: export elsewhere')
     with lock_folder(output, 'the export'):  # a second export into the same folder is refused, not raced
         if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
-            raise ValueError(f'{output} exists and is not an empty folder: export to a new folder')
+            raise UserError(f'{output} exists and is not an empty folder: export to a new folder')
         return _export(run, output, which, ema, onnx, head)
 
 
@@ -221,7 +223,7 @@ def _export(run: str, output: str, which: str, ema: bool, onnx: bool, head: Opti
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix='.export.', dir=parent)
     except OSError as e:
-        raise WriteRefused(f'cannot write the export {output}: {e.strerror or _first_line(e)}') from None
+        raise WriteRefused(f'cannot write the export {output}: {e.strerror or first_line(e)}') from None
     try:
         mean, std = resolve_norm(cfg)
         data = {'mean': tuple(mean), 'std': tuple(std), 'crop_pct': cfg.crop_pct,
@@ -253,31 +255,31 @@ def _export(run: str, output: str, which: str, ema: bool, onnx: bool, head: Opti
             raise WriteRefused(f'cannot write the export {output}: {reason}: free space there (or make it writable), '
                                f'or export to another folder') from None
         if isinstance(e, OSError):  # a name the file system refuses, say
-            raise ValueError(f'cannot write the export {output}: {e.strerror or _first_line(e)}') from None
+            raise UserError(f'cannot write the export {output}: {e.strerror or first_line(e)}') from None
         raise
     arch = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('architecture', cfg.model)
-    tokens = cfg.method in ('std', 'deit')  # a student with distillation heads beside its class head
+    tokens = method_of(cfg.method).has_distillation_heads
     return {'folder': output, 'kind': kind, 'architecture': arch, 'files': sorted(os.listdir(output)),
             'onnx_max_diff': diff, 'top1': shipped_top1(run, which, ema, head, tokens)}
 
 
 def load_exported(folder: str) -> LoadedStudent:
     """An exported folder, ready to predict: timm's kind through `timm.create_model('local-dir:...')`,
-    the token kind rebuilt from its stdistill.json. Raises ValueError (one line naming the
+    the token kind rebuilt from its stdistill.json. Raises UserError (one line naming the
     folder) for a folder of neither kind, or a damaged or edited one."""
     if not os.path.isdir(folder):
-        raise ValueError(f'folder not found: {folder}')
+        raise UserError(f'folder not found: {folder}')
     try:
         loaded = _load_exported(folder)
     except ValueError as e:
-        raise ValueError(str(e) if folder in str(e) else f'{folder}: {e}') from None
+        raise UserError(str(e) if folder in str(e) else f'{folder}: {e}') from None
     except Exception as e:  # edited JSON, missing or truncated weights, foreign architecture: one line
-        raise ValueError(f'{folder} is a damaged export ({type(e).__name__}: {_first_line(e)}): export it again') \
+        raise UserError(f'{folder} is a damaged export ({type(e).__name__}: {first_line(e)}): export it again') \
             from None
     count = _head_size(loaded.model)
     if count is not None and count != len(loaded.classes):
-        raise ValueError(f'{folder} names {len(loaded.classes)} classes but its model predicts {count}: export it '
-                         f'again')
+        raise UserError(f'{folder} names {len(loaded.classes)} classes but its model predicts {count}: export it '
+                        f'again')
     return loaded
 
 
@@ -295,12 +297,12 @@ def _load_exported(folder: str) -> LoadedStudent:
             doc = json.load(f)
         cfg = config_from_dict(doc['config'])
         if len(doc['classes']) != cfg.num_classes:
-            raise ValueError(f'{folder} names {len(doc["classes"])} classes but its model predicts {cfg.num_classes}')
+            raise UserError(f'{folder} names {len(doc["classes"])} classes but its model predicts {cfg.num_classes}')
         student = build_student(cfg, cfg.num_classes, pretrained=False)
         student.load_state_dict(load_weights(os.path.join(folder, MODEL_FILE)))
         return LoadedStudent(_Predictor(student.eval(), cfg.inference_head).eval(), doc['classes'], cfg)
     if not os.path.isfile(os.path.join(folder, 'config.json')):
-        raise ValueError(f'{folder} is neither a run folder nor an exported one (no config.json)')
+        raise UserError(f'{folder} is neither a run folder nor an exported one (no config.json)')
     with open(os.path.join(folder, 'config.json')) as f:
         architecture = json.load(f).get('architecture', '')
     model = timm.create_model(f'local-dir:{os.path.abspath(folder)}', pretrained=True).eval()
@@ -310,8 +312,8 @@ def _load_exported(folder: str) -> LoadedStudent:
     head = load_file(os.path.join(folder, 'model.safetensors')).get(key)
     loaded_head = model.state_dict()[key]
     if head is not None and not (head.shape == loaded_head.shape and torch.equal(head, loaded_head)):
-        raise ValueError(f'{folder}/config.json does not fit its weights (their classifier has {head.shape[0]} '
-                         f'classes; timm would start it again from random)')
+        raise UserError(f'{folder}/config.json does not fit its weights (their classifier has {head.shape[0]} '
+                        f'classes; timm would start it again from random)')
     chans, size = pcfg['input_size'][0], pcfg['input_size'][-1]
     # a config for the preprocessing only (predict's transforms), from the export's own cfg
     cfg = config_from_dict({'model': architecture, 'img_size': size, 'in_chans': chans, 'mean': list(pcfg['mean']),

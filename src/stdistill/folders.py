@@ -24,6 +24,7 @@ from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 
 from .disk import write_atomic
+from .errors import UserError
 
 __all__ = ['IMAGE_EXTENSIONS', 'FolderReader', 'find_split', 'read_class_map', 'write_class_map', 'scan_split',
            'describe_counts']
@@ -38,7 +39,7 @@ _SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'eval
 def find_split(data_dir: str, split: str) -> str:
     """The folder of `split` under data_dir (`validation` also finds `val`, etc.).
 
-    Raises ValueError naming the folders there when there is none: falling back to data_dir
+    Raises UserError naming the folders there when there is none: falling back to data_dir
     itself (as timm does) would train and evaluate on the same images.
     """
     candidates = [split] + [s for s in next((s for s in _SYNONYMS if split in s), ()) if s != split]
@@ -48,8 +49,8 @@ def find_split(data_dir: str, split: str) -> str:
             return path
     found = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith('.'))
     also = f' (nor {", ".join(candidates[1:])})' if len(candidates) > 1 else ''
-    raise ValueError(f'{data_dir} has no {split}/ folder{also}; found: {", ".join(found) or "no folders"}: put each '
-                     f'split in its own folder, data_dir/{split}/<class>/<image>, or set train_split / val_split')
+    raise UserError(f'{data_dir} has no {split}/ folder{also}; found: {", ".join(found) or "no folders"}: put each '
+                    f'split in its own folder, data_dir/{split}/<class>/<image>, or set train_split / val_split')
 
 
 def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
@@ -57,14 +58,14 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
     was left out: files that are not images by their extension (by extension), and hidden
     files and folders (under 'hidden').
 
-    Raises ValueError when images lie directly in `folder` (outside any class folder).
+    Raises UserError when images lie directly in `folder` (outside any class folder).
     """
     samples, others = [], Counter()
     loose = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith('.')
              and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
     if loose:
-        raise ValueError(f'{len(loose)} image(s) lie directly in {folder} (e.g. {loose[0]}), outside a class folder: '
-                         f'put each class in its own folder, {folder}/<class>/<image>')
+        raise UserError(f'{len(loose)} image(s) lie directly in {folder} (e.g. {loose[0]}), outside a class folder: '
+                        f'put each class in its own folder, {folder}/<class>/<image>')
     seen: Dict[str, str] = {}  # real path -> the path it was first reached by (symbolic links)
     for entry in os.scandir(folder):
         if entry.name.startswith('.'):
@@ -72,8 +73,8 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
         if not entry.is_dir() or entry.name.startswith('.'):
             continue
         if entry.name != entry.name.strip() or '\n' in entry.name or '\r' in entry.name:
-            raise ValueError(f'class folder {entry.path!r} has a name with spaces at its ends or a line break: '
-                             f'rename it (class_map.txt holds one name a line)')
+            raise UserError(f'class folder {entry.path!r} has a name with spaces at its ends or a line break: '
+                            f'rename it (class_map.txt holds one name a line)')
         for root, dirs, files in os.walk(entry.path, followlinks=True):
             _visit(os.path.realpath(root), root, seen)
             others['hidden'] += sum(d.startswith('.') for d in dirs)
@@ -97,8 +98,8 @@ def _visit(real: str, path: str, seen: Dict[str, str]) -> None:
     """Refuse a folder or image reached a second time (through a symbolic link): it would be
     read again, and labelled with the class of the folder the link lies in."""
     if real in seen:
-        raise ValueError(f'{path} is {seen[real]} again, reached through a symbolic link: remove the link (an image '
-                         f'must lie in its class folder once)')
+        raise UserError(f'{path} is {seen[real]} again, reached through a symbolic link: remove the link (an image '
+                        f'must lie in its class folder once)')
     seen[real] = path
 
 
@@ -106,32 +107,32 @@ def read_class_map(path: str) -> List[str]:
     """Class names in index order from a timm class_map text file (one name a line, taken as it
     is: timm strips spaces, which would make a folder named ' a' another class).
 
-    Raises ValueError for a missing file, another format, an empty file, blank lines or
+    Raises UserError for a missing file, another format, an empty file, blank lines or
     repeated names.
     """
     if not os.path.isfile(path):
-        raise ValueError(f'class_map file not found: {path}')
+        raise UserError(f'class_map file not found: {path}')
     if not path.lower().endswith('.txt'):  # timm's other format is a pickle, which could run code
-        raise ValueError(f'class_map {path}: give a .txt file, one class name a line')
+        raise UserError(f'class_map {path}: give a .txt file, one class name a line')
     try:
         with open(path, encoding='utf-8-sig') as f:  # -sig: a byte-order mark is not part of the first name
             names = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f'cannot read class_map {path}: {e}') from None
+        raise UserError(f'cannot read class_map {path}: {e}') from None
     while names and not names[-1]:
         names.pop()
     if not names:
-        raise ValueError(f'class_map {path} names no class')
+        raise UserError(f'class_map {path} names no class')
     blank = [i for i, n in enumerate(names) if not n.strip()]
     if blank:
-        raise ValueError(f'class_map {path} has a blank line ({blank[0] + 1}): one class name a line')
+        raise UserError(f'class_map {path} has a blank line ({blank[0] + 1}): one class name a line')
     padded = [i for i, n in enumerate(names) if n != n.strip()]
     if padded:  # no class folder has such a name (scan_split refuses them)
-        raise ValueError(f'class_map {path} line {padded[0] + 1} ({names[padded[0]]!r}) has spaces at its ends: '
-                         f'remove them')
+        raise UserError(f'class_map {path} line {padded[0] + 1} ({names[padded[0]]!r}) has spaces at its ends: '
+                        f'remove them')
     repeated = [n for n, c in Counter(names).items() if c > 1]
     if repeated:
-        raise ValueError(f'class_map {path} names {repeated[0]!r} more than once')
+        raise UserError(f'class_map {path} names {repeated[0]!r} more than once')
     return names
 
 
@@ -145,22 +146,22 @@ class FolderReader(Reader):
 
     def __init__(self, folder: str, classes: Optional[Sequence[str]] = None, split: str = '') -> None:
         """classes: the run's class names in index order; None: this split's classes in natural
-        order (the training split). Raises ValueError for a split with no images, or holding a
+        order (the training split). Raises UserError for a split with no images, or holding a
         class that `classes` lacks."""
         super().__init__()
         self.root = folder
         samples, self.left_out = scan_split(folder)
         if not samples:
             extra = f' ({describe_left_out(self.left_out)})' if self.left_out else ''
-            raise ValueError(f'{folder} holds no images{extra}: data_dir/<split>/<class>/<image>')
+            raise UserError(f'{folder} holds no images{extra}: data_dir/<split>/<class>/<image>')
         found = sorted({c for _, c in samples}, key=natural_key)
         self.classes = list(classes) if classes is not None else found
         self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         unknown = [c for c in found if c not in self.class_to_idx]
         if unknown:
             more = f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''
-            raise ValueError(f'{split or "split"} class {unknown[0]!r} ({os.path.join(folder, unknown[0])}) is not '
-                             f'among the run\'s {len(self.classes)} classes{more}: remove it, or name it in class_map')
+            raise UserError(f'{split or "split"} class {unknown[0]!r} ({os.path.join(folder, unknown[0])}) is not '
+                            f'among the run\'s {len(self.classes)} classes{more}: remove it, or name it in class_map')
         self.samples = [(path, self.class_to_idx[c]) for path, c in samples]
         self.counts = Counter(c for _, c in samples)
 

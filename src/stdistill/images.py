@@ -9,6 +9,9 @@ and refuses, with a one-line message naming the file, what has no known range (3
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
+
+
 # Unsigned 16-bit grayscale: scaled here. Signed variants (old Pillow's 'I;16S') are refused.
 _UINT16 = frozenset({'I;16', 'I;16B', 'I;16L', 'I;16N'})
 # 8 bits per channel: PIL's own convert maps these correctly.
@@ -32,20 +35,20 @@ def to_model_mode(img: Image.Image, mode: str, name: str) -> Image.Image:
     torchvision do. 'L' or 'RGB' already equal to `mode` is returned as is (`img` itself).
     Note that Pillow itself opens 16-bit RGB(A) and gray+alpha files as 8-bit 'RGB'/'RGBA'.
 
-    Raises ValueError, one line naming `name` and img.mode, for an image whose value range is
+    Raises UserError, one line naming `name` and img.mode, for an image whose value range is
     unknown ('F', 'I' from TIFF or other formats, signed 16-bit) or a mode not listed here;
     and for `mode` other than 'L' or 'RGB'.
     """
     if mode not in ('L', 'RGB'):
-        raise ValueError(f"target mode must be 'L' or 'RGB', got {mode!r}")
+        raise UserError(f"target mode must be 'L' or 'RGB', got {mode!r}")
     if img.mode in _UINT16 or (img.mode == 'I' and img.format in _I_IS_UINT16):
         gray = Image.fromarray(_scale_to_uint8(np.asarray(img), _full_scale(img)))
         return gray if mode == 'L' else gray.convert('RGB')
     if img.mode not in _EIGHT_BIT:
         kind = _DESCRIBE.get(img.mode, 'unsupported')
         source = f', {img.format}' if img.format else ''
-        raise ValueError(f'image {name} has mode {img.mode} ({kind}{source}): its value range is unknown; '
-                         f'convert the images to 8 or 16-bit unsigned (e.g. PNG)')
+        raise UserError(f'image {name} has mode {img.mode} ({kind}{source}): its value range is unknown; '
+                        f'convert the images to 8 or 16-bit unsigned (e.g. PNG)')
     if img.mode == 'PA' or (img.mode == 'P' and 'transparency' in img.info):
         img = img.convert('RGBA')  # PIL warns to go via RGBA: the palette alone loses transparency
     elif img.mode == 'La':

@@ -16,8 +16,8 @@ DataLoader worker process.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
 from collections import Counter
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -32,14 +32,18 @@ from .augment import guard_posterize
 from .config import TrainConfig
 from .data import FashionMNIST
 from .distributed import DistInfo
+from .errors import UserError, first_line
 from .folders import FolderReader, describe_counts, describe_left_out, find_split, read_class_map
 from .images import to_model_mode
+from .log import ALL_RANKS
+from .methods import min_batch_size
 from .schedule import ScheduledDataset, ScheduleSampler
-from .teachers import _first_line
 
 __all__ = ['DataBundle', 'build_data', 'build_eval_loader', 'build_transforms', 'build_mixup', 'StrictImageDataset',
            'dataset_num_classes', 'dataset_classes', 'check_batch_size', 'data_seed_of', 'collate_readable', 'fit_batch_size',
-           'FASHION_MNIST_NORM']
+           'FASHION_MNIST_NORM', 'fit_workers']
+
+_logger = logging.getLogger(__name__)
 
 FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
 _ITERABLE_PREFIXES = ('tfds/', 'wds/', 'hfids/')
@@ -54,7 +58,7 @@ class StrictImageDataset(Dataset):
     def __init__(self, reader: Any, transform: Optional[Callable], input_img_mode: str = 'RGB',
                  on_bad_image: str = 'stop') -> None:
         if on_bad_image not in ('skip', 'stop'):
-            raise ValueError(f"bad_images must be 'skip' or 'stop', got {on_bad_image!r}")
+            raise UserError(f"bad_images must be 'skip' or 'stop', got {on_bad_image!r}")
         self.reader, self.transform, self.input_img_mode = reader, transform, input_img_mode
         self.on_bad_image, self.warned = on_bad_image, set()
 
@@ -71,11 +75,11 @@ class StrictImageDataset(Dataset):
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
             if self.on_bad_image == 'stop':
-                raise ValueError(f'cannot read image {name} ({reason}): remove or replace it, '
-                                 f'or set bad_images: skip') from None
+                raise UserError(f'cannot read image {name} ({reason}): remove or replace it, '
+                                f'or set bad_images: skip') from None
             if name not in self.warned:  # once per file and process: each epoch would repeat it
                 self.warned.add(name)
-                print(f'stdistill: warning: skipping unreadable image {name} ({reason})', file=sys.stderr)
+                _logger.warning(f'skipping unreadable image {name} ({reason})', extra=ALL_RANKS)  # its shard's process alone sees it
             return None
         if self.transform is not None:
             img = self.transform(img)
@@ -144,20 +148,20 @@ def open_dataset(cfg: TrainConfig, split: str, transform: Callable, classes: Opt
     it; another dataset must have these classes); None: the split's own (the training split)."""
     name = cfg.dataset
     if cfg.class_map and not _is_folder(cfg):
-        raise ValueError(f'class_map applies to image folders; dataset {name} fixes its own classes: remove class_map')
+        raise UserError(f'class_map applies to image folders; dataset {name} fixes its own classes: remove class_map')
     if name in ('fashion-mnist', 'fashion_mnist'):
         fm_split = {'train': 'train', 'test': 'test', 'validation': 'test', 'val': 'test'}.get(split)
         if fm_split is None:
-            raise ValueError(f"fashion-mnist splits are train and test (or validation), got {split!r}")
+            raise UserError(f"fashion-mnist splits are train and test (or validation), got {split!r}")
         ds = FashionMNIST(cfg.data_dir, fm_split, transform, download=cfg.download)
     elif name.startswith(_ITERABLE_PREFIXES):
-        raise ValueError(f'dataset {name}: streaming datasets are not supported; use a map-style one '
-                         f'(an image folder, hfds/..., torch/...)')
+        raise UserError(f'dataset {name}: streaming datasets are not supported; use a map-style one '
+                        f'(an image folder, hfds/..., torch/...)')
     elif _is_folder(cfg):
         if not cfg.data_dir:
-            raise ValueError('dataset is an image folder but data_dir is not set')
+            raise UserError('dataset is an image folder but data_dir is not set')
         if not os.path.isdir(cfg.data_dir):
-            raise ValueError(f'data folder not found: {cfg.data_dir}')
+            raise UserError(f'data folder not found: {cfg.data_dir}')
         if classes is None and cfg.class_map:
             classes = read_class_map(cfg.class_map)
         reader = FolderReader(find_split(cfg.data_dir, split), classes, split)
@@ -166,8 +170,8 @@ def open_dataset(cfg: TrainConfig, split: str, transform: Callable, classes: Opt
         ds = _open_timm_dataset(cfg, split, transform)
     found = dataset_classes(ds)
     if classes is not None and found is not None and list(found) != list(classes):
-        raise ValueError(f'dataset {name} split {split!r} has classes {_short(found)}, the training split '
-                         f'{_short(classes)}: use splits of one dataset')
+        raise UserError(f'dataset {name} split {split!r} has classes {_short(found)}, the training split '
+                        f'{_short(classes)}: use splits of one dataset')
     return ds
 
 
@@ -178,16 +182,16 @@ def _short(names: Sequence[str], count: int = 5) -> str:
 def _open_timm_dataset(cfg: TrainConfig, split: str, transform: Callable) -> Dataset:
     """A dataset timm's create_dataset knows by name (torch/..., hfds/...)."""
     if cfg.data_dir and not cfg.download and not os.path.isdir(cfg.data_dir):
-        raise ValueError(f'data folder not found: {cfg.data_dir}')
+        raise UserError(f'data folder not found: {cfg.data_dir}')
     mode = 'L' if cfg.in_chans == 1 else 'RGB'
     try:
         ds = create_dataset(cfg.dataset, root=cfg.data_dir, split=split, is_training=split == cfg.train_split,
                             download=cfg.download, input_img_mode=mode, transform=transform)
     except (RuntimeError, AssertionError, OSError, ValueError, KeyError) as e:
-        raise ValueError(f'cannot open dataset {cfg.dataset} split {split!r} in {cfg.data_dir}: '
-                         f'{_first_line(e)}') from None
+        raise UserError(f'cannot open dataset {cfg.dataset} split {split!r} in {cfg.data_dir}: '
+                        f'{first_line(e)}') from None
     if len(ds) == 0:
-        raise ValueError(f'dataset {cfg.dataset} split {split!r} holds no images')
+        raise UserError(f'dataset {cfg.dataset} split {split!r} holds no images')
     if isinstance(ds, ImageDataset):
         return StrictImageDataset(ds.reader, transform, mode, cfg.bad_images)
     return ds
@@ -205,8 +209,8 @@ def build_transforms(cfg: TrainConfig, mean: Tuple[float, ...], std: Tuple[float
                                  interpolation=cfg.interpolation, mean=mean, std=std, re_prob=cfg.reprob,
                                  re_mode=cfg.remode, re_count=cfg.recount)
     except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm asserts on an unknown aa spec
-        raise ValueError(f'cannot build the training augmentation (aa={cfg.aa!r}): {_first_line(e)}; see timm\'s '
-                         f'auto_augment specs, e.g. rand-m9-mstd0.5-inc1, or aa=null') from None
+        raise UserError(f'cannot build the training augmentation (aa={cfg.aa!r}): {first_line(e)}; see timm\'s '
+                        f'auto_augment specs, e.g. rand-m9-mstd0.5-inc1, or aa=null') from None
     val = create_transform(size, is_training=False, interpolation=cfg.interpolation, mean=mean, std=std,
                            crop_pct=cfg.crop_pct)
     guard_posterize(train)  # Pillow 13 refuses RandAugment's 0-bit posterize (augment.py)
@@ -286,14 +290,14 @@ def check_batch_size(cfg: TrainConfig, info: DistInfo, mixup_active: bool, batch
     MINE (a derangement) or a BatchNorm student (batch statistics) cannot use."""
     per = f'batch_size {cfg.batch_size}' + (f' (per process, {info.world_size} processes)' if info.distributed else '')
     if mixup_active and cfg.batch_size % 2:
-        raise ValueError(f'{per} is odd, and mixup/cutmix mix the images of a batch in pairs: set batch_size='
-                         f'{cfg.batch_size + 1}, or turn them off (mixup=0 cutmix=0)')
-    if cfg.method == 'std' and cfg.mine and cfg.tokens == 'both' and cfg.batch_size < 2:
-        raise ValueError(f'{per}: MINE pairs the tokens of one image with those of another, so it needs at least 2 '
-                         f'images a batch: raise batch_size, or set mine=false')
+        raise UserError(f'{per} is odd, and mixup/cutmix mix the images of a batch in pairs: set batch_size='
+                        f'{cfg.batch_size + 1}, or turn them off (mixup=0 cutmix=0)')
+    if cfg.batch_size < min_batch_size(cfg.method, cfg.mine, cfg.tokens):
+        raise UserError(f'{per}: MINE pairs the tokens of one image with those of another, so it needs at least 2 '
+                        f'images a batch: raise batch_size, or set mine=false')
     if batch_norm and cfg.batch_size < 2:
-        raise ValueError(f'{per}: the student\'s BatchNorm layers need at least 2 images a batch to train: raise '
-                         f'batch_size')
+        raise UserError(f'{per}: the student\'s BatchNorm layers need at least 2 images a batch to train: raise '
+                        f'batch_size')
 
 
 def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: Tuple[float, ...],
@@ -308,10 +312,10 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
     found = len(classes) if classes is not None else dataset_num_classes(train_set)
     num_classes = cfg.num_classes or found
     if num_classes is None:
-        raise ValueError(f'cannot tell the class count of dataset {cfg.dataset}; set num_classes')
+        raise UserError(f'cannot tell the class count of dataset {cfg.dataset}; set num_classes')
     if found is not None and cfg.num_classes is not None and found != cfg.num_classes:
-        raise ValueError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
-                         f'fix num_classes (or leave it null to read it from the data)')
+        raise UserError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
+                        f'fix num_classes (or leave it null to read it from the data)')
     data_seed = data_seed_of(cfg)
     train_set = _fixed_subset(train_set, cfg.train_samples, data_seed)
     val_set = _val_subset(cfg, val_set)
@@ -339,9 +343,9 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
                               drop_last=True, pin_memory=pin_memory, generator=generator,
                               collate_fn=collate_readable)
     if len(train_loader) == 0:
-        raise ValueError(f'the training set ({len(train_set)} images{", repeated augmentation" if cfg.repeated_aug else ""} '
-                         f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
-                         f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
+        raise UserError(f'the training set ({len(train_set)} images{", repeated augmentation" if cfg.repeated_aug else ""} '
+                        f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
+                        f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
     return DataBundle(train_loader, _val_loader(cfg, info, val_set, pin_memory), num_classes, generator,
                       list(classes) if classes is not None else None, report, cfg.batch_size)
 
@@ -357,3 +361,14 @@ def fit_batch_size(cfg: TrainConfig, images: int, mixup_active: bool) -> int:
     if mixup_active and size % 2:
         size -= 1
     return min(size, cfg.batch_size)
+
+
+def fit_workers(cfg: TrainConfig, info: DistInfo) -> TrainConfig:
+    """cfg with at most as many data-loader workers as this process has CPUs (more only contend;
+    torch warns of them), said once."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    if cfg.workers <= cpus:
+        return cfg
+    if info.is_main:
+        _logger.info(f'stdistill: workers {cfg.workers} -> {cpus}: this machine gives a process {cpus} CPU(s)')
+    return dataclasses.replace(cfg, workers=cpus)

@@ -25,6 +25,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, List, Optional, Set
 
+from .errors import UserError
+
+
 if TYPE_CHECKING:
     from .distributed import DistInfo
 
@@ -110,13 +113,13 @@ def _ended(doc: Optional[dict]) -> bool:
     return False
 
 
-def _refused(what: str, folder: str, e: OSError) -> ValueError:
+def _refused(what: str, folder: str, e: OSError) -> UserError:
     """'cannot write the run runs/x: Read-only file system (runs)': the folder, and where it failed."""
     failed = e.filename if e.filename and not str(e.filename).endswith('.lock') else os.path.dirname(lock_path(folder))
     where = f' ({failed})' if os.path.abspath(failed) != os.path.abspath(folder) else ''
     fix = {errno.ENOSPC: 'free space there', errno.EDQUOT: 'free space there', errno.EROFS: 'make it writable',
            errno.EACCES: 'make it writable', errno.EPERM: 'make it writable'}.get(e.errno)
-    return ValueError(f'cannot write {what} {folder}: {e.strerror or e}{where}: '
+    return UserError(f'cannot write {what} {folder}: {e.strerror or e}{where}: '
                       f'{fix + ", or use another folder" if fix else "use another folder"}')
 
 
@@ -126,11 +129,11 @@ def _check_path(folder: str, what: str) -> None:
     path = os.path.abspath(folder)
     while True:
         if os.path.islink(path) and not os.path.exists(path):
-            raise ValueError(f'cannot write {what} {folder}: {path} is a link to {os.readlink(path)}, which does not '
-                             f'exist: create it, or use another folder')
+            raise UserError(f'cannot write {what} {folder}: {path} is a link to {os.readlink(path)}, which does not '
+                            f'exist: create it, or use another folder')
         if os.path.exists(path):
             if not os.path.isdir(path):
-                raise ValueError(f'cannot write {what} {folder}: {path} is a file, not a folder: use another folder')
+                raise UserError(f'cannot write {what} {folder}: {path} is a file, not a folder: use another folder')
             return
         parent = os.path.dirname(path)
         if parent == path:
@@ -160,16 +163,16 @@ def lock_folder(folder: str, what: str, wait: float = 10.0) -> FolderLock:
     """Claim `folder` (it need not exist yet) for this process, to write `what` ('the run',
     'the export') there.
 
-    Raises ValueError, one line, when another live process holds it (naming that process),
+    Raises UserError, one line, when another live process holds it (naming that process),
     and when its parent folder cannot be written (a read-only or full disk). A lock left by a
     process that has just ended is waited for up to `wait` seconds (the kernel releases it
     with the process's last thread)."""
     _check_path(folder, what)
     path = lock_path(folder)
     if path in _HELD:
-        raise ValueError(f'{folder} is already being written by this process: choose another folder')
+        raise UserError(f'{folder} is already being written by this process: choose another folder')
     if os.path.isdir(path):
-        raise ValueError(f'{path} is a folder where the lock file of {folder} goes: remove it')
+        raise UserError(f'{path} is a folder where the lock file of {folder} goes: remove it')
     try:
         made = _make_parents(path)
     except OSError as e:
@@ -191,8 +194,8 @@ def lock_folder(folder: str, what: str, wait: float = 10.0) -> FolderLock:
             if time.monotonic() < deadline and _ended(holder):
                 time.sleep(0.2)
                 continue
-            raise ValueError(f'{folder} is in use by another stdistill process ({_describe(holder)}): wait for it '
-                             f'to end, or choose another folder') from None
+            raise UserError(f'{folder} is in use by another stdistill process ({_describe(holder)}): wait for it '
+                            f'to end, or choose another folder') from None
         try:  # the lock file may have been removed (released) between our open and our lock
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -221,9 +224,9 @@ def lock_folder_on_main(folder: str, what: str, info: 'DistInfo') -> FolderLock:
     if info.is_main:
         try:
             claim = lock_folder(folder, what)
-        except ValueError as e:
+        except UserError as e:
             refusal = str(e)
     refusal = gather_objects(refusal, info)[0]
     if refusal:
-        raise ValueError(refusal)
+        raise UserError(refusal)
     return claim

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LABELS_TEACHER  # noqa: F401 (re-exported: the losses' name for it)
+from .errors import UserError
 from .students import STDOutput
 
 __all__ = ['DistillationLoss', 'LossTerms', 'TeacherTargets', 'LabelsTeacher', 'teacher_weights', 'entropy_weights',
@@ -53,7 +54,7 @@ def entropy_weights(entropy: torch.Tensor, mode: str = 'entropy') -> torch.Tenso
     """Per-sample teacher weights (B, M), each row summing to 1, from the teachers' prediction
     entropies (B, M): softmax over teachers of minus the entropy, or 1/M each ('uniform')."""
     if mode not in TEACHER_WEIGHTINGS:
-        raise ValueError(f'teacher_weighting must be one of {TEACHER_WEIGHTINGS}, got {mode!r}')
+        raise UserError(f'teacher_weighting must be one of {TEACHER_WEIGHTINGS}, got {mode!r}')
     batch, count = entropy.shape
     if mode == 'uniform' or count == 1:
         return entropy.new_full((batch, count), 1.0 / count, dtype=torch.float32)
@@ -103,18 +104,18 @@ class LabelsTeacher:
     def __init__(self, num_classes: int, mixup_smoothing: float = 0.0) -> None:
         """mixup_smoothing: the `label_smoothing` of the run's Mixup (0 without mixup)."""
         if not 0.0 <= mixup_smoothing < 1.0:
-            raise ValueError(f'label smoothing must be in [0, 1), got {mixup_smoothing}')
+            raise UserError(f'label smoothing must be in [0, 1), got {mixup_smoothing}')
         self.num_classes, self.mixup_smoothing = num_classes, mixup_smoothing
 
     def __call__(self, targets: torch.Tensor) -> TeacherTargets:
         """targets: (B,) class indices, or (B, classes) mixed targets as timm's Mixup returns
         them. Returns TeacherTargets with labels (B,) = the argmax, probs (B, classes) fp32
-        and entropy (B,) of probs (0 for one-hot). Raises ValueError for another class count."""
+        and entropy (B,) of probs (0 for one-hot). Raises UserError for another class count."""
         if targets.ndim == 1:
             probs = F.one_hot(targets.long(), self.num_classes).float()
         else:
             if targets.shape[1] != self.num_classes:
-                raise ValueError(f'targets of {targets.shape[1]} classes for a labels teacher of {self.num_classes}')
+                raise UserError(f'targets of {targets.shape[1]} classes for a labels teacher of {self.num_classes}')
             s = self.mixup_smoothing
             probs = ((targets.float() - s / self.num_classes) / (1 - s)).clamp_min(0) if s else targets.float()
         entropy = torch.special.entr(probs).sum(-1)
@@ -156,19 +157,19 @@ class DistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if distill not in DISTILL_MODES:
-            raise ValueError(f'distill must be one of {DISTILL_MODES}, got {distill!r}')
+            raise UserError(f'distill must be one of {DISTILL_MODES}, got {distill!r}')
         if teacher_weighting not in TEACHER_WEIGHTINGS:
-            raise ValueError(f'teacher_weighting must be one of {TEACHER_WEIGHTINGS}, got {teacher_weighting!r}')
+            raise UserError(f'teacher_weighting must be one of {TEACHER_WEIGHTINGS}, got {teacher_weighting!r}')
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f'alpha must be in [0, 1], got {alpha}')
+            raise UserError(f'alpha must be in [0, 1], got {alpha}')
         if tau <= 0:
-            raise ValueError(f'tau must be > 0, got {tau}')
+            raise UserError(f'tau must be > 0, got {tau}')
         self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
         self.alpha, self.tau = alpha, tau
         self.distill, self.teacher_weighting = distill, teacher_weighting
 
     def per_sample(self, student_logits: torch.Tensor, teacher: TeacherTargets) -> torch.Tensor:
-        """l_j for every sample, (B,). Raises ValueError for soft distillation from hard labels."""
+        """l_j for every sample, (B,). Raises UserError for soft distillation from hard labels."""
         if teacher.probs is not None:  # a labels teacher: its distribution is the target in both modes
             if self.distill == 'hard':
                 return -(teacher.probs * F.log_softmax(student_logits, dim=-1)).sum(-1)
@@ -178,8 +179,8 @@ class DistillationLoss(nn.Module):
             return F.cross_entropy(student_logits, teacher.labels, reduction='none')
         if teacher.logits is None:
             if teacher.topk_logits is None:
-                raise ValueError('soft distillation needs the teachers\' logits or top-k logits; the teacher outputs '
-                                 'given hold hard labels only (make the store with distill=soft)')
+                raise UserError('soft distillation needs the teachers\' logits or top-k logits; the teacher outputs '
+                                'given hold hard labels only (make the store with distill=soft)')
             return topk_soft_loss(student_logits, teacher, self.tau)
         log_p_s = F.log_softmax(student_logits / self.tau, dim=-1)
         log_p_t = F.log_softmax(teacher.logits.float() / self.tau, dim=-1)
@@ -190,7 +191,7 @@ class DistillationLoss(nn.Module):
         """The loss and its logged terms. teacher_outputs: per teacher, its logits (B, classes) or
         its TeacherTargets (from a store), in the order of the distillation heads."""
         if len(teacher_outputs) != len(outputs.dist_logits):
-            raise ValueError(f'{len(teacher_outputs)} teachers for {len(outputs.dist_logits)} distillation heads')
+            raise UserError(f'{len(teacher_outputs)} teachers for {len(outputs.dist_logits)} distillation heads')
         teachers = [t if isinstance(t, TeacherTargets) else TeacherTargets.from_logits(t) for t in teacher_outputs]
         base = self.base_criterion(outputs.logits, targets)
         weights = entropy_weights(torch.stack([t.entropy for t in teachers], dim=1),

@@ -31,13 +31,16 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.func import functional_call
 
+from .errors import UserError
+
+
 __all__ = ['MINE', 'MINEOutput', 'MIRegularizer', 'StatisticsNetwork', 'random_derangement']
 
 
 def random_derangement(n: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
     """A uniformly random permutation of range(n) with no fixed point (n >= 2)."""
     if n < 2:
-        raise ValueError(f'a derangement needs at least 2 samples, got a batch of {n}')
+        raise UserError(f'a derangement needs at least 2 samples, got a batch of {n}')
     while True:  # about e tries on average
         perm = torch.randperm(n, generator=generator)
         if not bool((perm == torch.arange(n)).any()):
@@ -82,7 +85,7 @@ class MINE(nn.Module):
         """weight is lambda; ma_rate the update rate of the moving average of E[exp(psi)]."""
         super().__init__()
         if weight < 0:
-            raise ValueError(f'MINE weight (lambda) must be >= 0, got {weight}')
+            raise UserError(f'MINE weight (lambda) must be >= 0, got {weight}')
         self.statistics = StatisticsNetwork(x_dim + y_dim, hidden)
         self.weight, self.ma_rate = weight, ma_rate
         self.penalty = True  # False during a warm-up: psi learns the bound, the tokens get no penalty yet
@@ -141,7 +144,7 @@ class MIRegularizer(nn.Module):
         super().__init__()
         pairs = [p for p in student.token_pairs if p.tokens == 'both']
         if not pairs:
-            raise ValueError('the MI regulariser needs token pairs with both a spatial and a channel token')
+            raise UserError('the MI regulariser needs token pairs with both a spatial and a channel token')
         self.pair_index = [i for i, p in enumerate(student.token_pairs) if p.tokens == 'both']
         self.mines = nn.ModuleList(
             MINE(p.dims.num_channels, p.dims.num_positions, hidden, weight, ma_rate) for p in pairs)

@@ -10,6 +10,7 @@ Only rank 0 creates a `RunMonitor`; other ranks get `None` and log nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Dict, List, Optional
 
@@ -19,6 +20,8 @@ from .accuracy import format_top1
 from .disk import save_figure
 
 __all__ = ['RunMonitor', 'write_plots']
+
+_logger = logging.getLogger(__name__)
 
 
 def _group(name: str) -> str:
@@ -72,7 +75,7 @@ class RunMonitor:
         top1s = ('val_top1', 'ema_top1')  # with their interval on a small split
         summary = ' '.join(f'{k} {format_top1(row[k], row["val_images"]) if k in top1s else f"{row[k]:.4g}"}'
                            for k in ('loss', 'val_top1', 'val_top5', 'ema_top1', 'mi_estimate') if k in row)
-        tqdm.write(f'epoch {row["epoch"] + 1}/{self.epochs}: {summary}')  # counted from 1, as the bar
+        _logger.info(f'epoch {row["epoch"] + 1}/{self.epochs}: {summary}')  # counted from 1, as the bar
 
     def close(self) -> None:
         if self.bar is not None:  # a run stopped mid-epoch: clear the bar before its error is printed

@@ -14,10 +14,11 @@ from typing import Any, Dict, List
 import torch
 from PIL import Image
 
+from .builders import resolve_norm
+from .errors import UserError
 from .export import load_exported, load_run_student
 from .images import to_model_mode
 from .loaders import build_transforms
-from .train import resolve_norm
 
 __all__ = ['predict']
 
@@ -26,14 +27,14 @@ def predict(target: str, images: List[str], top_k: int = 5, ema: bool = False,
             batch_size: int = 64) -> List[Dict[str, Any]]:
     """For each image path: {'image', 'top': [{'class', 'index', 'probability'}, ...]} (top_k,
     softmax probabilities in [0, 1], best first), `batch_size` images at a time. Raises
-    ValueError (one line) for a target that is neither a run nor an export, and for an image
+    UserError (one line) for a target that is neither a run nor an export, and for an image
     that cannot be read."""
     if top_k < 1:
-        raise ValueError(f'--top-k must be at least 1, got {top_k}')
+        raise UserError(f'--top-k must be at least 1, got {top_k}')
     if os.path.isfile(os.path.join(target, 'config.yaml')):
         loaded = load_run_student(target, ema=ema)
     elif ema:
-        raise ValueError(f'--ema applies to a run folder; {target} is not one (export with --ema instead)')
+        raise UserError(f'--ema applies to a run folder; {target} is not one (export with --ema instead)')
     else:
         loaded = load_exported(target)
     mean, std = resolve_norm(loaded.cfg)
@@ -54,11 +55,11 @@ def predict(target: str, images: List[str], top_k: int = 5, ema: bool = False,
 
 
 def _read(path: str, mode: str) -> Image.Image:
-    """The image at `path` in the model's mode; ValueError (one line) when it cannot be read."""
+    """The image at `path` in the model's mode; UserError (one line) when it cannot be read."""
     try:
         with Image.open(path) as img:
             img.load()
             return to_model_mode(img, mode, path)
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f'cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
+        raise UserError(f'cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
             from None

@@ -15,6 +15,7 @@ from timm.models import get_pretrained_cfg_value
 from torch.utils.flop_counter import FlopCounterMode
 
 from .deit import DEIT_BASES
+from .errors import UserError
 from .students import STUDENT_BASES, check_model_name, create_student
 
 __all__ = ['Profile', 'profile_model', 'count_macs', 'PaperRow', 'PAPER_ROWS', 'paper_comparison']
@@ -51,7 +52,7 @@ def profile_model(name: str, img_size: int = 224, in_chans: int = 3, num_teacher
     if name in STUDENT_BASES:
         kwargs['num_teachers'] = 1 if num_teachers is None else num_teachers
     elif num_teachers is not None:
-        raise ValueError(f'--num-teachers applies to STD students (std_*), not {name}')
+        raise UserError(f'--num-teachers applies to STD students (std_*), not {name}')
     try:
         fixed = name in STUDENT_BASES or name in DEIT_BASES or get_pretrained_cfg_value(name, 'fixed_input_size')
     except RuntimeError:  # registered without a pretrained cfg: assume it takes any size

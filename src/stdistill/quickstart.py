@@ -19,18 +19,22 @@ kill interrupted (from its last checkpoint); a stage whose config changed starts
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from typing import Any, Dict, List, Optional
 
 from .accuracy import INTERVAL_BELOW, chance_note, wilson_interval
-from .config import RUNTIME_KEYS, TrainConfig, config_changes, config_from_dict, load_config
+from .config import RUNTIME_KEYS, TrainConfig, config_changes, config_from_dict, load_config, with_absolute_paths
 from .disk import save_figure, write_atomic, writing
+from .errors import UserError
 from .locks import lock_folder
+from .log import setup_logging
 
 __all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
+
+_logger = logging.getLogger(__name__)
 
 # The three recipes (kept identical to recipes/fashion_mnist/*.yaml, which a test checks).
 _COMMON: Dict[str, Any] = dict(
@@ -63,7 +67,7 @@ PRESETS = {
 def quickstart_configs(output: str, long: bool = False, data_dir: Optional[str] = None,
                        workers: int = 2, small: bool = False, **extra: Any) -> Dict[str, TrainConfig]:
     if long and small:
-        raise ValueError('choose --small or --long, not both')
+        raise UserError('choose --small or --long, not both')
     presets = PRESETS['long' if long else 'small' if small else 'default']
     configs = {}
     for name, recipe in RECIPES.items():
@@ -79,7 +83,6 @@ def quickstart_configs(output: str, long: bool = False, data_dir: Optional[str] 
 def _stage(cfg: TrainConfig) -> str:
     """'done' (a finished run of exactly cfg is there), 'resume' (cfg's run, interrupted) or 'new'."""
     from .checkpoint import RESUMABLE
-    from .train import with_absolute_paths  # the paths as a run's config.yaml keeps them
 
     saved = os.path.join(cfg.output, 'config.yaml')
     if not os.path.isfile(saved):
@@ -106,12 +109,12 @@ def _check_output(output: str) -> None:
     """Refuse an --output the quickstart did not write that holds its stage folders: they would
     be someone's runs (the README's own walkthrough names its runs teacher, plain and std)."""
     if not output or os.path.isfile(output):
-        raise ValueError(f'--output must be a folder, got {output!r}')
+        raise UserError(f'--output must be a folder, got {output!r}')
     mine = os.path.isfile(os.path.join(output, MARKER)) or os.path.isfile(os.path.join(output, 'results.json'))
     taken = [n for n in RECIPES if os.path.exists(os.path.join(output, n))]
     if taken and not mine:
-        raise ValueError(f'{output} holds {", ".join(taken)}/ not written by stdistill quickstart: choose another '
-                         f'--output')
+        raise UserError(f'{output} holds {", ".join(taken)}/ not written by stdistill quickstart: choose another '
+                        f'--output')
     os.makedirs(output, exist_ok=True)
     open(os.path.join(output, MARKER), 'a').close()
 
@@ -123,16 +126,16 @@ _RUN_ENTRIES = {'config.yaml', 'log.jsonl', 'summary.json', 'class_map.txt', 'tb
 
 def _clear_run(folder: str) -> None:
     """Remove an earlier run in `folder`: only a folder that holds a stdistill run and nothing
-    else; anything else is a ValueError naming what is in the way."""
+    else; anything else is a UserError naming what is in the way."""
     if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise ValueError(f'{folder} is a file, not a folder: choose another --output')
+        raise UserError(f'{folder} is a file, not a folder: choose another --output')
     if os.path.isdir(folder):
         if not os.path.isfile(os.path.join(folder, 'config.yaml')):
-            raise ValueError(f'{folder} exists and is not a stdistill run: choose another --output')
+            raise UserError(f'{folder} exists and is not a stdistill run: choose another --output')
         other = sorted(n for n in os.listdir(folder) if n not in _RUN_ENTRIES and not n.startswith('.'))
         if other:
-            raise ValueError(f'{folder} holds {other[0]}, which is not part of a stdistill run: move it, or choose '
-                             f'another --output')
+            raise UserError(f'{folder} holds {other[0]}, which is not part of a stdistill run: move it, or choose '
+                            f'another --output')
         shutil.rmtree(folder)
 
 
@@ -167,11 +170,17 @@ def _comparison_plot(path: str, rows: List[Dict[str, Any]], histories: Dict[str,
 
 def run_quickstart(output: str = 'runs/quickstart', long: bool = False, data_dir: Optional[str] = None,
                    workers: int = 2, small: bool = False, restart: bool = False, **extra: Any) -> Dict[str, Any]:
+    """Train the teacher, the plain student and the STD student of `quickstart_configs` into
+    `output` (finished stages kept, an interrupted one resumed, unless restart), then write the
+    table, results.json and comparison.png; return the results. Raises UserError for an output
+    that is a file or holds something else."""
     from .train import train
+
+    setup_logging()  # progress and warnings as the command line shows them (log.py)
 
     configs = quickstart_configs(output, long, data_dir, workers, small, **extra)
     if not output or os.path.isfile(output):
-        raise ValueError(f'--output must be a folder, got {output!r}')
+        raise UserError(f'--output must be a folder, got {output!r}')
     with lock_folder(output, 'the quickstart'), writing(output, 'the quickstart', 'run it again (finished stages are kept)'):
         return _run_stages(configs, output, restart, train)  # (each stage's run claims its own folder too)
 
@@ -183,15 +192,14 @@ def _run_stages(configs: Dict[str, TrainConfig], output: str, restart: bool, tra
         stages[name] = 'new' if stale else _stage(cfg)
         if stages[name] == 'new':
             if os.path.isdir(cfg.output) and not restart:
-                print(f'{cfg.output}: another preset or an earlier stage changed, so this stage starts again',
-                      flush=True)
+                _logger.info(f'{cfg.output}: another preset or an earlier stage changed, so this stage starts again')
             _clear_run(cfg.output)
             stale = True
     rows, histories, start = [], {}, time.perf_counter()
     for name, cfg in configs.items():
         what = {'new': '', 'resume': ', resumed', 'done': ', finished earlier: kept'}[stages[name]]
-        print(f'== {name}: {cfg.model} ({cfg.method}), {cfg.epochs} epochs on '
-              f'{cfg.train_samples or "all"} training images{what} ==', flush=True)
+        _logger.info(f'== {name}: {cfg.model} ({cfg.method}), {cfg.epochs} epochs on '
+                     f'{cfg.train_samples or "all"} training images{what} ==')
         if stages[name] == 'done':
             with open(os.path.join(cfg.output, 'summary.json')) as f:
                 summary = json.load(f)
@@ -214,14 +222,14 @@ def _run_stages(configs: Dict[str, TrainConfig], output: str, restart: bool, tra
     write_atomic(os.path.join(output, 'results.json'), lambda f: json.dump(results, f, indent=1))
     _comparison_plot(os.path.join(output, 'comparison.png'), rows, histories)
     for line in results_table(rows):
-        print(line)
+        _logger.info(line)
     std, plain = rows[2]['top1'], rows[1]['top1']
-    print(f'\nSTD vs plain student: {std - plain:+.2f} top-1 (same data, epochs and seed; '
-          f'{rows[1]["test_images"]} test images). {results["minutes"]:.1f} min. '
-          f'Results: {os.path.join(output, "results.json")}, plot: {os.path.join(output, "comparison.png")}')
+    _logger.info(f'\nSTD vs plain student: {std - plain:+.2f} top-1 (same data, epochs and seed; '
+                 f'{rows[1]["test_images"]} test images). {results["minutes"]:.1f} min. '
+                 f'Results: {os.path.join(output, "results.json")}, plot: {os.path.join(output, "comparison.png")}')
     for row in rows:
         if row['at_chance']:
-            print(f'stdistill: warning: {row["name"]}: {row["at_chance"]}', file=sys.stderr)
+            _logger.warning(f'{row["name"]}: {row["at_chance"]}')
     return results
 
 

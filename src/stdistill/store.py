@@ -36,6 +36,7 @@ from .checkpoint import file_sha256, readable_as_umask
 from .config import TrainConfig
 from .data import FashionMNIST
 from .disk import write_atomic
+from .errors import UserError
 from .folders import FolderReader
 from .loaders import data_seed_of
 from .losses import TeacherTargets
@@ -98,7 +99,7 @@ def _teacher_fingerprint(spec: Dict[str, Any]) -> Dict[str, Any]:
         beside = os.path.join(os.path.dirname(checkpoint), 'model_ema.safetensors')
         checkpoint = beside if os.path.isfile(beside) else checkpoint
     if checkpoint and not os.path.isfile(checkpoint):
-        raise ValueError(f'checkpoint not found: {checkpoint}')
+        raise UserError(f'checkpoint not found: {checkpoint}')
     out['checkpoint_sha256'] = file_sha256(checkpoint) if checkpoint else None
     return out
 
@@ -162,23 +163,23 @@ def _shard_path(folder: str, epoch: int, rank: int, first_step: int) -> str:
 
 
 def _read_shard(path: str, expected: Optional[Dict[str, str]] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """A shard's tensors and metadata; ValueError when it is damaged (checksum, format) or its
+    """A shard's tensors and metadata; UserError when it is damaged (checksum, format) or its
     metadata differ from `expected` (a shard of another store, epoch, process or layout)."""
     try:
         with safe_open(path, 'pt') as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # a foreign or cut file: one line
-        raise ValueError(f'teacher store shard {path} is damaged ({type(e).__name__}): delete it and run '
-                         f'stdistill teacher-pass again (it redoes missing shards)') from None
+        raise UserError(f'teacher store shard {path} is damaged ({type(e).__name__}): delete it and run '
+                        f'stdistill teacher-pass again (it redoes missing shards)') from None
     if meta.get('sha256') != _tensor_digest(tensors):
-        raise ValueError(f'teacher store shard {path} fails its checksum: delete it and run stdistill teacher-pass '
-                         f'again (it redoes missing shards)')
+        raise UserError(f'teacher store shard {path} fails its checksum: delete it and run stdistill teacher-pass '
+                        f'again (it redoes missing shards)')
     wrong = [k for k, v in (expected or {}).items() if meta.get(k) != v]
     if wrong:
-        raise ValueError(f'teacher store shard {path} belongs to another store, epoch, process or layout (its '
-                         f'{wrong[0]} is {meta.get(wrong[0])!r}, not {expected[wrong[0]]!r}): delete it and run '
-                         f'stdistill teacher-pass again (it redoes missing shards)')
+        raise UserError(f'teacher store shard {path} belongs to another store, epoch, process or layout (its '
+                        f'{wrong[0]} is {meta.get(wrong[0])!r}, not {expected[wrong[0]]!r}): delete it and run '
+                        f'stdistill teacher-pass again (it redoes missing shards)')
     return tensors, meta
 
 
@@ -192,11 +193,11 @@ def _read_json(path: str) -> Dict[str, Any]:
         with open(path) as f:
             doc = json.load(f)
         if not isinstance(doc, dict) or doc.get('format') != FORMAT:
-            raise ValueError(f'format {doc.get("format") if isinstance(doc, dict) else "?"}, not {FORMAT}')
+            raise UserError(f'format {doc.get("format") if isinstance(doc, dict) else "?"}, not {FORMAT}')
         missing = [k for k in ('fingerprint', 'outputs', 'steps_per_epoch', 'shard_steps', 'num_classes')
                    if k not in doc]
         if missing:
-            raise ValueError(f'no {", ".join(missing)}')
+            raise UserError(f'no {", ".join(missing)}')
         outputs = doc['outputs']
         counts = all(isinstance(doc[k], int) and not isinstance(doc[k], bool) and doc[k] > 0
                      for k in ('steps_per_epoch', 'shard_steps', 'num_classes'))
@@ -205,11 +206,11 @@ def _read_json(path: str) -> Dict[str, Any]:
             and isinstance(outputs.get('tau'), (int, float)) and outputs['tau'] > 0))
         if not (isinstance(doc['fingerprint'], dict) and isinstance(doc['fingerprint'].get('epochs'), int)
                 and counts and good_outputs and isinstance(doc.get('info', {}), dict)):
-            raise ValueError('its fields are not those of a store (edited?)')
+            raise UserError('its fields are not those of a store (edited?)')
         return doc
     except (OSError, ValueError) as e:
-        raise ValueError(f'{path} is not a stdistill teacher store ({e}): make the store again with stdistill '
-                         f'teacher-pass into a new folder') from None
+        raise UserError(f'{path} is not a stdistill teacher store ({e}): make the store again with stdistill '
+                        f'teacher-pass into a new folder') from None
 
 
 def _where(name: str, old: Any, new: Any) -> Tuple[str, Any, Any]:
@@ -250,7 +251,7 @@ def _write_atomic_json(path: str, doc: Dict[str, Any]) -> None:
 class StoreWriter:
     """Writes one process's shards of a teacher pass; finds what an earlier, killed pass left.
 
-    Raises ValueError when `folder` holds a store of another fingerprint or outputs."""
+    Raises UserError when `folder` holds a store of another fingerprint or outputs."""
 
     def __init__(self, folder: str, fingerprint: Dict[str, Any], outputs: Dict[str, Any], steps_per_epoch: int,
                  rank: int, num_classes: int, info: Dict[str, Any], shard_steps: int = SHARD_STEPS) -> None:
@@ -259,7 +260,7 @@ class StoreWriter:
         self.num_classes = num_classes
         path = os.path.join(folder, STORE_JSON)
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise ValueError(f'--output {folder} is a file: give a folder for the store')
+            raise UserError(f'--output {folder} is a file: give a folder for the store')
         doc = {'format': FORMAT, 'fingerprint': fingerprint, 'outputs': outputs, 'steps_per_epoch': steps_per_epoch,
                'shard_steps': shard_steps, 'num_classes': num_classes, 'info': info}
         shards = [n for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n.startswith('epoch')]
@@ -268,21 +269,21 @@ class StoreWriter:
             change = _first_change(old['fingerprint'], fingerprint) or _first_change(
                 {'outputs': old['outputs']}, {'outputs': outputs})
             if change and shards:
-                raise ValueError(f'{folder} holds a teacher store made for other settings ({change}): give --output a '
-                                 f'new folder')
+                raise UserError(f'{folder} holds a teacher store made for other settings ({change}): give --output a '
+                                f'new folder')
             if change and rank == 0:  # a pass that failed before its first shard: nothing to keep
                 _write_atomic_json(path, doc)
             doc = doc if change else old  # a kept store keeps its layout (shard_steps)
         else:
             # (rank 0 only: other processes may already see the shard folders rank 0 makes)
             if rank == 0 and os.path.isdir(folder) and any(not n.startswith(STORE_JSON) for n in os.listdir(folder)):
-                raise ValueError(f'{folder} exists and is not a teacher store: give --output a new folder')
+                raise UserError(f'{folder} exists and is not a teacher store: give --output a new folder')
             try:
                 os.makedirs(folder, exist_ok=True)
                 if rank == 0:
                     _write_atomic_json(path, doc)
             except OSError as e:
-                raise ValueError(f'cannot write the store {folder}: {e.strerror or e}') from None
+                raise UserError(f'cannot write the store {folder}: {e.strerror or e}') from None
         self.shard_steps, self.steps_per_epoch = doc['shard_steps'], steps_per_epoch
         self.store = store_id(doc)
         for name in os.listdir(folder):  # this process's half-written shards of a killed pass
@@ -369,29 +370,29 @@ class StoreWriter:
 class TeacherStore:
     """A store opened for a run: checks it, then gives each step's stored teacher outputs.
 
-    Raises ValueError (one line) when the store is missing, of another fingerprint, lacks the
+    Raises UserError (one line) when the store is missing, of another fingerprint, lacks the
     outputs the run's loss needs, or misses shards of this process."""
 
     def __init__(self, folder: str, fingerprint: Dict[str, Any], outputs: Dict[str, Any], rank: int,
                  steps_per_epoch: int, device: torch.device) -> None:
         path = os.path.join(folder, STORE_JSON)
         if not os.path.isfile(path):
-            raise ValueError(f'teacher_outputs: {folder} is not a teacher store (no {STORE_JSON} in it): give the '
-                             f'folder stdistill teacher-pass --output wrote, or make one with stdistill teacher-pass '
-                             f'--config RECIPE --output NEW_FOLDER')
+            raise UserError(f'teacher_outputs: {folder} is not a teacher store (no {STORE_JSON} in it): give the '
+                            f'folder stdistill teacher-pass --output wrote, or make one with stdistill teacher-pass '
+                            f'--config RECIPE --output NEW_FOLDER')
         doc = _read_json(path)
         change = _first_change(doc['fingerprint'], fingerprint)
         if change:
-            raise ValueError(f'teacher_outputs: {folder} was made for other settings: {change}; make a store for this '
-                             f'run with stdistill teacher-pass')
+            raise UserError(f'teacher_outputs: {folder} was made for other settings: {change}; make a store for this '
+                            f'run with stdistill teacher-pass')
         stored = doc['outputs']
         if outputs['kind'] == 'soft' and (stored['kind'] != 'soft' or stored['tau'] != outputs['tau']):
             what = 'hard labels only' if stored['kind'] == 'hard' else f'soft outputs at tau {stored["tau"]}'
-            raise ValueError(f'teacher_outputs: {folder} holds {what}, this run distils soft outputs at tau '
-                             f'{outputs["tau"]}: make the store with the run\'s distill and tau')
+            raise UserError(f'teacher_outputs: {folder} holds {what}, this run distils soft outputs at tau '
+                            f'{outputs["tau"]}: make the store with the run\'s distill and tau')
         if doc['steps_per_epoch'] != steps_per_epoch:
-            raise ValueError(f'teacher_outputs: {folder} has {doc["steps_per_epoch"]} steps an epoch, this run '
-                             f'{steps_per_epoch}: make a store for this run with stdistill teacher-pass')
+            raise UserError(f'teacher_outputs: {folder} has {doc["steps_per_epoch"]} steps an epoch, this run '
+                            f'{steps_per_epoch}: make a store for this run with stdistill teacher-pass')
         self.folder, self.rank, self.device, self.doc = folder, rank, device, doc
         self.outputs, self.num_classes, self.shard_steps = stored, doc['num_classes'], doc['shard_steps']
         self.soft, self.run_outputs = outputs['kind'] == 'soft', outputs
@@ -402,9 +403,9 @@ class TeacherStore:
             for first in range(0, steps_per_epoch, self.shard_steps):
                 shard = _shard_path(folder, epoch, rank, first)
                 if not os.path.isfile(shard):
-                    raise ValueError(f'teacher_outputs: {folder} is incomplete (epoch {epoch + 1}, process {rank}, '
-                                     f'step {first + 1} on are missing): finish it by running the same stdistill '
-                                     f'teacher-pass again (it continues where it stopped)')
+                    raise UserError(f'teacher_outputs: {folder} is incomplete (epoch {epoch + 1}, process {rank}, '
+                                    f'step {first + 1} on are missing): finish it by running the same stdistill '
+                                    f'teacher-pass again (it continues where it stopped)')
                 steps = min(self.shard_steps, steps_per_epoch - first)
                 _read_shard(shard, _shard_meta(identity, epoch, rank, first, steps))
         self._identity = identity
@@ -419,7 +420,7 @@ class TeacherStore:
 
     def __call__(self, epoch: int, step: int, indices: Optional[torch.Tensor]) -> List[TeacherTargets]:
         """Each teacher's TeacherTargets (on the run's device) for step `step` of `epoch`, whose
-        images have dataset indices `indices` (B,). Raises ValueError when the stored step holds
+        images have dataset indices `indices` (B,). Raises UserError when the stored step holds
         other images (the store does not describe this run's batches)."""
         first = step - step % self.shard_steps
         if self._key != (epoch, first):
@@ -430,9 +431,9 @@ class TeacherStore:
         s = self._shard
         lo, hi = int(s['offsets'][step - first]), int(s['offsets'][step - first + 1])
         if indices is None or not torch.equal(s['index'][lo:hi], indices.cpu().long()):
-            raise ValueError(f'teacher_outputs: the store\'s images of epoch {epoch + 1}, step {step + 1} are not this '
-                             f'run\'s batch (the data changed since the pass, e.g. an image became unreadable): make a '
-                             f'store for this run')
+            raise UserError(f'teacher_outputs: the store\'s images of epoch {epoch + 1}, step {step + 1} are not this '
+                            f'run\'s batch (the data changed since the pass, e.g. an image became unreadable): make a '
+                            f'store for this run')
         out = []
         for j in range(s['labels'].shape[1]):
             def field(name: str) -> Optional[torch.Tensor]:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from timm.models import register_model
 
 from .backbones import num_blocks, token_dims
+from .errors import UserError
 from .tokens import TokenPair
 
 __all__ = ['STDStudent', 'STDOutput', 'STDFeatures', 'INFERENCE_HEADS', 'create_student', 'check_input_size',
@@ -47,7 +48,7 @@ def combine_heads(out: STDOutput, head: str = 'avg') -> torch.Tensor:
     """One prediction from a train-mode output: 'avg' (class head averaged with the mean of the
     distillation heads), 'cls' or 'dist' (mean of the distillation heads)."""
     if head not in INFERENCE_HEADS:
-        raise ValueError(f'inference head must be one of {INFERENCE_HEADS}, got {head!r}')
+        raise UserError(f'inference head must be one of {INFERENCE_HEADS}, got {head!r}')
     if head == 'cls':
         return out.logits
     dist = torch.stack(out.dist_logits).mean(0)
@@ -55,12 +56,12 @@ def combine_heads(out: STDOutput, head: str = 'avg') -> torch.Tensor:
 
 
 def resolve_positions(positions: Sequence[int], depth: int) -> List[int]:
-    """Block indices (negative allowed) -> 0..depth-1, with a ValueError for any out of range."""
+    """Block indices (negative allowed) -> 0..depth-1, with a UserError for any out of range."""
     out = []
     for p in positions:
         if not isinstance(p, int) or not -depth <= p < depth:
-            raise ValueError(f'token position {p!r} is outside the backbone: it has {depth} blocks, '
-                             f'so positions must be integers in [{-depth}, {depth - 1}]')
+            raise UserError(f'token position {p!r} is outside the backbone: it has {depth} blocks, '
+                            f'so positions must be integers in [{-depth}, {depth - 1}]')
         out.append(p % depth)
     return out
 
@@ -70,8 +71,8 @@ def check_input_size(x: torch.Tensor, in_chans: int, img_size: Sequence[int], mo
     if x.ndim != 4 or x.shape[1] != in_chans or tuple(x.shape[-2:]) != tuple(img_size):
         got = 'x'.join(str(s) for s in x.shape)
         want = f'Bx{in_chans}x{img_size[0]}x{img_size[1]}'
-        raise ValueError(f'{model_name} expects input {want}, got {got}; create the model with '
-                         f'img_size={tuple(x.shape[-2:])} (and in_chans) to train at that size')
+        raise UserError(f'{model_name} expects input {want}, got {got}; create the model with '
+                        f'img_size={tuple(x.shape[-2:])} (and in_chans) to train at that size')
 
 
 def _input_size(backbone: nn.Module) -> tuple:
@@ -94,16 +95,16 @@ class STDStudent(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(num_teachers, int) or num_teachers < 1:
-            raise ValueError(f'num_teachers must be an integer >= 1, got {num_teachers!r}')
+            raise UserError(f'num_teachers must be an integer >= 1, got {num_teachers!r}')
         if inference_head not in INFERENCE_HEADS:
-            raise ValueError(f'inference_head must be one of {INFERENCE_HEADS}, got {inference_head!r}')
+            raise UserError(f'inference_head must be one of {INFERENCE_HEADS}, got {inference_head!r}')
         depth = num_blocks(backbone)
         if token_positions is None:
             token_positions = [-1] * num_teachers
         token_positions = list(token_positions)
         if len(token_positions) != num_teachers:
-            raise ValueError(f'token_positions has {len(token_positions)} entries but num_teachers is '
-                             f'{num_teachers}: give one block index per teacher')
+            raise UserError(f'token_positions has {len(token_positions)} entries but num_teachers is '
+                            f'{num_teachers}: give one block index per teacher')
         self.backbone = backbone
         self.num_classes = backbone.num_classes
         self.num_teachers = num_teachers
@@ -205,14 +206,14 @@ for _name, _base in STUDENT_BASES.items():
 
 
 def check_model_name(name: str) -> None:
-    """ValueError naming the closest registered models when `name` is not one."""
+    """UserError naming the closest registered models when `name` is not one."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f'; did you mean {", ".join(close)}?' if close else ''
-        raise ValueError(f'unknown model {name!r}{hint}')
+        raise UserError(f'unknown model {name!r}{hint}')
 
 
 def create_student(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """`timm.create_model` with a ValueError, not a RuntimeError, for an unknown name."""
+    """`timm.create_model` with a UserError, not a RuntimeError, for an unknown name."""
     check_model_name(name)
     return timm.create_model(name, pretrained=pretrained, **kwargs)

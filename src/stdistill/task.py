@@ -29,14 +29,26 @@ import torch.nn as nn
 from timm.task import DistillationTeacher, TrainingTask
 from timm.utils import ModelEmaV3, unwrap_model
 
+from .errors import UserError
 from .losses import DistillationLoss, LabelsTeacher, TeacherTargets
+from .methods import METHODS, method_of
 from .mine import MIRegularizer
 from .students import STDOutput, combine_heads
 from .teachers import FrozenTeacher
 
-__all__ = ['STDTask', 'STDTrainable', 'adapt_teacher', 'to_float', 'METHODS_WITH_TEACHERS']
+__all__ = ['STDTask', 'STDTrainable', 'adapt_teacher', 'run_teachers', 'to_float', 'METHODS_WITH_TEACHERS']
 
-METHODS_WITH_TEACHERS = ('kd', 'deit', 'std')
+METHODS_WITH_TEACHERS = tuple(name for name, m in METHODS.items() if m.needs_teachers)
+
+
+def run_teachers(teachers: List[nn.Module], images: torch.Tensor, targets: Optional[torch.Tensor] = None
+                 ) -> List[Union[torch.Tensor, TeacherTargets]]:
+    """What the teachers say of a batch, as a training step sees it: each network teacher's logits
+    for `images` (B, C, H, W, the student's input; the teacher adapts it to its own) and a labels
+    teacher's TeacherTargets from `targets`. Without gradients, under the caller's autocast. The
+    one place teachers run: STDTask's step and `stdistill teacher-pass`, whose store replays it."""
+    with torch.no_grad():
+        return [t(targets) if isinstance(t, LabelsTeacher) else t(images) for t in teachers]
 
 
 def to_float(obj: Any) -> Any:
@@ -82,8 +94,8 @@ def adapt_teacher(teacher: Union[FrozenTeacher, LabelsTeacher, DistillationTeach
         return teacher
     if isinstance(teacher, DistillationTeacher):
         if student_mean is None or student_std is None:
-            raise ValueError('a timm DistillationTeacher needs the student\'s mean and std (student_mean, '
-                             'student_std) to renormalise the batch for it')
+            raise UserError('a timm DistillationTeacher needs the student\'s mean and std (student_mean, '
+                            'student_std) to renormalise the batch for it')
         return _TimmTeacher(teacher, torch.as_tensor(student_mean, dtype=torch.float32),
                             torch.as_tensor(student_std, dtype=torch.float32))
     if isinstance(teacher, nn.Module):
@@ -118,11 +130,11 @@ class STDTrainable(nn.Module):
             out = STDOutput(out[0], [out[1]], [None], [None])
         with torch.autocast(images.device.type, enabled=False):  # losses and MINE in fp32
             out = to_float(out)
-            if self.method == 'none':
+            if not method_of(self.method).needs_teachers:
                 loss = self.base_criterion(out, targets)
                 return loss, {'loss_cls': loss.detach()}, out
             teacher_outputs = to_float(teacher_outputs)
-            if self.method == 'kd':  # Hinton's KD: every teacher supervises the class head itself
+            if method_of(self.method).distils_class_head:  # Hinton's KD: every teacher supervises the class head itself
                 count = len(teacher_outputs)
                 out = STDOutput(out, [out] * count, [None] * count, [None] * count)
             loss, terms = self.distill_loss(out, targets, teacher_outputs)
@@ -140,11 +152,11 @@ def _check_student(student: nn.Module, method: str) -> None:
     tokens, head = hasattr(student, 'token_pairs'), hasattr(student, 'head_dist')
     kind = 'an STDStudent (stdistill.students)' if tokens else 'a DeiTTokenStudent (stdistill.deit)' if head \
         else 'a plain classifier'
-    needed = {'std': tokens, 'deit': head}.get(method, not (tokens or head))
-    if not needed:
-        want = {'std': 'an STDStudent (token pairs)', 'deit': 'a DeiTTokenStudent (a distillation head)'}.get(
-            method, 'a plain classifier (its class head is what kd and none train)')
-        raise ValueError(f'method {method} trains {want}; the student given is {kind}')
+    kind_needed = method_of(method).student
+    if not {'std': tokens, 'deit': head, 'none': not (tokens or head)}[kind_needed]:
+        want = {'std': 'an STDStudent (token pairs)', 'deit': 'a DeiTTokenStudent (a distillation head)',
+                'none': 'a plain classifier (its class head is what kd and none train)'}[kind_needed]
+        raise UserError(f'method {method} trains {want}; the student given is {kind}')
 
 
 class STDTask(TrainingTask):
@@ -158,7 +170,7 @@ class STDTask(TrainingTask):
     student_mean/std (C,): the student's normalisation, which a timm DistillationTeacher
     renormalises from (default: the student's pretrained_cfg, as timm's tasks read it).
     teacher_outputs: each teacher's logits (B, classes) or TeacherTargets (from a store); None
-    runs the teachers. Raises ValueError for a method with teachers but no distillation loss.
+    runs the teachers. Raises UserError for a method with teachers but no distillation loss.
     """
 
     def __init__(self, student: nn.Module, method: str, base_criterion: nn.Module,
@@ -167,8 +179,10 @@ class STDTask(TrainingTask):
                  student_mean: Optional[torch.Tensor] = None, student_std: Optional[torch.Tensor] = None,
                  device: Optional[torch.device] = None, verbose: bool = False) -> None:
         super().__init__(device=device, verbose=verbose)
-        if method in METHODS_WITH_TEACHERS and distill_loss is None:
-            raise ValueError(f'method {method} needs a distill_loss (stdistill.losses.DistillationLoss)')
+        if method not in METHODS:
+            raise UserError(f'method must be one of {", ".join(METHODS)}, got {method!r}')
+        if method_of(method).needs_teachers and distill_loss is None:
+            raise UserError(f'method {method} needs a distill_loss (stdistill.losses.DistillationLoss)')
         _check_student(student, method)
         if student_mean is None or student_std is None:  # as timm's tasks: the student's own cfg
             cfg = getattr(student, 'pretrained_cfg', None) or {}
@@ -203,22 +217,21 @@ class STDTask(TrainingTask):
                        ) -> List[Union[torch.Tensor, TeacherTargets]]:
         """Each teacher's output for the student's batch `images`: fp32 logits (B, num_classes),
         each teacher adapting the batch to its own input under the caller's autocast; a labels
-        teacher's TeacherTargets from `targets` (the batch's, after mixup). Raises ValueError when
+        teacher's TeacherTargets from `targets` (the batch's, after mixup). Raises UserError when
         the task has no teachers (a run that reads their outputs from a store)."""
         if not self.teachers:
-            raise ValueError('this task has no teachers (a run from a teacher-output store): give their outputs '
-                             'for the batch')
-        with torch.no_grad():
-            return [t(targets) if isinstance(t, LabelsTeacher) else t(images) for t in self.teachers]
+            raise UserError('this task has no teachers (a run from a teacher-output store): give their outputs '
+                            'for the batch')
+        return run_teachers(self.teachers, images, targets)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor,
                 teacher_outputs: Optional[List[Union[torch.Tensor, TeacherTargets]]] = None
                 ) -> Dict[str, torch.Tensor]:
-        if self.method in METHODS_WITH_TEACHERS and teacher_outputs is None:
+        if method_of(self.method).needs_teachers and teacher_outputs is None:
             teacher_outputs = self.teacher_logits(input, target)
         loss, terms, out = self.trainable_module(input, target, teacher_outputs)
         head = getattr(self.student, 'inference_head', 'cls')
-        output = combine_heads(out, head) if isinstance(out, STDOutput) and self.method != 'kd' else \
+        output = combine_heads(out, head) if isinstance(out, STDOutput) and not method_of(self.method).distils_class_head else \
             (out.logits if isinstance(out, STDOutput) else out)
         return {'loss': loss, 'output': output.detach(), **terms}
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MAX_IMG_SIZE, MIN_STD, RESIZE_INTERPOLATIONS
+from .errors import UserError
 
 __all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY', 'autocast_enabled', 'fp32_region']
 
@@ -60,18 +61,18 @@ class InputContract:
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f'mean and std need {self.in_chans} values (one per input channel), '
-                             f'got {len(self.mean)} and {len(self.std)}')
+            raise UserError(f'mean and std need {self.in_chans} values (one per input channel), '
+                            f'got {len(self.mean)} and {len(self.std)}')
         values = (*self.mean, *self.std)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-            raise ValueError(f'mean and std must be finite numbers, got {self.mean} and {self.std}')
+            raise UserError(f'mean and std must be finite numbers, got {self.mean} and {self.std}')
         if any(s < MIN_STD for s in self.std):
-            raise ValueError(f'std must be at least {MIN_STD}, got {self.std}')
+            raise UserError(f'std must be at least {MIN_STD}, got {self.std}')
         if self.img_size is not None and not all(isinstance(v, int) and 1 <= v <= MAX_IMG_SIZE for v in self.img_size):
-            raise ValueError(f'image size must be whole numbers from 1 to {MAX_IMG_SIZE}, got {self.img_size}')
+            raise UserError(f'image size must be whole numbers from 1 to {MAX_IMG_SIZE}, got {self.img_size}')
         if self.interpolation not in RESIZE_INTERPOLATIONS:
-            raise ValueError(f'interpolation must be one of {", ".join(RESIZE_INTERPOLATIONS)}, '
-                             f'got {self.interpolation!r}')
+            raise UserError(f'interpolation must be one of {", ".join(RESIZE_INTERPOLATIONS)}, '
+                            f'got {self.interpolation!r}')
 
     def to_json(self) -> str:
         """The contract as recorded in a checkpoint's metadata (timm's pretrained-cfg names)."""
@@ -83,21 +84,21 @@ class InputContract:
     @staticmethod
     def from_record(text: str) -> Dict[str, Any]:
         """The fields a checkpoint recorded, checked by building an InputContract from them.
-        Raises ValueError for a record that is not one (malformed JSON, wrong types or sizes)."""
+        Raises UserError for a record that is not one (malformed JSON, wrong types or sizes)."""
         try:
             doc = json.loads(text)
             size = doc.get('input_size')
             if size is not None and not (isinstance(size, list) and len(size) == 3):
-                raise ValueError(f'input_size must be [channels, height, width], got {size}')
+                raise UserError(f'input_size must be [channels, height, width], got {size}')
             out = {'mean': tuple(doc['mean']), 'std': tuple(doc['std']), 'in_chans': doc['in_chans'],
                    'interpolation': doc.get('interpolation', 'bicubic')}
             if size:
                 out['img_size'] = tuple(size[1:])
             if not isinstance(out['in_chans'], int) or isinstance(out['in_chans'], bool) or out['in_chans'] < 1:
-                raise ValueError(f'in_chans must be a positive whole number, got {out["in_chans"]!r}')
+                raise UserError(f'in_chans must be a positive whole number, got {out["in_chans"]!r}')
             InputContract(**out)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise ValueError(f'not a valid input record ({type(e).__name__}: {e})') from None
+            raise UserError(f'not a valid input record ({type(e).__name__}: {e})') from None
         return out
 
     def describe(self) -> str:
@@ -110,7 +111,7 @@ class TeacherInput(nn.Module):
     """Student batch (B, C_s, H_s, W_s), normalised for the student -> the teacher's input
     (B, C_t, H_t, W_t), fp32, normalised for the teacher. See the module docstring.
 
-    Raises ValueError at construction for what cannot be adapted: a 3-channel batch for a
+    Raises UserError at construction for what cannot be adapted: a 3-channel batch for a
     1-channel teacher, or channel counts other than 1 -> 3 and equal.
     """
 
@@ -118,17 +119,17 @@ class TeacherInput(nn.Module):
         super().__init__()
         cs, ct = student.in_chans, teacher.in_chans
         if cs != ct and not (cs == 1 and ct == 3):
-            raise ValueError(f'the student\'s batch has {cs} channel(s) and the teacher takes {ct}: only equal '
-                             f'counts and a 1-channel batch for an RGB teacher (repeated) can be adapted; train '
-                             f'the student on {ct}-channel images (in_chans={ct}) or use a teacher that takes {cs}')
+            raise UserError(f'the student\'s batch has {cs} channel(s) and the teacher takes {ct}: only equal '
+                            f'counts and a 1-channel batch for an RGB teacher (repeated) can be adapted; train '
+                            f'the student on {ct}-channel images (in_chans={ct}) or use a teacher that takes {cs}')
         self.student, self.teacher = student, teacher
         s_mean = torch.tensor(student.mean, dtype=torch.float64).repeat(ct // cs)
         s_std = torch.tensor(student.std, dtype=torch.float64).repeat(ct // cs)
         t_mean, t_std = torch.tensor(teacher.mean, dtype=torch.float64), torch.tensor(teacher.std, dtype=torch.float64)
         scale, shift = (s_std / t_std).float(), ((s_mean - t_mean) / t_std).float()
         if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
-            raise ValueError(f'the student\'s normalisation ({student.describe()}) cannot be mapped to the '
-                             f'teacher\'s ({teacher.describe()}) in fp32')
+            raise UserError(f'the student\'s normalisation ({student.describe()}) cannot be mapped to the '
+                            f'teacher\'s ({teacher.describe()}) in fp32')
         self.register_buffer('scale', scale.view(1, ct, 1, 1), persistent=False)
         self.register_buffer('shift', shift.view(1, ct, 1, 1), persistent=False)
         self.repeat = ct // cs

@@ -13,6 +13,7 @@ keeps the whole shards and continues from the first missing step.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -23,39 +24,45 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .builders import amp_dtype, build_teachers, refuse_labels_teacher_in_store, student_contract, teacher_line
 from .config import TrainConfig
 from .disk import WriteRefused, writing
 from .distributed import DistInfo, init_distributed, resolve_device
 from .engine import prepare_batch
-from .loaders import build_data, build_mixup, data_seed_of
+from .errors import UserError
+from .loaders import build_data, build_mixup, data_seed_of, fit_workers
 from .locks import lock_folder_on_main
+from .log import setup_logging
+from .methods import method_of
 from .store import SHARD_STEPS, StoreWriter, describe_outputs, outputs_spec, run_fingerprint
-from .train import (_amp_dtype, _fit_workers, build_teachers, refuse_labels_teacher_in_store, student_contract,
-                    teacher_line)
+from .task import run_teachers
 
 __all__ = ['teacher_pass']
+
+_logger = logging.getLogger(__name__)
 
 
 def teacher_pass(cfg: TrainConfig, output: str, shard_steps: Optional[int] = None) -> Dict[str, Any]:
     """Write the teacher outputs of every training step of `cfg` into the store `output` (or
     complete a store a killed pass left there); return a summary (images, seconds, img/s).
 
-    Raises ValueError (one line) for a recipe without teachers, for a recipe that itself reads a
+    Raises UserError (one line) for a recipe without teachers, for a recipe that itself reads a
     store, and for an `output` that holds something else (another store, other files)."""
-    if cfg.method == 'none' or not cfg.teachers:
-        raise ValueError('teacher-pass runs a recipe\'s teachers: give one with method kd, deit or std and teachers')
+    setup_logging()  # progress and warnings as the command line shows them (log.py)
+    if not method_of(cfg.method).needs_teachers or not cfg.teachers:
+        raise UserError('teacher-pass runs a recipe\'s teachers: give one with method kd, deit or std and teachers')
     if cfg.teacher_outputs:
-        raise ValueError('teacher-pass makes a store: remove teacher_outputs from the recipe (or set teacher_outputs='
-                         'null)')
+        raise UserError('teacher-pass makes a store: remove teacher_outputs from the recipe (or set teacher_outputs='
+                        'null)')
     refuse_labels_teacher_in_store(cfg, 'train such a recipe without a store (the labels cost nothing to read)')
     if not output:
-        raise ValueError('--output is empty: give a folder for the store')
+        raise UserError('--output is empty: give a folder for the store')
     shard_steps = SHARD_STEPS if shard_steps is None else shard_steps
     if shard_steps < 1:
-        raise ValueError('--shard-steps must be a positive number of steps')
+        raise UserError('--shard-steps must be a positive number of steps')
     info = init_distributed(cfg.device, cfg.dist_timeout)
     if os.path.exists(output) and not os.path.isdir(output):
-        raise ValueError(f'--output {output} is a file: give a folder for the store')
+        raise UserError(f'--output {output} is a file: give a folder for the store')
     claim = lock_folder_on_main(output, 'the teacher store', info)  # one live process writes a store
     existed = os.path.isdir(output)
     try:
@@ -75,7 +82,7 @@ def _pass(cfg: TrainConfig, output: str, shard_steps: int, info: DistInfo) -> Di
     """teacher_pass(), once the store folder is claimed."""
     device = resolve_device(cfg.device, info)
     student_input = student_contract(cfg)
-    data = build_data(_fit_workers(cfg, info), info, student_input.mean, student_input.std,
+    data = build_data(fit_workers(cfg, info), info, student_input.mean, student_input.std,
                       pin_memory=device.type == 'cuda')
     cfg = dataclasses.replace(cfg, batch_size=data.batch_size)  # as train lowers it on a small training set
     mixup = build_mixup(cfg, data.num_classes)
@@ -89,15 +96,15 @@ def _pass(cfg: TrainConfig, output: str, shard_steps: int, info: DistInfo) -> Di
     writer = StoreWriter(output, fingerprint, outputs, steps, info.rank, data.num_classes, about, shard_steps)
     if info.distributed:
         dist.barrier()  # store.json is written (by rank 0) before any process reports
-    amp_dtype, data_seed = _amp_dtype(cfg, device), data_seed_of(cfg)
+    autocast_dtype, data_seed = amp_dtype(cfg, device), data_seed_of(cfg)
     done = [writer.stored_steps(epoch) for epoch in range(cfg.epochs)]
     remaining = sum(steps - d for d in done) * cfg.batch_size
     if info.is_main:
-        print(f'teacher-pass: {len(teachers)} teacher(s), {cfg.epochs} epoch(s) of {steps} steps, '
-              f'{describe_outputs(outputs, data.num_classes)}, into {output}'
-              + (f' ({sum(done)} steps already stored)' if sum(done) else ''), flush=True)
+        _logger.info(f'teacher-pass: {len(teachers)} teacher(s), {cfg.epochs} epoch(s) of {steps} steps, '
+                     f'{describe_outputs(outputs, data.num_classes)}, into {output}'
+                     + (f' ({sum(done)} steps already stored)' if sum(done) else ''))
         if not remaining:
-            print(f'teacher-pass: {output} is complete: nothing to do', flush=True)
+            _logger.info(f'teacher-pass: {output} is complete: nothing to do')
     bar = tqdm(total=remaining * info.world_size, unit='img', unit_scale=True, dynamic_ncols=True,
                disable=not (cfg.progress and info.is_main), desc='teacher-pass')
     images, start = 0, time.perf_counter()
@@ -112,9 +119,9 @@ def _pass(cfg: TrainConfig, output: str, shard_steps: int, info: DistInfo) -> Di
             batch = prepare_batch(raw, device, mixup, data_seed, epoch, done[epoch] + i, info.rank)
             logits = []
             if batch.images is not None:
-                with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
-                                                            enabled=amp_dtype is not None):
-                    logits = [t(batch.images) for t in teachers]
+                with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                                            enabled=autocast_dtype is not None):
+                    logits = run_teachers(teachers, batch.images)
                 images += batch.images.shape[0]
             writer.add(batch.indices, logits)
             bar.update(cfg.batch_size * info.world_size)

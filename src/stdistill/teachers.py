@@ -11,7 +11,7 @@ interpolation), read from, in order: the teacher's entry in the config (`mean`, 
 `img_size`, `interpolation`), the contract a stdistill checkpoint records, and the model's
 timm pretrained cfg. `teacher.adapt_to(student_contract)` makes it turn the student's batch
 into that input (teacher_input.py) and checks at once, with one blank image, that the model
-takes it: what cannot be adapted is a ValueError naming the teacher and the key to set.
+takes it: what cannot be adapted is a UserError naming the teacher and the key to set.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
+from .errors import UserError, first_line, whole_message
 from .students import check_model_name
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
@@ -45,54 +46,43 @@ SCORE_KEY = 'stdistill.score'  # its validation top-1 (and its class head's), im
 EMA_FILE = 'model_ema.safetensors'  # a stdistill checkpoint's EMA weights, beside model.safetensors
 
 
-def _whole_message(e: BaseException, limit: int = 300) -> str:
-    """An error's whole message on one line, cut at `limit` characters: for errors whose first
-    line says nothing (torch's "Error(s) in loading state_dict for X:")."""
-    return ' '.join(str(e).split())[:limit]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def load_weights(path: str, use_ema: bool = False) -> dict:
     """A state dict from safetensors or a torch file, never unpickling arbitrary objects.
 
     Torch files load with weights_only=True; the wrappers of timm's and DeiT's train scripts
     ('state_dict' / 'model', or with use_ema 'state_dict_ema' / 'model_ema') and a DDP 'module.'
     prefix are unwrapped. use_ema=True reads a stdistill checkpoint's model_ema.safetensors
-    beside the given model.safetensors. Raises ValueError when use_ema finds no EMA weights
+    beside the given model.safetensors. Raises UserError when use_ema finds no EMA weights
     (timm would fall back to the raw ones in silence).
     """
     if use_ema and path.endswith('.safetensors') and os.path.basename(path) != EMA_FILE:
         beside = os.path.join(os.path.dirname(path), EMA_FILE)
         # only a stdistill checkpoint's model.safetensors has its EMA beside it, under that name
         if os.path.basename(path) != 'model.safetensors' or not os.path.isfile(beside):
-            raise ValueError(f'use_ema: {path} holds one set of weights and no {EMA_FILE} lies beside it (the run '
-                             f'had no model_ema): set use_ema: false')
+            raise UserError(f'use_ema: {path} holds one set of weights and no {EMA_FILE} lies beside it (the run '
+                            f'had no model_ema): set use_ema: false')
         path = beside
     if not os.path.isfile(path):
-        raise ValueError(f'checkpoint not found: {path}')
+        raise UserError(f'checkpoint not found: {path}')
     try:
         if path.endswith('.safetensors'):
             return load_file(path)
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, foreign format: one clear line
-        raise ValueError(f'cannot load checkpoint {path} ({type(e).__name__}: {_first_line(e)}): give a safetensors '
-                         f'file or a torch weights file') from None
+        raise UserError(f'cannot load checkpoint {path} ({type(e).__name__}: {first_line(e)}): give a safetensors '
+                        f'file or a torch weights file') from None
     if not isinstance(checkpoint, dict):
-        raise ValueError(f'cannot load checkpoint {path}: it holds a {type(checkpoint).__name__}, not a state dict')
+        raise UserError(f'cannot load checkpoint {path}: it holds a {type(checkpoint).__name__}, not a state dict')
     keys = ('state_dict_ema', 'model_ema') if use_ema else ('state_dict', 'model')
     key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
     if use_ema and key is None:
-        raise ValueError(f'use_ema: {path} holds no EMA weights (no state_dict_ema or model_ema): set use_ema: false')
+        raise UserError(f'use_ema: {path} holds no EMA weights (no state_dict_ema or model_ema): set use_ema: false')
     return clean_state_dict(checkpoint[key] if key else checkpoint)
 
 
 def _recorded_json(path: str, key: str, what: str) -> Any:
     """The JSON value a stdistill checkpoint records under `key` in its safetensors header; None for
-    a file that records none (or is not a safetensors file). A damaged record is a ValueError naming `what`."""
+    a file that records none (or is not a safetensors file). A damaged record is a UserError naming `what`."""
     if not path.endswith('.safetensors') or not os.path.isfile(path):
         return None
     try:
@@ -100,14 +90,14 @@ def _recorded_json(path: str, key: str, what: str) -> Any:
             text = (f.metadata() or {}).get(key)
         return json.loads(text) if text else None
     except Exception as e:  # a damaged record
-        raise ValueError(f'cannot read the {what} recorded in {path}: {_first_line(e)}') from None
+        raise UserError(f'cannot read the {what} recorded in {path}: {first_line(e)}') from None
 
 
 def recorded_classes(path: str) -> Optional[List[str]]:
     """The class names (in index order) a stdistill checkpoint records; None when it records none."""
     names = _recorded_json(path, CLASSES_KEY, 'class names')
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise ValueError(f'the class names recorded in {path} are damaged (not a list of names)')
+        raise UserError(f'the class names recorded in {path} are damaged (not a list of names)')
     return names
 
 
@@ -118,7 +108,7 @@ def recorded_score(path: str) -> Optional[Dict[str, float]]:
     try:
         return None if score is None else {k: float(score[k]) for k in ('top1', 'top1_cls', 'images', 'chance_top1')}
     except (TypeError, KeyError, ValueError) as e:
-        raise ValueError(f'cannot read the validation score recorded in {path}: {_first_line(e)}') from None
+        raise UserError(f'cannot read the validation score recorded in {path}: {first_line(e)}') from None
 
 
 def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:
@@ -131,8 +121,8 @@ def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:
     wrong = next((k for k, kind in _RECORD_TYPES.items() if not isinstance(arch.get(k), kind)), None) \
         if isinstance(arch, dict) else 'the record'
     if wrong:
-        raise ValueError(f'the architecture recorded in {path} is damaged ({wrong} is missing or of the wrong '
-                         f'type): use the checkpoint as its run wrote it')
+        raise UserError(f'the architecture recorded in {path} is damaged ({wrong} is missing or of the wrong '
+                        f'type): use the checkpoint as its run wrote it')
     return arch
 
 
@@ -144,22 +134,22 @@ def _recorded_kwargs(checkpoint: str, model_name: str, kwargs: Dict[str, Any]) -
     if arch is None:
         return kwargs
     if arch['model'] != model_name.split('.')[0]:
-        raise ValueError(f'checkpoint {checkpoint} holds a {arch["model"]}, not a {model_name}: set the teacher\'s '
-                         f'model to {arch["model"]}')
+        raise UserError(f'checkpoint {checkpoint} holds a {arch["model"]}, not a {model_name}: set the teacher\'s '
+                        f'model to {arch["model"]}')
     recorded = arch['model_kwargs']
     for key in sorted(set(recorded) | set(kwargs)):
         if key in TRAINING_ONLY_KWARGS or key not in kwargs or kwargs[key] == recorded.get(key):
             continue
         trained = f'with model_kwargs.{key}={recorded[key]!r}' if key in recorded else f'without model_kwargs.{key}'
-        raise ValueError(f'checkpoint {checkpoint} was trained {trained}, and the teacher entry gives '
-                         f'kwargs.{key}={kwargs[key]!r}: remove it (a teacher is built as it was trained)')
+        raise UserError(f'checkpoint {checkpoint} was trained {trained}, and the teacher entry gives '
+                        f'kwargs.{key}={kwargs[key]!r}: remove it (a teacher is built as it was trained)')
     return {**recorded, **kwargs}
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:
     if teacher_classes != student_classes:
-        raise ValueError(f'teacher {teacher_name} predicts {teacher_classes} classes but the student has '
-                         f'{student_classes}; use a teacher trained on the same label set')
+        raise UserError(f'teacher {teacher_name} predicts {teacher_classes} classes but the student has '
+                        f'{student_classes}; use a teacher trained on the same label set')
 
 
 def recorded_contract(path: str) -> Dict[str, Any]:
@@ -172,7 +162,7 @@ def recorded_contract(path: str) -> Dict[str, Any]:
             text = (f.metadata() or {}).get(RECORD_KEY)
         return InputContract.from_record(text) if text else {}
     except Exception as e:  # a damaged record: the weights loader names the file too
-        raise ValueError(f'cannot read the input contract recorded in {path}: {_first_line(e)}') from None
+        raise UserError(f'cannot read the input contract recorded in {path}: {first_line(e)}') from None
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -203,7 +193,7 @@ def model_contract(model: nn.Module, recorded: Optional[Dict[str, Any]] = None,
     over `recorded` (a stdistill checkpoint's) over its timm pretrained cfg. A size is kept when
     the model needs a fixed one, when the checkpoint records the size it was trained at (a CNN
     trained on 32x32 images does not predict well on 64x64 ones), or when an override gives it;
-    otherwise (timm's cfg alone) the student's size is used. Raises ValueError when the mean and
+    otherwise (timm's cfg alone) the student's size is used. Raises UserError when the mean and
     std do not have one value per input channel."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     fields = {'mean': tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN)), 'std': tuple(cfg.get('std', IMAGENET_DEFAULT_STD)),
@@ -236,12 +226,12 @@ class FrozenTeacher(nn.Module):
     def adapt_to(self, student: InputContract, label: str = 'teacher') -> 'FrozenTeacher':
         """Take batches of the student's contract from now on; check once, with a blank image on
         the teacher's device, that the model takes the adapted input. `label` names the teacher
-        in errors (e.g. 'teachers.0'). Raises ValueError naming the config key to set."""
+        in errors (e.g. 'teachers.0'). Raises UserError naming the config key to set."""
         key = f'{label} ({self.name})'
         try:
             adapter = TeacherInput(student, self.contract)
-        except ValueError as e:
-            raise ValueError(f'{key}: {e}') from None
+        except UserError as e:
+            raise UserError(f'{key}: {e}') from None
         device = next(self.model.parameters(), torch.empty(0)).device
         self.input = adapter.to(device)
         size = tuple(student.img_size) if student.img_size else (224, 224)
@@ -250,11 +240,11 @@ class FrozenTeacher(nn.Module):
         try:
             out = self(probe)
         except Exception as e:  # the model's own check (a ViT at another size, a Swin window...)
-            raise ValueError(f'{key} cannot take {shape} inputs ({_first_line(e)}): set {label}.img_size to '
-                             f'the size it was trained at') from None
+            raise UserError(f'{key} cannot take {shape} inputs ({first_line(e)}): set {label}.img_size to '
+                            f'the size it was trained at') from None
         if tuple(out.shape) != (1, self.num_classes):
-            raise ValueError(f'{key} returns {tuple(out.shape)} for one {shape} image, not (1, {self.num_classes}) '
-                             f'class logits: use a classifier')
+            raise UserError(f'{key} returns {tuple(out.shape)} for one {shape} image, not (1, {self.num_classes}) '
+                            f'class logits: use a classifier')
         return self
 
     @torch.no_grad()
@@ -281,7 +271,7 @@ def _cfg_value(model_name: str, key: str, default: Any) -> Any:
 
 
 def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', **kwargs: Any) -> nn.Module:
-    """timm.create_model, with pretrained weights failing in one line (ValueError) instead of a
+    """timm.create_model, with pretrained weights failing in one line (UserError) instead of a
     hub or state-dict traceback. A local file given as `pretrained_cfg_overlay=dict(file=...)`
     (what a hub download ends in) must exist, and its class count is read from its classifier
     when the overlay does not give it, so that timm keeps the file's head instead of dropping
@@ -291,7 +281,7 @@ def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', 
     if pretrained and isinstance(overlay, dict) and overlay.get('file'):
         path = str(overlay['file'])
         if not os.path.isfile(path):
-            raise ValueError(f'pretrained_cfg_overlay file not found for {role} {model_name}: {path}')
+            raise UserError(f'pretrained_cfg_overlay file not found for {role} {model_name}: {path}')
         if 'num_classes' not in overlay:
             head = load_weights(path).get(f'{_cfg_value(model_name, "classifier", "head")}.weight')
             if head is not None:
@@ -304,9 +294,9 @@ def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', 
         if not pretrained:
             raise
         local = 'a checkpoint, or ' if role == 'teacher' else ''
-        raise ValueError(f'cannot load pretrained weights for {role} {model_name} ({_whole_message(e)}); give '
-                         f'{local}a local file with pretrained_cfg_overlay: {{file: ...}}, or set pretrained: '
-                         f'false') from None
+        raise UserError(f'cannot load pretrained weights for {role} {model_name} ({whole_message(e)}); give '
+                        f'{local}a local file with pretrained_cfg_overlay: {{file: ...}}, or set pretrained: '
+                        f'false') from None
 
 
 def _backbone_of_std_student(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -347,7 +337,7 @@ def create_teacher(
     would mean nothing to the student. `input_overrides` (mean, std, img_size, interpolation)
     override the teacher's input contract (see `model_contract`); `use_ema` takes the
     checkpoint's EMA weights (see `load_weights`); `kwargs` go to timm.create_model. Raises
-    ValueError for all of these, in one line.
+    UserError for all of these, in one line.
     """
     check_model_name(model_name)
     state, recorded = None, {}
@@ -365,8 +355,8 @@ def create_teacher(
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise ValueError(f'checkpoint {checkpoint} does not fit teacher {model_name}: '
-                             f'{_whole_message(e)}') from None
+            raise UserError(f'checkpoint {checkpoint} does not fit teacher {model_name}: '
+                            f'{whole_message(e)}') from None
     elif pretrained:
         model = create_with_weights(model_name, True, 'teacher', **kwargs)
     else:  # random weights (tests, smoke runs): sized for the student's classes
@@ -377,14 +367,14 @@ def create_teacher(
         check_num_classes(model.num_classes, num_classes, model_name)
     given = {k for k, v in (input_overrides or {}).items() if v is not None}
     if len(given & {'mean', 'std'}) == 1:
-        raise ValueError(f'teacher {model_name}: give both mean and std of its input, or neither')
+        raise UserError(f'teacher {model_name}: give both mean and std of its input, or neither')
     try:
         contract = model_contract(model, recorded, input_overrides)
     except (ValueError, TypeError) as e:
         if given & {'mean', 'std'}:  # the user's own values: say so, and what they must be
-            raise ValueError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the mean and std given in '
-                             f'its config entry do not fit ({e}): give {_in_chans(model)} values each') from None
+            raise UserError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the mean and std given in '
+                            f'its config entry do not fit ({e}): give {_in_chans(model)} values each') from None
         source = 'recorded in its checkpoint' if recorded else 'of its timm cfg'
-        raise ValueError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the input {source} does not fit '
-                         f'({e}): set its mean, std and interpolation in its config entry') from None
+        raise UserError(f'teacher {model_name} takes {_in_chans(model)} channel(s); the input {source} does not fit '
+                        f'({e}): set its mean, std and interpolation in its config entry') from None
     return FrozenTeacher(model, model_name, contract)

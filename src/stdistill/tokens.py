@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
 from .backbones import TokenDims
+from .errors import UserError
 
 __all__ = ['SpatialTokenLayer', 'ChannelTokenLayer', 'TokenPair', 'TokenPairOutput', 'TOKEN_KINDS']
 
@@ -73,9 +74,9 @@ class TokenPair(nn.Module):
     def __init__(self, dims: TokenDims, num_classes: int, depth: int = 1, tokens: str = 'both') -> None:
         super().__init__()
         if tokens not in TOKEN_KINDS:
-            raise ValueError(f'tokens must be one of {TOKEN_KINDS}, got {tokens!r}')
+            raise UserError(f'tokens must be one of {TOKEN_KINDS}, got {tokens!r}')
         if depth < 1:
-            raise ValueError(f'token depth must be >= 1, got {depth}')
+            raise UserError(f'token depth must be >= 1, got {depth}')
         self.dims, self.tokens = dims, tokens
         P, N = dims.num_positions, dims.num_channels
         head_in = 0
