@@ -8,6 +8,11 @@ from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock
 
 import stdistill  # noqa: F401  (registers the models)
 from stdistill import STDStudent
+from stdistill.log import setup_logging
+
+# tests that call train() in this process read what the command line prints (pytest's own root
+# handlers would otherwise take the records: a program's logging configuration is left alone)
+setup_logging(force=True)
 
 # Tiny backbones of each student family: the same block types as the paper's models, a few
 # thousand parameters, so every test runs in well under a second. (timm's registered mixer

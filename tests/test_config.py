@@ -41,6 +41,10 @@ def test_saved_config_reloads_to_the_same(tmp_path):
     ('teachers:\n  - token_position: 1\n', [], 'teachers.0 must be a mapping with at least a model name'),
     ('- 1\n- 2\n', [], 'must be a YAML mapping'),
     ('', ['epochs'], "override 'epochs' must be key=value"),
+    ('', ['scale=[0.5]'], 'config key scale must be two area fractions [min, max] with 0 < min <= max <= 1'),
+    ('', ['scale=[1.0,0.5]'], 'config key scale must be two area fractions'),
+    ('', ['ratio=[1]'], 'config key ratio must be two aspect ratios [min, max]'),
+    ('', ['ratio=[0,1]'], 'config key ratio must be two aspect ratios'),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, overrides, message):
     with pytest.raises(ValueError) as info:

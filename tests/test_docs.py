@@ -72,3 +72,39 @@ def test_mkdocs_build_strict(tmp_path):
     assert '<!-- config-reference -->' not in page
     for key in ('teacher_outputs', 'data_seed', 'inference_head'):  # keys of config_help(), rendered
         assert key in page, key
+
+
+LAYERS = {  # docs/python-api.md, "What is in the package"
+    1: 'errors log hints methods config schedule accuracy disk locks distributed data images folders augment',
+    2: 'backbones cyclemlp tokens students deit mine',
+    3: 'teacher_input teachers losses task architecture checkpoint profiling catalog',
+    4: 'loaders builders engine store monitor train teacher_pass',
+    5: 'evaluation export predict quickstart cli __main__',
+}
+
+
+def test_modules_import_only_their_layer_or_below():
+    """Every module is in a layer of the API page, and imports (at any depth of its code) only
+    modules of its own layer or below, never another module's private names."""
+    import ast
+    layer = {name: k for k, names in LAYERS.items() for name in names.split()}
+    folder = os.path.join(ROOT, 'src', 'stdistill')
+    modules = {name[:-3] for name in os.listdir(folder) if name.endswith('.py') and name != '__init__.py'}
+    assert modules == set(layer), 'LAYERS and the package differ'
+    with open(os.path.join(DOCS, 'python-api.md')) as f:
+        page = f.read()
+    for k, names in LAYERS.items():
+        assert all(f'`{n}`' in page for n in names.split() if n != '__main__'), k
+    upward, private = [], []
+    for name in sorted(modules):
+        with open(os.path.join(folder, f'{name}.py')) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                for target in targets:
+                    if target in layer and layer[target] > layer[name]:
+                        upward.append(f'{name} (layer {layer[name]}) imports {target} (layer {layer[target]})')
+                if node.module:
+                    private += [f'{name} imports {node.module}.{a.name}' for a in node.names if a.name.startswith('_')]
+    assert not upward and not private, upward + private

@@ -78,3 +78,34 @@ def test_bad_input_in_a_step_is_one_line(tmp_path, capsys):
 def test_user_error_is_a_value_error():
     """Python callers who catch ValueError around stdistill keep catching bad input."""
     assert issubclass(UserError, ValueError)
+
+
+def test_an_interrupted_run_prints_the_command_that_continues_it(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a run: one line with the resume command, which, run as printed, finishes
+    the run from its last finished epoch."""
+    import re
+    import shlex
+
+    import stdistill.train as train_module
+
+    calls = []
+    original = train_module.train_one_epoch
+
+    def interrupted_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, 'train_one_epoch', interrupted_in_the_second_epoch)
+    run = tmp_path / 'run'
+    assert main(['train', *TINY, f'output={run}']) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('stdistill: interrupted; continue from its last finished epoch with `')
+    printed = re.search(r'`([^`]+)`', err[0]).group(1)
+    monkeypatch.setattr(train_module, 'train_one_epoch', original)
+    assert shlex.split(printed)[:3] == ['stdistill', 'train', '--resume']
+    done = subprocess.run(printed, shell=True, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))  # as printed, in a shell
+    assert done.returncode == 0, done.stderr
+    assert len((run / 'log.jsonl').read_text().splitlines()) == 2

@@ -1,26 +1,37 @@
 """Progress and warnings go through logging (log.py): the command line's output as before,
-rank 0 alone under torchrun, and a program's own handler respected."""
+rank 0 alone under torchrun, and a program's own logging configuration respected."""
 import logging
 
 import pytest
 
+from stdistill.config import load_config
 from stdistill.log import ALL_RANKS, setup_logging
+from stdistill.train import train
+from test_train import TINY
 
 
 @pytest.fixture
-def fresh_logger():
-    """The 'stdistill' logger without handlers (as in a new process), restored afterwards."""
+def unconfigured(monkeypatch):
+    """Logging as a new Python process has it: no handler on 'stdistill' (the tests' console
+    handler set aside); restored afterwards. The tests set the root's handlers aside themselves
+    (no_root_handlers): pytest adds its own to the root logger after the fixtures."""
     logger = logging.getLogger('stdistill')
-    saved = logger.handlers[:], logger.level, logger.propagate
-    logger.handlers = []
-    yield logger
-    logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    monkeypatch.setattr(logger, 'handlers', [])
+    monkeypatch.setattr(logger, 'level', logging.NOTSET)
+    monkeypatch.setattr(logger, 'propagate', True)
+    return logger
 
 
-def test_console_output_as_printed(fresh_logger, capsys, monkeypatch):
+def no_root_handlers(monkeypatch, *handlers):
+    monkeypatch.setattr(logging.getLogger(), 'handlers', list(handlers))
+
+
+def test_console_output_as_printed(unconfigured, capsys, monkeypatch):
+    no_root_handlers(monkeypatch)
     monkeypatch.delenv('RANK', raising=False)
     setup_logging()
     setup_logging()  # once: a second call adds no second handler (no line written twice)
+    assert len(unconfigured.handlers) == 1
     logging.getLogger('stdistill.train').info('epoch 1/2: loss 0.5')
     logging.getLogger('stdistill.loaders').warning('skipping unreadable image a.png (truncated)')
     out, err = capsys.readouterr()
@@ -28,7 +39,8 @@ def test_console_output_as_printed(fresh_logger, capsys, monkeypatch):
     assert err == 'stdistill: warning: skipping unreadable image a.png (truncated)\n'
 
 
-def test_rank_zero_alone(fresh_logger, capsys, monkeypatch):
+def test_rank_zero_alone(unconfigured, capsys, monkeypatch):
+    no_root_handlers(monkeypatch)
     monkeypatch.setenv('RANK', '1')
     setup_logging()
     logger = logging.getLogger('stdistill.train')
@@ -40,16 +52,45 @@ def test_rank_zero_alone(fresh_logger, capsys, monkeypatch):
     assert err == 'stdistill: warning: an image of this rank\'s shard\n'
 
 
-def test_own_handler_left_alone(fresh_logger, capsys):
-    records = []
+class Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
 
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
-    fresh_logger.addHandler(Keep())
-    fresh_logger.setLevel(logging.INFO)
+
+def test_a_programs_root_logging_gets_the_records(unconfigured, capsys, tmp_path, monkeypatch):
+    """As timm's train.py configures logging (setup_default_logging: a root handler at INFO):
+    a run's lines reach it, once, and stdistill prints nothing of its own."""
+    root = Keep()
+    no_root_handlers(monkeypatch, root)
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        train(load_config(None, [*TINY, 'epochs=1', f'output={tmp_path / "run"}']))
+    finally:
+        logging.getLogger().setLevel(logging.WARNING)
+    epochs = [m for m in root.messages if m.startswith('epoch 1/1: ')]
+    assert len(epochs) == 1
+    assert unconfigured.handlers == []  # no console handler added beside the program's
+    assert 'epoch 1/1' not in capsys.readouterr().out
+
+
+def test_own_handler_on_the_stdistill_logger(unconfigured, capsys, monkeypatch):
+    no_root_handlers(monkeypatch)
+    mine = Keep()
+    unconfigured.addHandler(mine)
+    unconfigured.setLevel(logging.INFO)
     setup_logging()
     logging.getLogger('stdistill.train').info('epoch 1/2: loss 0.5')
-    assert records == ['epoch 1/2: loss 0.5']
+    assert mine.messages == ['epoch 1/2: loss 0.5']
     assert capsys.readouterr().out == ''
+
+
+def test_the_command_line_installs_its_console_anyway(unconfigured, capsys, monkeypatch):
+    no_root_handlers(monkeypatch, Keep())  # e.g. a root handler the environment set up
+    setup_logging(force=True)
+    logging.getLogger('stdistill.cli').info('done: 1/1 epochs')
+    assert capsys.readouterr().out == 'done: 1/1 epochs\n'
+    assert logging.getLogger().handlers[0].messages == []  # not printed twice

@@ -70,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError('--stop-after must be a positive number of epochs')
+    args.run_folder = cfg.output  # for the resume command an interrupt prints
     summary = train(cfg, resume=bool(args.resume), stop_after=args.stop_after)
     if summary['final'] is not None and int(os.environ.get('RANK', 0)) == 0:  # once, not once a process
         best = summary['best']
@@ -328,7 +329,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    setup_logging()
+    setup_logging(force=True)  # the command line's own output, whatever the environment configured
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after an option (train ... --stop-after 1 epochs=5)
@@ -346,8 +347,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'stdistill: error: {_one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = ('; whole shards are kept: run the same command again to continue'
-                 if args.command == 'teacher-pass' else '')
+        again = ''
+        if args.command == 'teacher-pass':
+            again = '; whole shards are kept: run the same command again to continue'
+        run = getattr(args, 'run_folder', None)
+        if args.command == 'train' and run and any(os.path.isdir(os.path.join(run, d)) for d in ('last', 'previous')):
+            again = f'; continue from its last finished epoch with {command("stdistill", "train", *option("--resume", run))}'
         print(f'stdistill: interrupted{again}', file=sys.stderr)
         return 130
 

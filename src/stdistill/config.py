@@ -230,6 +230,13 @@ def _check_ranges(cfg: 'TrainConfig') -> None:
         raise UserError(problem)
     if cfg.in_chans not in (1, 3):
         raise UserError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
+    # random-resized-crop ranges: (min, max), as timm's transform reads them
+    for name, what, top in (('scale', 'area fractions', 1.0), ('ratio', 'aspect ratios', None)):
+        low_high = getattr(cfg, name)
+        if (len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]
+                or (top is not None and low_high[1] > top)):
+            bound = f'0 < min <= max <= {top:g}' if top is not None else '0 < min <= max'
+            raise UserError(f'config key {name} must be two {what} [min, max] with {bound}, got {low_high}')
 
 
 def schedule_problem(cfg: 'TrainConfig', lr: float) -> Optional[str]:
@@ -401,7 +408,10 @@ def parse_override(text: str) -> tuple:
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- key=value overrides, checked."""
+    """Defaults <- YAML file <- key=value overrides (a list of 'key=value' strings), checked.
+    Raises UserError naming the key or file to fix."""
+    if isinstance(overrides, str):  # load_config(None, 'epochs=1') would read 'e', 'p', ...
+        raise UserError(f'overrides must be a list of key=value strings, e.g. [{overrides!r}], got a string')
     values: Dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):

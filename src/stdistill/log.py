@@ -1,14 +1,18 @@
 """Progress, results and warnings through `logging`, as timm's train.py reports them.
 
-Modules log to `logging.getLogger(__name__)` (children of the 'stdistill' logger). The
-console handler that `setup_logging` installs keeps the command line's output as it was:
-info lines on stdout as they are, warnings on stderr as 'stdistill: warning: ...', each
-written through tqdm so that a progress bar is not torn. Under torchrun only rank 0 writes
-(environment RANK), except records logged with `extra=ALL_RANKS` (what one process alone sees,
-such as an unreadable image of its own shard).
+Modules log to `logging.getLogger(__name__)`, children of the 'stdistill' logger.
 
-A program that wants its own handling adds a handler to `logging.getLogger('stdistill')`
-before calling stdistill: `setup_logging` then leaves the logger alone.
+- The command line installs a console handler that keeps its output as it was: info lines on
+  stdout, warnings on stderr as 'stdistill: warning: ...', each written through tqdm so that a
+  progress bar is not torn. Under torchrun only rank 0 writes (environment RANK), except
+  records logged with `extra=ALL_RANKS` (what one process alone sees, such as an unreadable
+  image of its own shard).
+- From Python, `train()`, `teacher_pass()` and `run_quickstart()` install the same handler only
+  when logging is not configured at all (no handler on the 'stdistill' logger or the root
+  logger). A program that configured logging first (`logging.basicConfig(level=logging.INFO)`,
+  timm's `setup_default_logging()`, or a handler of its own on `logging.getLogger('stdistill')`,
+  with `setLevel(logging.INFO)` for the progress lines) gets every record through its own
+  configuration, from every rank.
 """
 from __future__ import annotations
 
@@ -49,15 +53,19 @@ class _Console(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(level: int = logging.INFO) -> logging.Logger:
-    """Install the console handler on the 'stdistill' logger, once; a logger that already has a
-    handler (the program's own, or this one) is left as it is. Returns the logger."""
+def setup_logging(level: int = logging.INFO, force: bool = False) -> logging.Logger:
+    """Install the console handler on the 'stdistill' logger, once. force=True (the command
+    line): whatever else is configured, and the records then stay off the root logger (no line
+    twice). Otherwise only when logging is not configured at all: a program's own configuration
+    (a root handler, or a handler on the 'stdistill' logger) is left as it is. Returns the logger."""
     logger = logging.getLogger('stdistill')
-    if not logger.handlers:
+    if any(isinstance(h, _Console) for h in logger.handlers):
+        return logger
+    if force or not (logger.handlers or logging.getLogger().handlers):
         handler = _Console()
         handler.setFormatter(logging.Formatter('%(message)s'))
         handler.addFilter(_RankZero())
         logger.addHandler(handler)
         logger.setLevel(level)
-        logger.propagate = False  # a root handler (logging.basicConfig) would print every line twice
+        logger.propagate = False
     return logger

@@ -41,7 +41,6 @@ from .distributed import DistInfo, gather_objects, init_distributed, resolve_dev
 from .disk import WriteRefused, write_atomic, writing
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .errors import UserError, first_line
-from .evaluation import evaluate_checkpoint
 from .folders import read_class_map, write_class_map
 from .hints import command, option
 from .loaders import build_data, build_mixup, check_batch_size, data_seed_of, fit_workers
@@ -55,7 +54,7 @@ from .teacher_input import RECORD_KEY
 from .teachers import ARCHITECTURE_KEY, CLASSES_KEY, SCORE_KEY
 
 # the builders lived here before builders.py: these names stay importable from stdistill.train
-__all__ = ['train', 'evaluate_checkpoint', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
+__all__ = ['train', 'build_student', 'build_teachers', 'build_objective', 'resolve_norm',
            'teacher_line', 'refuse_labels_teacher_in_store',
            'student_contract', 'with_absolute_paths', 'load_student_checkpoint']
 
