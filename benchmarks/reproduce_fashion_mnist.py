@@ -1,142 +1,183 @@
-"""The paper's comparisons at small scale: one MLP-Mixer student on Fashion-MNIST, a CNN and a ViT teacher.
+"""Does the teacher matter where the STD paper says it does? A small-scale study on Fashion-MNIST.
 
-    python benchmarks/reproduce_fashion_mnist.py                      # --budget short (about 1.5 h on 2 cores)
-    python benchmarks/reproduce_fashion_mnist.py --budget long        # all 60k images, 10 epochs (hours on a CPU)
-    python benchmarks/reproduce_fashion_mnist.py --rows none labels_std std_both --seeds 0
+    python benchmarks/reproduce_fashion_mnist.py --teachers-only     # the teachers (once; committed)
+    python benchmarks/reproduce_fashion_mnist.py --regimes light --commit    # one regime's runs
+    python benchmarks/reproduce_fashion_mnist.py --report            # every table, from the records
 
-Two teachers of different families, timm `resnet10t` (a CNN) and a timm ViT (`vit_tiny_patch16_224`
-with patch 4, width 96, 6 blocks), both with one input channel, are trained once on the teacher
-recipe (`recipes/fashion_mnist/teacher.yaml`, all 60k images) and cached under OUTPUT/teachers;
-both budgets use them. The one with the higher test top-1 is "the stronger teacher", whose
-pair the one-teacher rows use. Each row below is then trained from scratch with seeds 0, 1, 2
-(a seed sets the initialisation, the data order and, in the short budget, the training subset:
-the same for every row) on the student recipe `recipes/fashion_mnist/std.yaml` (`mixer_t4_28`),
-and evaluated on all 10,000 test images after its last epoch; nothing is selected on the test set.
+One MLP-Mixer student (`mixer_t4_28`) in two training regimes:
+- light: `recipes/fashion_mnist/std.yaml`: crops, flips, label smoothing;
+- deit: `recipes/fashion_mnist/std_deit.yaml`: DeiT's augmentation (RandAugment, mixup 0.8,
+  CutMix 1.0, label smoothing 0.1, random erasing 0.25), the regime the paper trains in.
+Every run: 12,000 images for 4 epochs (the data axis also 3,000 x 16 and 48,000 x 1: the same
+375 updates), cosine from the recipe's lr without warm-up, scored on all 10,000 test images
+after every epoch; nothing is selected on the test set (the last epoch is the result).
 
-Budgets (`--budget`):
-- short: one epoch over 12,000 images, cosine from the recipe's lr without warm-up; every row.
-- long: all 60,000 images, LONG_EPOCHS epochs (`--long-epochs`), for LONG_ROWS. The script
-  checks that the plain student's top-1 changed by less than SETTLED points between its last two
-  epochs, and says so (or which --long-epochs to try) with the table.
+The teachers are trained once on `recipes/fashion_mnist/teacher.yaml` (all 60,000 images) and
+kept in the repository beside the records (RESULTS/teachers): `cnn` (the strong teacher) and
+`cnn_epoch1` (the same run after its first epoch). `random` is the same network with random
+weights (seeded), `shuffled` the strong teacher's outputs handed to other images of the same
+batch (a derangement: right marginals, wrong images), `labels` the ground truth as a teacher.
 
-Controls. `teachers: [{model: labels}]` is the ground truth as a teacher (losses.LabelsTeacher):
-the labels_* rows train the same heads and tokens on the true labels, so what a real teacher
-adds beyond them is the teacher's knowledge, not the read-out. The `_cls` rows evaluate a token
-student with its class head alone (the backbone's own classifier), `_dist` with its
-distillation heads alone.
+Plans (`--plans`, default all):
+- main: rows ROWS x regimes x seeds (12,000 x 4);
+- ladder: STD both from each rung of LADDER, deit regime;
+- data: DATA_ROWS x DATA_SIZES in DATA_REGIME.
 
-The teachers run once per budget, teacher set and seed (`stdistill teacher-pass`, store.py):
-one store for the stronger teacher (top-10 soft at tau 1, exact for 10 classes: it serves the
-soft KD row and every hard row), one for the two teachers (hard), under OUTPUT/BUDGET/stores;
-each distilled row trains from its store (`teacher_outputs`), which replays the online run
-(bitwise for hard distillation); the labels rows need none. `--online` runs the teachers in
-every step instead.
+Each finished run writes a small record, RESULTS/runs/REGIME/SIZE/ROW/seedS.json: its config
+and the digest of it (teacher weights by their SHA-256), the teachers' digests and top-1, the
+test top-1 of every head after every epoch, and minutes. A run whose record exists is not run
+again; a record whose digest differs from its row's config today is refused in one line
+(`--rerun-changed` runs it again). `--commit` commits each record (and nothing else) as it
+lands, so that a study stopped midway loses at most the runs in flight. The teacher-output
+stores of each regime are measured before any student trains: how often the teacher's top-1
+differs from the label of a training view (under mixup/CutMix the larger part of the mixed
+label), and the mean KL(label || teacher) (RESULTS/disagreement/).
 
-Runs are kept: a finished run (OUTPUT/BUDGET/rows/ROW/seedS/summary.json, checked against its
-config) is reused, an interrupted one resumes from its last epoch (`stdistill train --resume`),
-and an interrupted teacher pass from its last whole shard. So the long budget can be stopped
-and started again. Each call prints the total time of the budget's runs (their epochs, from
-their logs) and passes, and writes OUTPUT/BUDGET/results.json and OUTPUT/BUDGET/table.md, and
-OUTPUT/bars.png with every budget that has results (axis from 0).
+`--report` trains nothing and reads only RESULTS: on a fresh clone it prints every table of
+RESULTS.md and draws RESULTS/chart.png. Run folders and stores go under --output (not kept).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import glob
+import hashlib
 import json
 import os
+import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import yaml
 
-from stdistill.config import config_from_dict
-from stdistill.quickstart import RECIPES, _clear_run
+from stdistill.checkpoint import file_sha256
+from stdistill.config import config_from_dict, load_config
+from stdistill.errors import UserError
+from stdistill.quickstart import RECIPES, clear_run
 
-LONG_EPOCHS = 10  # 5 did not settle the plain student (+0.73 points over its last two epochs on seed 1)
-SETTLED = 0.3  # points: the long budget's plain student must change by less between its last two epochs
-BUDGETS = {  # training images per epoch (0: all 60k), epochs; test images (0: all 10k)
-    'short': dict(train_samples=12000, epochs=1, warmup_epochs=0),
-    'long': dict(train_samples=0, epochs=LONG_EPOCHS, warmup_epochs=0),
-    'smoke': dict(train_samples=256, epochs=1, val_samples=500),  # the test's: checks the plumbing
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'fashion_mnist')
+REGIMES = {'light': 'recipes/fashion_mnist/std.yaml', 'deit': 'recipes/fashion_mnist/std_deit.yaml'}
+SIZES = {  # training images per epoch, epochs: the same 375 updates at batch 128
+    '12k': dict(train_samples=12000, epochs=4),
+    '3k': dict(train_samples=3000, epochs=16),
+    '48k': dict(train_samples=48000, epochs=1),
 }
-LONG_ROWS = ('none', 'std_both', 'labels_std', 'kd', 'deit', 'std_both_mine', 'two_weak_mid')
-# name -> (label, timm model, model_kwargs, epochs on all 60k images)
-TEACHERS = {
-    'resnet10t': ('ResNet-10-T', 'resnet10t', {}, 5),
-    'vit_t4': ('ViT-T/4', 'vit_tiny_patch16_224', dict(patch_size=4, embed_dim=96, depth=6, num_heads=3), 3),
-}
-SMOKE_TEACHER = dict(train_samples=256, epochs=1, val_samples=500)
-MID_BLOCK = 2  # of mixer_t4_28's six blocks: the intermediate attachment point (after the third)
+SMOKE = dict(train_samples=256, epochs=2, val_samples=500)  # --smoke: every size (the tests')
+SMOKE_TEACHER = dict(train_samples=512, epochs=2, val_samples=500)
+# the strong teacher: label, timm model, model_kwargs, epochs on all 60k images
+TEACHER = ('ResNet-18', 'resnet18', {}, 30)
 LABELS = {'model': 'labels'}
-# rows that are also evaluated with the class head alone and the distillation heads alone
-HEAD_ROWS = ('std_both', 'labels_std')
+STD = dict(method='std', tokens='both', mine=False, teacher_weighting='entropy', inference_head='avg')
+ROWS = {  # name -> (label, overrides on the regime's recipe); teachers by name until resolved
+    'none': ('no distillation', dict(method='none', teachers=[])),
+    'kd': ('soft KD (timm LogitDistillationTask)', dict(method='kd', teachers=['cnn'], distill='soft', tau=1.0)),
+    'deit': ('DeiT token', dict(method='deit', teachers=['cnn'], distill='hard')),
+    'std_both': ('STD both tokens', dict(STD, teachers=['cnn'])),
+    'std_both_mine': ('STD both + MINE', dict(STD, mine=True, teachers=['cnn'])),
+    'labels_kd': ('soft KD from the labels', dict(method='kd', teachers=['labels'], distill='soft', tau=1.0)),
+    'labels_deit': ('DeiT token from the labels', dict(method='deit', teachers=['labels'], distill='hard')),
+    'labels_std': ('STD both tokens from the labels', dict(STD, teachers=['labels'])),
+}
+HEAD_ROWS = ('std_both', 'std_both_mine')  # also scored with the class head alone, the distillation heads alone
+# the ladder: STD both from teachers of less and less knowledge (deit regime); its two ends are main rows
+LADDER = {'std_both': 'cnn', 'std_both_epoch1': 'cnn_epoch1', 'std_both_random': 'random',
+          'std_both_shuffled': 'shuffled', 'labels_std': 'labels'}
+LADDER_ROWS = {f'std_both_{t}': (f'STD both, teacher: {what}', dict(STD, teachers=[t]))
+               for t, what in (('epoch1', 'the strong one after its first epoch'),
+                               ('random', 'random weights'),
+                               ('shuffled', 'the strong one, outputs shuffled within the batch'))}
+ALL_ROWS = {**ROWS, **LADDER_ROWS}
+MEASURED_ON = {'cnn': 'std_both', 'cnn_epoch1': 'std_both_epoch1', 'random': 'std_both_random',
+               'shuffled': 'std_both_shuffled'}
+DATA_REGIME = 'deit'  # the regime where the main rows show the teacher adding most (RESULTS.md)
+DATA_ROWS, DATA_SIZES = ('none', 'std_both', 'labels_std'), ('3k', '48k')
+# how a run is executed, not what it trains: left out of the config digest
+EXECUTION_KEYS = ('workers', 'progress', 'log_interval', 'device', 'output', 'data_dir', 'teacher_outputs')
 
 
-def teacher_values(name: str, output: str, common: Dict[str, Any], smoke: bool = False) -> Dict[str, Any]:
-    """The training config of teacher `name` (the teacher recipe, all 60k images)."""
-    _, model, kwargs, epochs = TEACHERS[name]
-    budget = SMOKE_TEACHER if smoke else dict(train_samples=0, epochs=epochs)
-    # the smoke test's teachers apart: they must never replace the study's
-    return dict(RECIPES['teacher'], **budget, **common, model=model, model_kwargs=dict(kwargs),
-                output=os.path.join(output, *(['smoke'] if smoke else []), 'teachers', name))
+class Run(NamedTuple):
+    row: str
+    regime: str
+    size: str
+    seed: int
+
+    def record(self, results: str) -> str:
+        return os.path.join(results, 'runs', self.regime, self.size, self.row, f'seed{self.seed}.json')
 
 
-def row_specs(strong: str, weak: str, epochs: int) -> Dict[str, Tuple[str, Dict[str, Any]]]:
-    """name -> (label, config overrides on the STD student recipe). `strong`, `weak`: teacher
-    names (TEACHERS), the better and the other; teacher entries name them until `resolve`."""
-    def teacher(name: str, position: int = -1) -> Dict[str, Any]:
-        return {'model': name, 'token_position': position}
+# ---------------------------------------------------------------- configs, digests, records
 
-    s, w = TEACHERS[strong][0], TEACHERS[weak][0]
-    one, two = [teacher(strong)], [teacher(strong), teacher(weak)]
-    std = dict(method='std', tokens='both', mine=False, teacher_weighting='entropy', inference_head='avg')
-    return {
-        'none': ('no distillation', dict(method='none', teachers=[])),
-        'kd': (f'soft KD ({s})', dict(method='kd', teachers=one, distill='soft', tau=1.0)),
-        'deit': (f'DeiT token ({s})', dict(method='deit', teachers=one, distill='hard')),
-        'std_spatial': ('STD spatial token only', dict(std, tokens='spatial', teachers=one)),
-        'std_channel': ('STD channel token only', dict(std, tokens='channel', teachers=one)),
-        'std_both': ('STD both tokens', dict(std, teachers=one)),
-        'std_both_mine': ('STD both + MINE', dict(std, mine=True, teachers=one)),
-        'std_both_mine_warmup': ('STD both + MINE after a warm-up (first quarter)',
-                                 dict(std, mine=True, mine_warmup_epochs=epochs / 4, teachers=one)),
-        'labels_kd': ('soft KD from the labels', dict(method='kd', teachers=[LABELS], distill='soft', tau=1.0)),
-        'labels_deit': ('DeiT token from the labels', dict(method='deit', teachers=[LABELS], distill='hard')),
-        'labels_std': ('STD both tokens from the labels', dict(std, teachers=[LABELS])),
-        'two_entropy': (f'STD 2 teachers ({s} + {w}), entropy weights', dict(std, mine=True, teachers=two)),
-        'two_uniform': (f'STD 2 teachers ({s} + {w}), uniform weights',
-                        dict(std, mine=True, teachers=two, teacher_weighting='uniform')),
-        'two_weak_mid': (f'STD 2 teachers, {w} pair at block {MID_BLOCK + 1}/6, {s} last',
-                         dict(std, mine=True, teachers=[teacher(strong), teacher(weak, MID_BLOCK)])),
-        'two_strong_mid': (f'STD 2 teachers, {s} pair at block {MID_BLOCK + 1}/6, {w} last',
-                           dict(std, mine=True, teachers=[teacher(strong, MID_BLOCK), teacher(weak)])),
-    }
+def config_digest(values: Dict[str, Any], control: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """The digest of a run's whole config (every key, defaults included), EXECUTION_KEYS apart,
+    with each teacher checkpoint given by its SHA-256; and that config as JSON."""
+    doc = dataclasses.asdict(config_from_dict(values))
+    for key in EXECUTION_KEYS:
+        doc.pop(key)
+    doc['teachers'] = [dict(t, checkpoint=file_sha256(t['checkpoint']) if t['checkpoint'] else None)
+                       for t in doc['teachers']]
+    if control:
+        doc['control'] = control
+    doc = json.loads(json.dumps(doc))  # as a record reads it back (tuples become lists)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
 
 
-ROWS = tuple(row_specs(*TEACHERS, 1))
+def first_change(old: Any, new: Any, where: str = '') -> str:
+    """The first key where two configs differ, as 'key: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return first_change(old.get(key), new.get(key), f'{where}.{key}' if where else key)
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return first_change(a, b, f'{where}.{i}')
+    return f'{where or "config"}: {json.dumps(old)} -> {json.dumps(new)}'
 
 
-def resolve(entry: Dict[str, Any], checkpoints: Dict[str, str]) -> Dict[str, Any]:
-    """A row's teacher entry as the config takes it: the timm model, its sizes and weights."""
-    if entry['model'] == LABELS['model']:
-        return dict(entry)
-    _, model, kwargs, _ = TEACHERS[entry['model']]
-    return dict(entry, model=model, kwargs=dict(kwargs), checkpoint=checkpoints[entry['model']])
+def read_json(path: str) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
 
 
-# Keys of how a run is executed, not of what it trains: a finished teacher or row is reused, and an
-# interrupted one resumed, whatever they were (a call with --workers 1 once retrained both teachers)
-EXECUTION_KEYS = ('workers', 'progress', 'log_interval')
+def write_json(path: str, doc: Dict[str, Any]) -> None:
+    """Whole or not at all: a temporary file renamed over the record."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write('\n')
+    os.replace(tmp, path)
 
 
-def _same_config(cfg) -> bool:
-    """Whether cfg's run folder holds a run of this config, EXECUTION_KEYS apart. The folder's
-    config.yaml is read through the current config, so keys added to stdistill since (at their
-    defaults) do not make a finished run look different."""
+def commit(paths: List[str], message: str) -> None:
+    """Commit `paths` alone (other staged or unstaged changes are left as they are); a busy index
+    (another git command) is waited for."""
+    for attempt in range(30):
+        added = subprocess.run(['git', 'add', '--', *paths], cwd=ROOT, capture_output=True, text=True)
+        done = added.returncode == 0 and subprocess.run(
+            ['git', 'commit', '-q', '-m', message, '--', *paths], cwd=ROOT, capture_output=True, text=True)
+        if done and done.returncode == 0:
+            return
+        time.sleep(2)
+    print(f'   (could not commit {paths[0]}: {(done or added).stderr.strip()}; commit it by hand)', flush=True)
+
+
+def machine() -> str:
+    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
+               platform.processor()) if os.path.isfile('/proc/cpuinfo') else platform.processor()
+    return f'{cpu}, {os.cpu_count()} CPUs'
+
+
+# ---------------------------------------------------------------- runs
+
+def same_config(cfg) -> bool:
+    """Whether cfg's run folder holds a run of this config, EXECUTION_KEYS apart."""
     path = os.path.join(cfg.output, 'config.yaml')
     if not os.path.isfile(path):
         return False
@@ -148,272 +189,590 @@ def _same_config(cfg) -> bool:
         return False
     if cfg.num_classes is None:  # the run folder records the class count read from the data
         cfg = dataclasses.replace(cfg, num_classes=saved.num_classes)
-    cfg = dataclasses.replace(cfg, **{k: getattr(saved, k) for k in EXECUTION_KEYS})
+    keep = [k for k in EXECUTION_KEYS if k not in ('output', 'data_dir', 'teacher_outputs')]
+    cfg = dataclasses.replace(cfg, **{k: getattr(saved, k) for k in keep})
     return dataclasses.asdict(cfg) == dataclasses.asdict(saved)
 
 
-def finished(values: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The summary of a finished run of the config `values`, else None."""
-    cfg = config_from_dict(values)
-    summary_path = os.path.join(cfg.output, 'summary.json')
-    if _same_config(cfg) and os.path.isfile(summary_path):
-        with open(summary_path) as f:
-            done = json.load(f)
-        if done.get('epochs_done') == cfg.epochs:
-            return done
-    return None
-
-
-def run(values: Dict[str, Any]) -> Dict[str, Any]:
-    """Train the config `values`: reuse an identical finished run, resume an identical
-    interrupted one from its last epoch, start any other afresh; return its summary."""
+def train_run(values: Dict[str, Any], stop_after: Optional[int] = None) -> Dict[str, Any]:
+    """Train the config `values`: a finished identical run is reused, an interrupted identical one
+    resumed from its last epoch, anything else started afresh; return its summary."""
     from stdistill.train import train
 
-    done = finished(values)
-    if done is not None:
-        return done
     cfg = config_from_dict(values)
-    same = _same_config(cfg)
+    summary_path = os.path.join(cfg.output, 'summary.json')
+    same = same_config(cfg)
+    if same and os.path.isfile(summary_path):
+        done = read_json(summary_path)
+        if done.get('epochs_done') == cfg.epochs or (stop_after and done.get('epochs_done', 0) >= stop_after):
+            return done
     resume = same and any(os.path.isdir(os.path.join(cfg.output, d)) for d in ('last', 'previous'))
     if not resume:
-        _clear_run(cfg.output)  # an unfinished or different run starts again; a folder that is no run is refused
-    if resume:
+        clear_run(cfg.output)  # an unfinished or different run starts again; a folder that is no run is refused
+    else:
         print(f'   resuming {cfg.output}', flush=True)
-    return train(cfg, resume=resume)
+    return train(cfg, resume=resume, stop_after=stop_after)
 
 
-def make_store(values: Dict[str, Any], folder: str) -> str:
-    """The teacher-output store of a row's teachers and seed (made, completed, or found whole):
-    soft top-10 at tau 1 for one teacher (the KD row distils soft outputs; hard rows read the
-    labels), hard for two. Returns the folder."""
-    from stdistill.teacher_pass import teacher_pass
-
-    one = len(values['teachers']) == 1
-    store = dict(values, method='kd' if one else 'std', distill='soft' if one else 'hard', tau=1.0, store_topk=10,
-                 teacher_outputs=None)
-    cfg = config_from_dict(store)
-    try:
-        began = time.perf_counter()
-        teacher_pass(cfg, folder)
-    except ValueError:  # a store of this study made for other settings (e.g. retrained teachers): redo it
-        if not os.path.isfile(os.path.join(folder, 'store.json')):
-            raise
-        shutil.rmtree(folder)
-        began = time.perf_counter()
-        teacher_pass(cfg, folder)
-    _add_minutes(os.path.join(folder, 'pass_minutes.json'), (time.perf_counter() - began) / 60)
-    return folder
-
-
-def _minutes(path: str) -> float:
-    """The total of minutes kept in `path` (0 without the file)."""
-    if not os.path.isfile(path):
-        return 0.0
-    with open(path) as f:
-        return json.load(f)['minutes']
-
-
-def _add_minutes(path: str, minutes: float) -> float:
-    """Add `minutes` to the total kept in `path`; return the new total."""
-    total = _minutes(path)
-    with open(path, 'w') as f:
-        json.dump({'minutes': total + minutes}, f)
-    return total + minutes
-
-
-def _epochs_of(folder: str) -> List[Dict[str, Any]]:
+def epochs_of(folder: str) -> List[Dict[str, Any]]:
     with open(os.path.join(folder, 'log.jsonl')) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _settled(runs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """How much the plain rows' test top-1 changed between their last two epochs."""
-    changes = [r['curve'][-1] - r['curve'][-2] for r in runs if r['row'] == 'none' and len(r['curve']) > 1]
-    if not changes:
-        return None
-    return {'changes': changes, 'settled': all(abs(c) < SETTLED for c in changes)}
+# ---------------------------------------------------------------- teachers
+
+def teacher_values(args) -> Dict[str, Any]:
+    label, model, kwargs, epochs = TEACHER
+    budget = SMOKE_TEACHER if args.smoke else dict(train_samples=0, epochs=epochs)
+    return dict(RECIPES['teacher'], **budget, model=model, model_kwargs=dict(kwargs), warmup_epochs=1,
+                workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False,
+                output=os.path.join(args.output, 'teachers', 'cnn'))
 
 
-def build_table(specs, runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    table = []
-    for name, (label, _) in specs.items():
-        for key, suffix in [('val_top1', ''), ('val_top1_cls', ', inference: class head alone'),
-                            ('val_top1_dist', ', inference: distillation heads alone')]:
-            values = [r[key] for r in runs if r['row'] == name and key in r]
-            if not values or (suffix and name not in HEAD_ROWS):
+def teachers(args) -> Dict[str, Dict[str, Any]]:
+    """The records of the trained teachers ('cnn', 'cnn_epoch1'), training them first unless
+    --report: the epoch-1 weights are kept when the run stops after its first epoch, then the
+    run resumes (bitwise as if it had not stopped) to its end."""
+    folder = os.path.join(args.results, 'teachers')
+    values = teacher_values(args)
+    digest, config = config_digest(values)
+    records = {name: os.path.join(folder, f'{name}.json') for name in ('cnn', 'cnn_epoch1')}
+    if all(os.path.isfile(p) for p in records.values()):
+        found = {name: read_json(p) for name, p in records.items()}
+        if found['cnn']['config_digest'] != digest and not args.rerun_changed:
+            raise UserError(f'{records["cnn"]} was trained with another config ({first_change(found["cnn"]["config"], config)}'
+                            f'): retrain the teachers with --rerun-changed (every record distilled from them is then '
+                            f'refused), or restore TEACHER')
+        if found['cnn']['config_digest'] == digest:
+            for name, doc in found.items():
+                path = os.path.join(folder, doc['file'])
+                if not os.path.isfile(path) or file_sha256(path) != doc['weights_sha256']:
+                    raise UserError(f'{path} is missing or is not the weights its record {records[name]} names: '
+                                    f'restore it from git (git checkout -- {os.path.relpath(path, ROOT)})')
+            return found
+    if args.report:
+        raise UserError(f'no teacher records in {folder}: train them first (--teachers-only)')
+    began = time.perf_counter()
+    print(f'== teacher cnn: {values["model"]}, {values["epochs"]} epochs', flush=True)
+    train_run(values, stop_after=1)
+    run = values['output']
+    first = epochs_of(run)[0]
+    os.makedirs(folder, exist_ok=True)
+    out = {}
+    epoch1 = os.path.join(folder, 'cnn_epoch1.safetensors')
+    if not os.path.isfile(os.path.join(run, 'summary.json')) or read_json(os.path.join(run, 'summary.json')).get(
+            'epochs_done') == 1:
+        shutil.copyfile(os.path.join(run, 'last', 'model.safetensors'), epoch1)
+    summary = train_run(values)
+    rows = epochs_of(run)
+    shutil.copyfile(os.path.join(run, 'last', 'model.safetensors'), os.path.join(folder, 'cnn.safetensors'))
+    common = dict(label=TEACHER[0], model=values['model'], model_kwargs=values['model_kwargs'],
+                  config_digest=digest, config=config, test_images=rows[-1]['val_images'],
+                  minutes=round((time.perf_counter() - began) / 60, 1), machine=machine(),
+                  date=datetime.date.today().isoformat())
+    out['cnn'] = dict(common, name='cnn', file='cnn.safetensors', epochs=len(rows),
+                      top1=summary['final']['val_top1'], curve=[r['val_top1'] for r in rows],
+                      weights_sha256=file_sha256(os.path.join(folder, 'cnn.safetensors')))
+    out['cnn_epoch1'] = dict(common, name='cnn_epoch1', file='cnn_epoch1.safetensors', epochs=1,
+                             label=f'{TEACHER[0]} after 1 epoch', top1=first['val_top1'],
+                             weights_sha256=file_sha256(epoch1))
+    for name, doc in out.items():
+        write_json(records[name], doc)
+    if args.commit:
+        commit([folder], f'Study record: teachers {TEACHER[0]} ({out["cnn"]["top1"]:.2f}) and after 1 epoch '
+                         f'({out["cnn_epoch1"]["top1"]:.2f})')
+    return out
+
+
+def resolve_teachers(names: List[str], found: Dict[str, Dict[str, Any]], args) -> Tuple[List[Dict], Optional[str]]:
+    """Teacher names as config entries, and the run's control ('shuffled' or None)."""
+    entries, control = [], None
+    for name in names:
+        if name == 'labels':
+            entries.append(dict(LABELS))
+            continue
+        model, kwargs = TEACHER[1], dict(TEACHER[2])
+        if name == 'random':  # the same network, random weights (seeded by the run's seed)
+            entries.append(dict(model=model, kwargs=kwargs, pretrained=False))
+            continue
+        source = 'cnn' if name == 'shuffled' else name
+        control = 'shuffled' if name == 'shuffled' else control
+        entries.append(dict(model=model, kwargs=kwargs,
+                            checkpoint=os.path.join(args.results, 'teachers', found[source]['file'])))
+    return entries, control
+
+
+# ---------------------------------------------------------------- the shuffled teacher
+
+def derangement(images):
+    """For a batch (B, C, H, W): source (B,), image i taking the outputs of image source[i] != i;
+    drawn from the batch's own bytes, so that the same batch gets the same draw (a resumed run
+    and the disagreement measure see what the run saw)."""
+    import torch
+
+    seed = int(hashlib.sha256(images.detach().float().cpu().numpy().tobytes()).hexdigest()[:15], 16)
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    source = torch.empty_like(order)
+    source[order] = order.roll(1)  # image order[i] takes the outputs of image order[i - 1]
+    return source
+
+
+def shuffled_teachers(teachers, images, targets=None):
+    """stdistill.task.run_teachers with each network teacher's outputs handed to other images of
+    the batch (derangement): the teacher's marginals, on the wrong images."""
+    from stdistill.losses import LabelsTeacher
+
+    outputs = ORIGINAL_RUN_TEACHERS(teachers, images, targets)
+    source = derangement(images)
+    return [o if isinstance(t, LabelsTeacher) else o[source.to(o.device)] for t, o in zip(teachers, outputs)]
+
+
+ORIGINAL_RUN_TEACHERS = None
+
+
+def train_with_control(values: Dict[str, Any], control: Optional[str]) -> Dict[str, Any]:
+    global ORIGINAL_RUN_TEACHERS
+    if control != 'shuffled':
+        return train_run(values)
+    import stdistill.task as task
+    ORIGINAL_RUN_TEACHERS = task.run_teachers
+    task.run_teachers = shuffled_teachers
+    try:
+        return train_run(values)
+    finally:
+        task.run_teachers = ORIGINAL_RUN_TEACHERS
+
+
+# ---------------------------------------------------------------- stores and disagreement
+
+def make_store(values: Dict[str, Any], folder: str) -> str:
+    """The teacher-output store of a run's one teacher (soft top-10 at tau 1: exact for 10
+    classes, serving soft and hard rows), made, completed, or found whole."""
+    from stdistill.teacher_pass import teacher_pass
+
+    store = dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, teacher_outputs=None,
+                 mine=False, mine_warmup_epochs=0)
+    try:
+        teacher_pass(config_from_dict(store), folder)
+    except UserError:  # a store made for other settings (e.g. retrained teachers): made again
+        if not os.path.isfile(os.path.join(folder, 'store.json')):
+            raise
+        shutil.rmtree(folder)
+        teacher_pass(config_from_dict(store), folder)
+    return folder
+
+
+def disagreement(values: Dict[str, Any], store_folder: str, shuffled: bool = False) -> Dict[str, Any]:
+    """Over every training view of the run `values` (its loader, mixup and schedule, as the
+    students see them), from the store: the share of views whose teacher top-1 is not the
+    label's top-1 (under mixup/CutMix the larger part of the mixed label), and the mean
+    KL(label || teacher) in nats, the label distribution being the target the student's class
+    loss trains towards (label smoothing included). shuffled: the outputs as the shuffled
+    teacher hands them out (derangement)."""
+    import torch
+    from stdistill.builders import student_contract
+    from stdistill.distributed import DistInfo
+    from stdistill.engine import prepare_batch
+    from stdistill.loaders import build_data, build_mixup, data_seed_of
+    from stdistill.store import TeacherStore, outputs_spec, run_fingerprint
+
+    cfg = config_from_dict(dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, mine=False,
+                                teacher_outputs=store_folder))
+    contract = student_contract(cfg)
+    data = build_data(cfg, DistInfo(), contract.mean, contract.std)
+    cfg = dataclasses.replace(cfg, batch_size=data.batch_size)
+    mixup = build_mixup(cfg, data.num_classes)
+    fingerprint = run_fingerprint(cfg, data.train_loader.dataset, data.classes, 1, contract.to_json())
+    steps = len(data.train_loader)
+    store = TeacherStore(store_folder, fingerprint, outputs_spec(cfg), 0, steps, torch.device('cpu'))
+    views, differ, kl = 0, 0, 0.0
+    for epoch in range(cfg.epochs):
+        data.train_loader.sampler.set_epoch(epoch)
+        for step, raw in enumerate(data.train_loader):
+            batch = prepare_batch(raw, torch.device('cpu'), mixup, data_seed_of(cfg), epoch, step, 0)
+            if batch.images is None:
                 continue
-            params = next(r['params_m'] for r in runs if r['row'] == name)
-            table.append({'row': name + key[len('val_top1'):], 'label': label + suffix, 'n': len(values),
-                          'params_m': params, 'mean': statistics.mean(values),
-                          'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'runs': values})
-    return table
+            t = store(epoch, step, batch.indices)[0]
+            logits = torch.full((len(t.labels), data.num_classes), float('-inf'))
+            logits.scatter_(1, t.topk_index, t.topk_logits)
+            log_teacher = torch.log_softmax(logits, dim=1)
+            if shuffled:
+                log_teacher = log_teacher[derangement(batch.images)]
+            if batch.targets.dim() == 2:  # mixup/CutMix targets, smoothing folded in
+                label = batch.targets.float()
+            else:
+                s = cfg.smoothing
+                label = torch.full((len(batch.targets), data.num_classes), s / data.num_classes)
+                label.scatter_(1, batch.targets.long()[:, None], 1 - s + s / data.num_classes)
+            differ += int((log_teacher.argmax(1) != label.argmax(1)).sum())
+            kl += float(torch.where(label > 0, label * (label.clamp_min(1e-30).log() - log_teacher),
+                                    torch.zeros_like(label)).sum())
+            views += len(label)
+    return {'views': views, 'disagree_pct': 100 * differ / views, 'kl_label_teacher': kl / views}
 
 
-def labels_share(table: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
-    """The share of STD's gain over no distillation that the pair trained on the labels keeps."""
-    means = {r['row']: r['mean'] for r in table}
-    if not {'none', 'std_both', 'labels_std'} <= set(means) or means['std_both'] == means['none']:
+# ---------------------------------------------------------------- the plan
+
+def plan(args) -> List[Run]:
+    runs = []
+    if 'main' in args.plans:
+        runs += [Run(row, regime, '12k', seed) for regime in args.regimes for row in ROWS for seed in args.seeds]
+    if 'ladder' in args.plans and 'deit' in args.regimes:
+        runs += [Run(row, 'deit', '12k', seed) for row in LADDER_ROWS for seed in args.seeds]
+    if 'data' in args.plans and DATA_REGIME in args.regimes:
+        runs += [Run(row, DATA_REGIME, size, seed) for size in DATA_SIZES for row in DATA_ROWS for seed in args.seeds]
+    if args.rows:
+        runs = [r for r in runs if r.row in args.rows]
+    return list(dict.fromkeys(runs))
+
+
+def run_values(run: Run, found: Dict[str, Dict[str, Any]], args) -> Tuple[Dict[str, Any], Optional[str]]:
+    """A run's config and control."""
+    label, overrides = ALL_ROWS[run.row]
+    recipe = {k: v for k, v in dataclasses.asdict(load_config(os.path.join(ROOT, REGIMES[run.regime]))).items()
+              if k not in ('teachers', 'output')}
+    size = SMOKE if args.smoke else SIZES[run.size]
+    values = dict(recipe, **size, warmup_epochs=0, **{k: v for k, v in overrides.items() if k != 'teachers'},
+                  seed=run.seed, workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False,
+                  output=os.path.join(args.output, 'runs', run.regime, run.size, run.row, f'seed{run.seed}'))
+    values['teachers'], control = resolve_teachers(overrides['teachers'], found, args)
+    return values, control
+
+
+def store_teacher(run: Run) -> Optional[str]:
+    """The teacher whose store a run reads (None: no teacher, the labels, or online)."""
+    names = ALL_ROWS[run.row][1]['teachers']
+    if not names or names[0] in ('labels', 'shuffled'):
         return None
-    gain, kept = means['std_both'] - means['none'], means['labels_std'] - means['none']
-    return {'std_gain': gain, 'labels_gain': kept, 'share': kept / gain}
+    return names[0]
 
 
-def markdown(table: List[Dict[str, Any]], teacher_top1: Dict[str, float], strong: str, budget: str,
-             settled: Optional[Dict[str, Any]], test_images: int) -> str:
-    base = next((r['mean'] for r in table if r['row'] == 'none'), None)
-    ref = teacher_top1[strong]
-    lines = [f'| row | student params | test top-1 (%) | vs no distillation | teacher {TEACHERS[strong][0]} '
-             f'({ref:.2f}) minus student | seeds |', '|---|---|---|---|---|---|']
-    for r in table:
-        delta = f'{r["mean"] - base:+.2f}' if base is not None and r['row'] != 'none' else ''
-        spread = f'{r["std"]:.2f}' if r['n'] > 1 else 'n/a (one seed)'
-        lines.append(f'| {r["label"]} | {r["params_m"]:.3f}M | {r["mean"]:.2f} ± {spread} | {delta} | '
-                     f'{ref - r["mean"]:+.2f} | {", ".join(f"{v:.2f}" for v in r["runs"])} |')
-    lines.append('')
-    lines.append(f'Test top-1 on {test_images:,} test images after the last epoch, students and teachers alike. '
-                 'Teachers: ' + ', '.join(f'{TEACHERS[m][0]} {v:.2f}' for m, v in teacher_top1.items()))
-    share = labels_share(table)
-    if share:
-        lines.append(f'\nSTD both tokens gain {share["std_gain"]:+.2f} over no distillation; trained on the labels, '
-                     f'the same pair gains {share["labels_gain"]:+.2f}: {100 * share["share"]:.0f}% of the gain '
-                     f'remains without the teacher.')
-    if settled:
-        verdict = (f'less than {SETTLED}: settled' if settled['settled'] else
-                   f'not under {SETTLED} in every seed: try --long-epochs {LONG_EPOCHS * 2}')
-        lines.append(f'\nPlain student, change of test top-1 between its last two epochs ({budget}): '
-                     + ', '.join(f'{c:+.2f}' for c in settled['changes']) + f' ({verdict}).')
-    return '\n'.join(lines)
+def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[str, Any]]:
+    """Train one run and write its record; a run whose record exists is skipped (or refused, or
+    with --rerun-changed run again, when its config changed). Returns its record, None when
+    --report finds none."""
+    path = run.record(args.results)
+    values, control = run_values(run, found, args)
+    digest, config = config_digest(values, control)
+    if os.path.isfile(path):
+        record = read_json(path)
+        if record['config_digest'] == digest:
+            return record
+        if not args.rerun_changed:
+            raise UserError(f'{os.path.relpath(path, ROOT)} was made with another config '
+                            f'({first_change(record["config"], config)}): run it again with --rerun-changed, or '
+                            f'restore the row')
+    if args.report:
+        return None
+    began = time.perf_counter()
+    teacher = store_teacher(run)
+    if teacher and not args.online:
+        store = store_folder(run, teacher, args)
+        print(f'== teacher pass {teacher} {run.regime} {run.size} seed {run.seed}', flush=True)
+        make_store(values, store)
+        values['teacher_outputs'] = store
+    print(f'== {run.regime} {run.size} {run.row} seed {run.seed}', flush=True)
+    summary = train_with_control(values, control)
+    rows = epochs_of(values['output'])
+    heads = ('val_top1', 'val_top1_cls', 'val_top1_dist')
+    teachers_of = []
+    for name in ALL_ROWS[run.row][1]['teachers']:
+        source = found.get('cnn' if name == 'shuffled' else name)  # labels and random: no weights file
+        teachers_of.append({'name': name, **({'top1': source['top1'], 'weights_sha256': source['weights_sha256']}
+                                             if source else {})})
+    record = {'row': run.row, 'label': ALL_ROWS[run.row][0], 'regime': run.regime, 'size': run.size,
+              'train_samples': values['train_samples'], 'epochs': values['epochs'], 'seed': run.seed,
+              'config_digest': digest, 'config': config, 'teachers': teachers_of, 'control': control,
+              'per_epoch': [{k: r[k] for k in ('epoch', *heads, 'val_images') if k in r} for r in rows],
+              'final': {k: v for k, v in summary['final'].items() if k in heads},
+              'test_images': rows[-1]['val_images'], 'params_m': summary['params_m'],
+              'minutes': round((time.perf_counter() - began) / 60, 2), 'smoke': args.smoke,
+              'machine': machine(), 'date': datetime.date.today().isoformat()}
+    write_json(path, record)
+    print(f'   top-1 {record["final"]["val_top1"]:.2f} in {record["minutes"]:.1f} min -> {os.path.relpath(path, ROOT)}',
+          flush=True)
+    if args.commit:
+        commit([path], f'Study record: {run.regime} {run.size} {run.row} seed {run.seed} '
+                       f'({record["final"]["val_top1"]:.2f})')
+    return record
 
 
-def bar_chart(path: str, results: Dict[str, Dict[str, Any]]) -> None:
-    """Every row of every budget with results: mean ± std over seeds, the x axis from 0."""
+def store_folder(run: Run, teacher: str, args) -> str:
+    return os.path.join(args.output, 'stores', run.regime, run.size, teacher, f'seed{run.seed}')
+
+
+def measure(run: Run, found: Dict[str, Dict[str, Any]], args) -> None:
+    """The disagreement record of the store a run reads (made first if need be), or for the
+    shuffled teacher of the strong teacher's store as the run hands it out; once per regime,
+    size, teacher and seed."""
+    teacher = ALL_ROWS[run.row][1]['teachers'][0]
+    source = 'cnn' if teacher == 'shuffled' else teacher
+    path = os.path.join(args.results, 'disagreement', run.regime, run.size, teacher, f'seed{run.seed}.json')
+    # the views are a seed's, regime's and size's, whichever row reads the store: measured on one row's config
+    values, _ = run_values(Run(MEASURED_ON[teacher], run.regime, run.size, run.seed), found, args)
+    store = store_folder(run, source, args)
+    digest, config = config_digest(values, 'shuffled' if teacher == 'shuffled' else None)
+    if os.path.isfile(path) and read_json(path)['config_digest'] == digest:
+        return
+    print(f'== teacher pass {source} {run.regime} {run.size} seed {run.seed}', flush=True)
+    make_store(values, store)
+    began = time.perf_counter()
+    doc = disagreement(values, store, shuffled=teacher == 'shuffled')
+    record = dict(doc, regime=run.regime, size=run.size, teacher=teacher, seed=run.seed, config_digest=digest,
+                  config=config, smoke=args.smoke, minutes=round((time.perf_counter() - began) / 60, 2),
+                  date=datetime.date.today().isoformat())
+    write_json(path, record)
+    print(f'   {teacher} vs labels on {doc["views"]} views of {run.regime}: {doc["disagree_pct"]:.1f}% differ, '
+          f'KL {doc["kl_label_teacher"]:.3f}', flush=True)
+    if args.commit:
+        commit([path], f'Study record: disagreement {run.regime} {run.size} {teacher} seed {run.seed}')
+
+
+# ---------------------------------------------------------------- the report
+
+def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    runs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'runs', '*', '*', '*', 'seed*.json')))]
+    measures = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'disagreement', '*', '*', '*',
+                                                                     'seed*.json')))]
+    return [r for r in runs if r.get('smoke', False) == smoke], [m for m in measures if m.get('smoke', False) == smoke]
+
+
+def _by_seed(records: List[Dict[str, Any]], row: str, regime: str, size: str, head: str = 'val_top1'
+             ) -> Dict[int, float]:
+    return {r['seed']: r['final'][head] for r in records
+            if r['row'] == row and r['regime'] == regime and r['size'] == size and head in r['final']}
+
+
+def _stats(values: Iterable[float], signed: bool = False) -> str:
+    """'mean ± std' over seeds (signed: with the sign of a difference)."""
+    values = list(values)
+    if not values:
+        return 'n/a'
+    spread = f' ± {statistics.stdev(values):.2f}' if len(values) > 1 else ' (one seed)'
+    return f'{statistics.mean(values):{"+" if signed else ""}.2f}{spread}'
+
+
+def _paired(a: Dict[int, float], b: Dict[int, float]) -> List[float]:
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def _verdict(diffs: List[float]) -> str:
+    """All paired differences above 0: reproduced; all below: the opposite; else not decided."""
+    if len(diffs) < 2:
+        return 'not testable (under 2 seeds)'
+    if all(d > 0 for d in diffs):
+        return 'reproduced'
+    if all(d < 0 for d in diffs):
+        return 'not reproduced (the opposite, every seed)'
+    return 'not reproduced (seeds disagree)'
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
+
+
+def report(results: str, smoke: bool = False) -> str:
+    """Every table of RESULTS.md, from the records in `results` alone."""
+    records, measures = load_records(results, smoke)
+    out: List[str] = []
+    teacher_docs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'teachers', '*.json')))]
+    out += ['### Teachers', '']
+    out += _table(['teacher', 'timm model', 'epochs (60,000 images)', 'test top-1 (%)', 'weights (SHA-256)'],
+                  [[d['label'], d['model'], str(d['epochs']), f'{d["top1"]:.2f}', d['weights_sha256'][:16]]
+                   for d in teacher_docs])
+    out += ['', f'Test top-1 on {teacher_docs[0]["test_images"]:,} test images.' if teacher_docs else '']
+
+    out += ['### How often the teacher disagrees with the label of a training view', '']
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for m in measures:
+        groups.setdefault((m['regime'], m['size'], m['teacher']), []).append(m)
+    out += _table(['regime', 'data', 'teacher', 'seeds', 'views per seed', 'teacher top-1 differs from the label (%)',
+                   'KL(label ‖ teacher), nats'],
+                  [[reg, size, t, str(len(ms)), f'{ms[0]["views"]:,}', _stats(m['disagree_pct'] for m in ms),
+                    _stats(m['kl_label_teacher'] for m in ms)] for (reg, size, t), ms in sorted(groups.items())])
+    out.append('')
+
+    regimes = [r for r in REGIMES if any(x['regime'] == r for x in records)]
+    for regime in regimes:
+        out += [f'### Main rows, {regime} regime (12,000 images x 4 epochs)', '']
+        base = _by_seed(records, 'none', regime, '12k')
+        rows = []
+        for row, (label, _) in ROWS.items():
+            for head, suffix in (('val_top1', ''), ('val_top1_cls', ', class head alone'),
+                                 ('val_top1_dist', ', distillation heads alone')):
+                if suffix and row not in HEAD_ROWS:
+                    continue
+                values = _by_seed(records, row, regime, '12k', head)
+                if not values:
+                    continue
+                params = next(r['params_m'] for r in records if r['row'] == row and r['regime'] == regime)
+                diff = _paired(values, base) if row != 'none' or suffix else []
+                rows.append([label + suffix, f'{params:.3f}M', _stats(values.values()),
+                             _stats(diff, signed=True) if diff else '', str(len(values)),
+                             ', '.join(f'{values[s]:.2f}' for s in sorted(values))])
+        out += _table(['row', 'params', 'test top-1 (%)', 'paired vs no distillation', 'seeds', 'per seed'], rows)
+        out.append('')
+
+    out += ['### The teacher\'s part: each method from the teacher minus the same method from the labels', '']
+    rows = []
+    for regime in regimes:
+        for size in SIZES:
+            for method, labels in (('kd', 'labels_kd'), ('deit', 'labels_deit'), ('std_both', 'labels_std')):
+                teacher_run, label_run = (_by_seed(records, method, regime, size), _by_seed(records, labels, regime, size))
+                base = _by_seed(records, 'none', regime, size)
+                diffs = _paired(teacher_run, label_run)
+                if not diffs:
+                    continue
+                gain = _paired(teacher_run, base)
+                share = (statistics.mean(diffs) / statistics.mean(gain)
+                         if gain and statistics.mean(gain) > 0 else None)
+                rows.append([regime, size, ALL_ROWS[method][0], _stats(gain, signed=True) if gain else 'n/a', _stats(diffs, signed=True),
+                             ', '.join(f'{d:+.2f}' for d in diffs),
+                             f'{100 * share:.0f}%' if share is not None else 'n/a'])
+    out += _table(['regime', 'data', 'method', 'gain over no distillation', 'teacher minus labels (paired)',
+                   'per seed', 'teacher\'s share of the gain'], rows)
+    out.append('')
+
+    out += ['### STD against timm-equivalent soft KD and the DeiT token (paired, per seed)', '']
+    rows = []
+    for regime in regimes:
+        std = _by_seed(records, 'std_both', regime, '12k')
+        for other in ('kd', 'deit', 'std_both_mine'):
+            diffs = _paired(std, _by_seed(records, other, regime, '12k'))
+            if diffs:
+                rows.append([regime, f'STD both minus {ALL_ROWS[other][0]}', _stats(diffs, signed=True),
+                             ', '.join(f'{d:+.2f}' for d in diffs)])
+    out += _table(['regime', 'comparison', 'mean ± std', 'per seed'], rows)
+    out.append('')
+
+    ladder = [(row, teacher) for row, teacher in LADDER.items() if _by_seed(records, row, 'deit', '12k')]
+    if ladder:
+        out += ['### The teacher ladder: STD both, deit regime, 12,000 x 4', '']
+        agree = {t: _stats(100 - m['disagree_pct'] for m in groups.get(('deit', '12k', t), []))
+                 for _, t in ladder}
+        out += _table(['teacher', 'teacher top-1 agrees with the view\'s label (%)', 'student test top-1 (%)',
+                       'per seed'],
+                      [[ALL_ROWS[row][0], agree.get(t, 'n/a') if t not in ('labels',) else '100 (by definition)',
+                        _stats(_by_seed(records, row, 'deit', '12k').values()),
+                        ', '.join(f'{v:.2f}' for v in _by_seed(records, row, 'deit', '12k').values())]
+                       for row, t in ladder])
+        out.append('')
+
+    sizes = [s for s in SIZES if any(r['size'] == s and r['regime'] == DATA_REGIME for r in records)]
+    if len(sizes) > 1:
+        out += [f'### Less data, same updates ({DATA_REGIME} regime)', '']
+        rows = []
+        for size in sizes:
+            cells = {row: _by_seed(records, row, DATA_REGIME, size) for row in DATA_ROWS}
+            diffs = _paired(cells['std_both'], cells['labels_std'])
+            rows.append([f'{SIZES[size]["train_samples"]:,} x {SIZES[size]["epochs"]}',
+                         *[_stats(cells[row].values()) for row in DATA_ROWS], _stats(diffs, signed=True) if diffs else 'n/a'])
+        out += _table(['images x epochs', *[ALL_ROWS[r][0] for r in DATA_ROWS], 'STD minus labels STD (paired)'],
+                      rows)
+        out.append('')
+
+    out += ['### The paper\'s claims, per regime (12,000 x 4; decided by paired per-seed differences)', '']
+    rows = []
+    claims = (('STD beats no distillation', 'std_both', 'none'),
+              ('STD beats soft KD', 'std_both', 'kd'),
+              ('STD beats the DeiT token', 'std_both', 'deit'),
+              ('MINE adds to STD', 'std_both_mine', 'std_both'),
+              ('the teacher adds to STD beyond the labels (read-out control)', 'std_both', 'labels_std'))
+    for regime in regimes:
+        for claim, a, b in claims:
+            diffs = _paired(_by_seed(records, a, regime, '12k'), _by_seed(records, b, regime, '12k'))
+            rows.append([claim, regime, f'{ALL_ROWS[a][0]} minus {ALL_ROWS[b][0]}',
+                         ', '.join(f'{d:+.2f}' for d in diffs) or 'no runs', _verdict(diffs)])
+    out += _table(['claim', 'regime', 'control', 'paired differences', 'verdict'], rows)
+    out.append('')
+
+    out += ['### The plain student\'s curve (test top-1 after each epoch: is 4 epochs long enough?)', '']
+    rows = []
+    for r in sorted((r for r in records if r['row'] == 'none'), key=lambda r: (r['regime'], r['size'], r['seed'])):
+        rows.append([r['regime'], r['size'], str(r['seed']), ', '.join(f'{e["val_top1"]:.2f}' for e in r['per_epoch'])])
+    out += _table(['regime', 'data', 'seed', 'after each epoch'], rows)
+    minutes = sum(r['minutes'] for r in records)
+    out += ['', f'{len(records)} runs in the records, {minutes:.0f} minutes of training in all.']
+    return '\n'.join(out)
+
+
+def chart(results: str, path: str, smoke: bool = False) -> None:
+    """The main rows of each regime and the ladder: mean ± std over seeds, the axis from 0."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    labels: List[str] = []
-    for res in results.values():
-        labels += [r['label'] for r in res['table'] if r['label'] not in labels]
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(labels) * max(len(results), 1) / 1.4 + 1.8))
-    height = 0.8 / len(results)
-    colours = {'short': '#4c72b0', 'long': '#55a868', 'smoke': '#8172b2'}
-    for k, (budget, res) in enumerate(results.items()):
-        rows = {r['label']: r for r in res['table']}
-        ys = [len(labels) - 1 - i + (len(results) - 1) / 2 * height - k * height for i, lab in enumerate(labels)
-              if lab in rows]
-        present = [rows[lab] for lab in labels if lab in rows]
-        ax.barh(ys, [r['mean'] for r in present], height=height, xerr=[r['std'] for r in present], capsize=2,
-                color=colours.get(budget, '#937860'), label=f'{budget} budget')
-        for y, r in zip(ys, present):
-            ax.annotate(f'{r["mean"]:.2f}', (1, y), va='center', fontsize=7, color='white')
-    for (name, top1), style in zip(next(iter(results.values()))['teachers'].items(), ('--', ':')):
-        ax.axvline(top1, color='#dd8452', linestyle=style, label=f'teacher {TEACHERS[name][0]}: {top1:.2f}')
-    ax.set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    records, _ = load_records(results, smoke)
+    groups = [(f'{regime}: {ALL_ROWS[row][0]}', _by_seed(records, row, regime, '12k'))
+              for regime in REGIMES for row in list(ROWS) + (list(LADDER_ROWS) if regime == 'deit' else [])]
+    groups = [(label, v) for label, v in groups if v]
+    if not groups:
+        return
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(groups) + 1.5))
+    ys = list(range(len(groups)))[::-1]
+    means = [statistics.mean(v.values()) for _, v in groups]
+    errs = [statistics.stdev(v.values()) if len(v) > 1 else 0.0 for _, v in groups]
+    colours = ['#4c72b0' if label.startswith('light') else '#dd8452' for label, _ in groups]
+    ax.barh(ys, means, xerr=errs, color=colours, capsize=2)
+    for y, m in zip(ys, means):
+        ax.annotate(f'{m:.2f}', (1, y), va='center', fontsize=7, color='white')
+    ax.set_yticks(ys, [label for label, _ in groups], fontsize=7)
     ax.set(xlim=(0, 100), xlabel='Fashion-MNIST test top-1 (%), mean ± std over seeds; axis from 0')
-    ax.legend(loc='lower right', fontsize=8, framealpha=1)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--output', default='runs/reproduce_fashion_mnist')
-    parser.add_argument('--budget', default='short', choices=tuple(BUDGETS))
-    parser.add_argument('--long-epochs', type=int, default=None,
-                        help=f'epochs of the long budget (default {LONG_EPOCHS}; a run made with other epochs starts '
-                             f'again)')
+    parser.add_argument('--results', default=RESULTS, help='the records (committed): teachers, runs, disagreement')
+    parser.add_argument('--output', default='runs/reproduce_fashion_mnist', help='run folders and stores (not kept)')
+    parser.add_argument('--plans', nargs='+', default=['main', 'ladder', 'data'], choices=('main', 'ladder', 'data'))
+    parser.add_argument('--regimes', nargs='+', default=list(REGIMES), choices=tuple(REGIMES))
+    parser.add_argument('--rows', nargs='+', default=None, choices=tuple(ALL_ROWS))
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--rows', nargs='+', default=None, choices=ROWS,
-                        help='a subset of the rows (default: all; the long budget: LONG_ROWS)')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--data-dir', default=None, help="Fashion-MNIST IDX folder (default: Debian's)")
     parser.add_argument('--device', default='auto')
     parser.add_argument('--online', action='store_true', help='run the teachers in every step (no teacher-output store)')
-    parser.add_argument('--report', action='store_true',
-                        help='train nothing: the table of the runs finished so far (rows with fewer seeds say so)')
+    parser.add_argument('--teachers-only', action='store_true', help='train the teachers (and write their records)')
+    parser.add_argument('--rerun-changed', action='store_true', help='run again a run whose record has another config')
+    parser.add_argument('--commit', action='store_true', help='git-commit each record as it is written')
+    parser.add_argument('--smoke', action='store_true', help='tiny teachers and runs (the tests\'); records say so')
+    parser.add_argument('--report', action='store_true', help='train nothing: every table and the chart, from the records')
     args = parser.parse_args(argv)
-    if args.long_epochs is not None and (args.budget != 'long' or args.long_epochs < 1):
-        parser.error('--long-epochs takes a number of epochs from 1, with --budget long')
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: give each seed once')
-    # absolute, as each run's config.yaml keeps its paths: a finished run is then found again
-    args.output = os.path.abspath(args.output)
-    budget = dict(BUDGETS[args.budget], **({'epochs': args.long_epochs} if args.long_epochs else {}))
-    rows = args.rows or (LONG_ROWS if args.budget == 'long' else ROWS)
-    common = dict(workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False)
-    folder = os.path.join(args.output, args.budget)
+    args.output, args.results = os.path.abspath(args.output), os.path.abspath(args.results)
+    if args.report:
+        print(report(args.results, args.smoke))
+        chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)
+        return 0
+    found = teachers(args)
+    if args.teachers_only:
+        print(', '.join(f'{d["label"]}: {d["top1"]:.2f}' for d in found.values()))
+        return 0
     start = time.perf_counter()
-
-    teacher_top1, checkpoints = {}, {}
-    for name in TEACHERS:
-        values = teacher_values(name, args.output, common, smoke=args.budget == 'smoke')
-        print(f'== teacher {name}: {values["model"]} {values["model_kwargs"]}, {values["epochs"]} epoch(s)', flush=True)
-        summary = finished(values) if args.report else run(values)
-        if summary is None:
-            raise ValueError(f'teacher {name} is not trained yet: run without --report')
-        final = summary['final']
-        teacher_top1[name], test_images = final['val_top1'], _epochs_of(values['output'])[-1]['val_images']
-        checkpoints[name] = os.path.join(values['output'], 'last', 'model.safetensors')
-    strong, weak = sorted(TEACHERS, key=lambda m: -teacher_top1[m])
-    specs = row_specs(strong, weak, budget['epochs'])
-
-    runs = []
-    for name in [r for r in specs if r in rows]:
-        label, overrides = specs[name]
-        for seed in args.seeds:
-            values = dict(RECIPES['std'], **budget, **common, **overrides, seed=seed,
-                          output=os.path.join(folder, 'rows', name, f'seed{seed}'))
-            values['teachers'] = [resolve(t, checkpoints) for t in overrides['teachers']]
-            models = [t['model'] for t in overrides['teachers'] if t['model'] != LABELS['model']]
-            if models and not args.online:
-                store = os.path.join(folder, 'stores', '+'.join(models), f'seed{seed}')
-                if not args.report:
-                    print(f'== teacher pass {"+".join(models)} seed {seed}', flush=True)
-                    make_store(values, store)
-                values['teacher_outputs'] = store
-            if args.report:
-                summary = finished(values)
-                if summary is None:
-                    continue
-            else:
-                print(f'== {args.budget} {name} seed {seed}', flush=True)
-                summary = run(values)
-            epochs = _epochs_of(values['output'])
-            runs.append({'row': name, 'label': label, 'seed': seed, 'params_m': summary['params_m'],
-                         'curve': [e['val_top1'] for e in epochs], 'minutes': sum(e['epoch_s'] for e in epochs) / 60,
-                         **{k: v for k, v in summary['final'].items() if k.startswith('val_top1')}})
-
-    table = build_table(specs, runs)
-    settled = _settled(runs) if args.budget != 'short' else None
-    text = markdown(table, teacher_top1, strong, args.budget, settled, test_images)
-    passes = sum(_minutes(os.path.join(root, 'pass_minutes.json'))
-                 for root, _, files in os.walk(os.path.join(folder, 'stores')) if 'pass_minutes.json' in files)
-    run_minutes = sum(r['minutes'] for r in runs)
-    print('\n' + text + f'\n\nthis call {(time.perf_counter() - start) / 60:.1f} min; the {args.budget} budget in all: '
-          f'{run_minutes:.1f} min of training and evaluation epochs ({len(runs)} runs, from their logs) + '
-          f'{passes:.1f} min of teacher passes')
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, 'table.md'), 'w') as f:
-        f.write(text + '\n')
-    with open(os.path.join(folder, 'results.json'), 'w') as f:
-        json.dump({'budget': args.budget, 'settings': budget, 'teachers': teacher_top1, 'strong': strong,
-                   'runs': runs, 'table': table, 'labels_share': labels_share(table), 'settled': settled,
-                   'run_minutes': run_minutes, 'pass_minutes': passes}, f, indent=1)
-    results = {}
-    for name in BUDGETS:
-        path = os.path.join(args.output, name, 'results.json')
-        if os.path.isfile(path) and (name != 'smoke' or args.budget == 'smoke'):
-            with open(path) as f:
-                results[name] = json.load(f)
-    if any(r['table'] for r in results.values()):
-        bar_chart(os.path.join(args.output, 'bars.png'), results)
+    runs = plan(args)
+    # what the teachers can add beyond the labels, measured on the training views before any student trains
+    measured = {}
+    for run in runs:
+        teacher = (ALL_ROWS[run.row][1]['teachers'] or ['labels'])[0]
+        if teacher != 'labels' and not args.online:
+            measured.setdefault((run.regime, run.size, teacher, run.seed), run)
+    for run in measured.values():
+        measure(run, found, args)
+    for run in runs:
+        do_run(run, found, args)
+    print(f'\nthis call {(time.perf_counter() - start) / 60:.1f} min\n')
+    print(report(args.results, args.smoke))
     return 0
 
 
 if __name__ == '__main__':
     try:
         sys.exit(main())
-    except (ValueError, OSError) as e:  # bad input (a config the recipes reject, a folder that is no run): one line
+    except UserError as e:  # bad input (a record of another config, a folder that is no run): one line
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

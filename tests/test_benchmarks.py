@@ -3,10 +3,12 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from stdistill.config import load_config
 
 pytestmark = pytest.mark.slow  # the benchmarks at their smoke size
 
@@ -37,48 +39,81 @@ def test_step_time_prints_ratios(capsys):
     assert 1.11 < float(mac.group(1)) < 1.14
 
 
-def test_reproduction_runs_rows_and_reuses_finished_runs(tmp_path, capsys):
+STUDY = ['--smoke', '--regimes', 'deit', '--seeds', '0', '--rows', 'none', 'std_both', 'labels_std',
+         '--plans', 'main', '--workers', '0']
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+    """The study at its smoke size: tiny teachers, three rows of one regime, one seed."""
+    root = tmp_path_factory.mktemp('study')
     reproduce = _load('reproduce_fashion_mnist')
-    args = ['--budget', 'smoke', '--seeds', '0', '1', '--rows', 'none', 'labels_std', 'std_both',
-            '--output', str(tmp_path), '--workers', '0']
+    args = [*STUDY, '--results', str(root / 'results'), '--output', str(root / 'runs')]
+    assert reproduce.main(args) == 0
+    return reproduce, root, args
+
+
+def _script(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'reproduce_fashion_mnist.py'), *args],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def test_study_writes_records_and_reports_them_alone(study):
+    """Each finished run writes its record; --report rebuilds the tables from the records alone
+    (the run folders and stores gone, as on a fresh clone)."""
+    reproduce, root, args = study
+    records = sorted((root / 'results' / 'runs').glob('*/*/*/seed*.json'))
+    assert [p.relative_to(root / 'results' / 'runs').as_posix() for p in records] == [
+        'deit/12k/labels_std/seed0.json', 'deit/12k/none/seed0.json', 'deit/12k/std_both/seed0.json']
+    std = json.loads((root / 'results' / 'runs' / 'deit' / '12k' / 'std_both' / 'seed0.json').read_text())
+    teacher = json.loads((root / 'results' / 'teachers' / 'cnn.json').read_text())
+    assert std['teachers'] == [{'name': 'cnn', 'top1': teacher['top1'], 'weights_sha256': teacher['weights_sha256']}]
+    assert [set(e) >= {'val_top1', 'val_top1_cls', 'val_top1_dist'} for e in std['per_epoch']] == [True, True]
+    assert std['final']['val_top1'] == std['per_epoch'][-1]['val_top1'] and std['smoke'] is True
+    assert std['config']['aa'] == 'rand-m9-mstd0.5-inc1' and std['config']['mixup'] == 0.8
+    # the store's views measured before any student trained
+    measure = json.loads((root / 'results' / 'disagreement' / 'deit' / '12k' / 'cnn' / 'seed0.json').read_text())
+    assert measure['views'] == 512 and 0 <= measure['disagree_pct'] <= 100 and measure['kl_label_teacher'] > 0
+    shutil.rmtree(root / 'runs')
+    result = _script('--report', '--smoke', '--results', str(root / 'results'))
+    assert result.returncode == 0, result.stderr
+    for value in (std['final']['val_top1'], std['final']['val_top1_cls'], teacher['top1'], measure['disagree_pct']):
+        assert f'{value:.2f}' in result.stdout
+    assert '| STD both tokens from the labels |' in result.stdout and 'The paper\'s claims' in result.stdout
+    assert (root / 'results' / 'chart.png').stat().st_size > 0
+    assert not (root / 'runs').exists()  # the report trains nothing
+
+
+def test_study_skips_a_run_with_a_record(study, capsys):
+    reproduce, root, args = study
+    record = root / 'results' / 'runs' / 'deit' / '12k' / 'none' / 'seed0.json'
+    before = record.stat().st_mtime_ns
     assert reproduce.main(args) == 0
     out = capsys.readouterr().out
-    folder = tmp_path / 'smoke'
-    results = json.loads((folder / 'results.json').read_text())
-    assert {(r['row'], r['seed']) for r in results['runs']} == {(row, seed) for row in ('none', 'labels_std', 'std_both')
-                                                                for seed in (0, 1)}
-    rows = {r['row']: r for r in results['table']}
-    assert set(rows) == {'none', 'labels_std', 'labels_std_cls', 'labels_std_dist', 'std_both', 'std_both_cls',
-                         'std_both_dist'}
-    assert all(r['n'] == 2 for r in rows.values())
-    # the share of STD's gain kept by the pair trained on the labels, from the table's means
-    share = results['labels_share']
-    assert share['share'] == pytest.approx((rows['labels_std']['mean'] - rows['none']['mean'])
-                                           / (rows['std_both']['mean'] - rows['none']['mean']))
-    table = (folder / 'table.md').read_text()
-    assert 'STD both tokens from the labels, inference: class head alone' in table
-    assert 'remains without the teacher' in table and 'Test top-1 on 500 test images' in table
-    assert (tmp_path / 'bars.png').stat().st_size > 0
-    assert 'the smoke budget in all:' in out
-    # the teachers ran once per seed, into a store the distilled rows trained from; the labels need none
-    stores = sorted(p.parent for p in folder.glob('stores/*/seed*/store.json'))
-    assert [p.name for p in stores] == ['seed0', 'seed1']
-    for seed, store in zip((0, 1), stores):
-        saved = load_config(str(folder / 'rows' / 'std_both' / f'seed{seed}' / 'config.yaml'))
-        assert saved.teacher_outputs == str(store)
-        assert load_config(str(folder / 'rows' / 'labels_std' / f'seed{seed}' / 'config.yaml')).teacher_outputs is None
-    # a second call trains nothing: every run is found finished with the same config
-    summary = folder / 'rows' / 'none' / 'seed0' / 'summary.json'
-    before = summary.stat().st_mtime_ns
-    assert reproduce.main(args) == 0
-    assert summary.stat().st_mtime_ns == before
-    assert json.loads((folder / 'results.json').read_text())['table'] == results['table']
-    # --report trains nothing: the finished runs only, a seed never run is left out
-    assert reproduce.main([*args[:3], '1', '2', *args[5:], '--report']) == 0
-    report = json.loads((folder / 'results.json').read_text())
-    assert {(r['row'], r['seed']) for r in report['runs']} == {(row, 1) for row in ('none', 'labels_std', 'std_both')}
-    assert not (folder / 'rows' / 'none' / 'seed2').exists()
-    assert summary.stat().st_mtime_ns == before
+    assert '== deit 12k' not in out and '== teacher' not in out  # nothing trained, no store made again
+    assert record.stat().st_mtime_ns == before
+
+
+def test_study_refuses_a_record_of_another_config(study, tmp_path):
+    """A record whose config no longer matches its row is refused in one line, and run again on
+    request."""
+    reproduce, root, args = study
+    results = tmp_path / 'results'
+    shutil.copytree(root / 'results', results)
+    path = results / 'runs' / 'deit' / '12k' / 'none' / 'seed0.json'
+    record = json.loads(path.read_text())
+    record['config']['lr'], record['config_digest'] = 0.004, '0' * 64  # made when the row said lr 0.004
+    path.write_text(json.dumps(record))
+    argv = [*STUDY, '--rows', 'none', '--results', str(results), '--output', str(root / 'runs')]
+    result = _script(*argv)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'deit/12k/none/seed0.json was made with another config (lr: 0.004 -> 0.002)' in lines[0]
+    assert '--rerun-changed' in lines[0]
+    assert json.loads(path.read_text())['config_digest'] == '0' * 64  # refused: nothing written
+    result = _script(*argv, '--rerun-changed')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(path.read_text())['config']['lr'] == 0.002
 
 
 def test_reproduction_resumes_an_interrupted_run(tmp_path, capsys):
@@ -92,7 +127,7 @@ def test_reproduction_resumes_an_interrupted_run(tmp_path, capsys):
     train(config_from_dict(values), stop_after=1)
     first = (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()
     assert len(first) == 1
-    summary = reproduce.run(values)
+    summary = reproduce.train_run(values)
     assert summary['epochs_done'] == 2
     assert 'resuming' in capsys.readouterr().out
     assert (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()[0] == first[0]
@@ -129,22 +164,22 @@ def test_fault_injection_detects_a_run_that_does_not_resume_exactly(tmp_path):
     assert digest(str(tmp_path / 'a')) == digest(str(tmp_path / 'b')) != digest(str(tmp_path / 'c'))
 
 
-def test_reproduction_never_deletes_what_is_not_a_run(tmp_path, capsys):
+def test_reproduction_never_deletes_what_is_not_a_run(tmp_path):
     """A folder where a run would go that holds anything else is refused, and kept; so is a file
-    as --output; and the smoke teachers live apart from the study's."""
+    as --output."""
     reproduce = _load('reproduce_fashion_mnist')
-    teacher = tmp_path / 'smoke' / 'teachers' / 'resnet10t'
+    from stdistill.errors import UserError
+    teacher = tmp_path / 'runs' / 'teachers' / 'cnn'
     teacher.mkdir(parents=True)
-    (teacher / 'config.yaml').write_text('model: resnet10t\n')
+    (teacher / 'config.yaml').write_text('model: resnet18\n')
     (teacher / 'data.bin').write_text('precious')
-    args = ['--budget', 'smoke', '--seeds', '0', '--rows', 'none', '--workers', '0']
-    with pytest.raises(ValueError, match='holds data.bin, which is not part of a stdistill run'):
-        reproduce.main([*args, '--output', str(tmp_path)])
+    args = [*STUDY, '--results', str(tmp_path / 'results')]
+    with pytest.raises(UserError, match='holds data.bin, which is not part of a stdistill run'):
+        reproduce.main([*args, '--output', str(tmp_path / 'runs')])
     assert (teacher / 'data.bin').read_text() == 'precious'
     (tmp_path / 'afile').write_text('x')
-    with pytest.raises(ValueError, match='is a file, not a folder'):
+    with pytest.raises(UserError, match='is a file, not a folder'):
         reproduce.main([*args, '--output', str(tmp_path / 'afile' / 'study')])
-    for bad in (['--long-epochs', '3'], ['--budget', 'long', '--long-epochs', '0'], ['--seeds', '0', '0']):
-        with pytest.raises(SystemExit):
-            reproduce.main(['--output', str(tmp_path / 'x'), *bad])
+    with pytest.raises(SystemExit):
+        reproduce.main([*args, '--output', str(tmp_path / 'x'), '--seeds', '0', '0'])
     assert not (tmp_path / 'x').exists()

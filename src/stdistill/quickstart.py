@@ -32,7 +32,7 @@ from .errors import UserError
 from .locks import lock_folder
 from .log import setup_logging
 
-__all__ = ['run_quickstart', 'quickstart_configs', 'RECIPES']
+__all__ = ['run_quickstart', 'quickstart_configs', 'clear_run', 'RECIPES']
 
 _logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ _RUN_ENTRIES = {'config.yaml', 'log.jsonl', 'summary.json', 'class_map.txt', 'tb
                 'curves.png', 'mi.png'}
 
 
-def _clear_run(folder: str) -> None:
+def clear_run(folder: str) -> None:
     """Remove an earlier run in `folder`: only a folder that holds a stdistill run and nothing
     else; anything else is a UserError naming what is in the way."""
     if os.path.lexists(folder) and not os.path.isdir(folder):
@@ -193,7 +193,7 @@ def _run_stages(configs: Dict[str, TrainConfig], output: str, restart: bool, tra
         if stages[name] == 'new':
             if os.path.isdir(cfg.output) and not restart:
                 _logger.info(f'{cfg.output}: another preset or an earlier stage changed, so this stage starts again')
-            _clear_run(cfg.output)
+            clear_run(cfg.output)
             stale = True
     rows, histories, start = [], {}, time.perf_counter()
     for name, cfg in configs.items():
