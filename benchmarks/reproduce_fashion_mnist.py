@@ -71,7 +71,7 @@ SIZES = {  # training images per epoch, epochs: the same 375 updates at batch 12
 SMOKE = dict(train_samples=256, epochs=2, val_samples=500)  # --smoke: every size (the tests')
 SMOKE_TEACHER = dict(train_samples=512, epochs=2, val_samples=500)
 # the strong teacher: label, timm model, model_kwargs, epochs on all 60k images
-TEACHER = ('ResNet-18', 'resnet18', {}, 30)
+TEACHER = ('ResNet-18', 'resnet18', {}, 20)
 LABELS = {'model': 'labels'}
 STD = dict(method='std', tokens='both', mine=False, teacher_weighting='entropy', inference_head='avg')
 ROWS = {  # name -> (label, overrides on the regime's recipe); teachers by name until resolved
