@@ -243,7 +243,52 @@ def _case_student_teacher_of_other_kwargs(tmp, run):
     return _train(f'teachers=[{{model: mixer_t4_28, checkpoint: {checkpoint}, kwargs: {{num_blocks: 3}}}}]')(tmp, run)
 
 
+def _case_bytes_recipe(tmp, run):
+    (tmp / 'recipe.yaml').write_bytes(b'\xff\xfeepochs: 1\n')
+    return ['train', '--config', str(tmp / 'recipe.yaml'), f'output={tmp / "out"}']
+
+
+def _case_damaged_labels(tmp, run):
+    """A labels file whose header is right and whose labels are not classes."""
+    root = tmp / 'fm'
+    root.mkdir()
+    for name in os.listdir(DEBIAN_FASHION_MNIST):
+        shutil.copy(os.path.join(DEBIAN_FASHION_MNIST, name), root / name)
+    labels = next(n for n in os.listdir(root) if n.startswith('train-labels'))
+    data = bytearray(gzip.open(root / labels).read() if labels.endswith('.gz') else (root / labels).read_bytes())
+    data[8:] = bytes([200]) * (len(data) - 8)
+    (root / labels).write_bytes(gzip.compress(bytes(data)) if labels.endswith('.gz') else bytes(data))
+    return _train(f'data_dir={root}')(tmp, run)
+
+
+def _case_class_folder_not_utf8(tmp, run):
+    root = image_folder(tmp / 'd')
+    os.rename(root / 'train' / 'class_1', os.path.join(bytes(root / 'train'), b'class_\xff'))
+    return _train(*FOLDER, f'data_dir={root}')(tmp, run)
+
+
 MATRIX = [
+    # kinds a library reports as a ValueError (or its subclasses), which no longer pass as bad input
+    ('seed out of numpy\'s range', _train('seed=-1'), ['seed must be from 0 to 4294967295']),
+    ('data_seed past 64 bits', _train('data_seed=99999999999999999999999'), ['data_seed must be from 0']),
+    ('recipe that is not UTF-8', _case_bytes_recipe, ['not UTF-8 text', 'save it as UTF-8']),
+    ('class folder name that is not UTF-8', _case_class_folder_not_utf8, ['has a name that is not UTF-8']),
+    ('lr beyond fp32', _train('lr=1e300'), ['lr is 1e+300, beyond what fp32 holds']),
+    # and their siblings, bad input that reached torch or timm as another error
+    ('YAML key that is not a name', _case_yaml('1: 2\n'), ['unknown config key 1']),
+    ('recipe nested too deeply', _case_yaml('a: ' + '[' * 5000 + '\n'), ['nests too deeply']),
+    ('sched none', _train('sched=none'), ["config key sched 'none' gives no schedule"]),
+    ('model_kwargs img_size against img_size', _train('model_kwargs={embed_dim: 16, num_blocks: 2, img_size: 32}'),
+     ['model_kwargs.img_size is 32', 'set img_size=32']),
+    ('model_kwargs in_chans against in_chans', _train('model_kwargs={embed_dim: 16, num_blocks: 2, in_chans: 3}'),
+     ['model_kwargs.in_chans is 3']),
+    ('token depth without bound', _train('token_depth=100000'), ['token_depth must be at most 64']),
+    ('MINE width without bound', _train('mine_hidden=100000000000'), ['mine_hidden must be at most']),
+    ('damaged labels file', _case_damaged_labels, ['is damaged: label 200 of image 0']),
+    ('profile: a size the model is not built for', lambda tmp, run: ['profile', 'mixer_s16_224', '--img-size', '8'],
+     ['cannot take a 3x8x8 input']),
+    ('profile: token positions on a plain model',
+     lambda tmp, run: ['profile', 'mixer_s16_224', '--token-positions', '1'], ['apply to STD students']),
     ('missing data folder', _train(*FOLDER, 'data_dir=/nowhere/at/all'), ['data folder not found', '/nowhere/at/all']),
     ('empty data folder', _case_empty_folder, ['empty']),
     ('corrupt image, bad_images=stop', _case_corrupt_image_stop, ['cannot read image', 'broken.png']),

@@ -87,6 +87,11 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
     if given != num_classes:
         raise UserError(f'model_kwargs.num_classes is {given!r} but the data has {num_classes} classes: remove it '
                         f'(num_classes is read from the data)')
+    for key in ('img_size', 'in_chans'):  # the data's size and channels are the config's keys
+        if key in cfg.model_kwargs and cfg.model_kwargs[key] != getattr(cfg, key):
+            raise UserError(f'model_kwargs.{key} is {cfg.model_kwargs[key]!r} but the batches have {key} '
+                            f'{getattr(cfg, key)}: remove it from model_kwargs and set {key}={cfg.model_kwargs[key]} '
+                            f'instead')
     if pretrained is None:  # weights forced off (a trained student rebuilt, a resumed run) read no file
         _refuse_unused_overlay(cfg.model_kwargs, cfg.pretrained, 'model_kwargs')
     kwargs = dict(num_classes=num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size, drop_path_rate=cfg.drop_path)

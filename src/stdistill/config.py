@@ -53,8 +53,16 @@ _Loader.add_implicit_resolver(
 
 def read_yaml(text: Any) -> Any:
     """A YAML document (a string or an open file) with every numeric form read as its number:
-    5e-4, 1E-6, .5 and 1_000 as well as 0.0005."""
-    return yaml.load(text, Loader=_Loader)
+    5e-4, 1E-6, .5 and 1_000 as well as 0.0005. Raises UserError for bytes that are not UTF-8
+    and for nesting too deep to be a config (yaml.YAMLError for what is not YAML)."""
+    where = getattr(text, 'name', 'the text given')
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except UnicodeDecodeError as e:
+        raise UserError(f'{where} is not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}): save it '
+                        f'as UTF-8') from None
+    except RecursionError:
+        raise UserError(f'{where} nests too deeply to be a config') from None
 
 
 def _f(default: Any, help: str, choices: Optional[Sequence] = None) -> Any:
@@ -196,6 +204,9 @@ _AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'min_updates_per_epoch': 0, 'img_
              'recount': 1, 'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
              'weight_decay': 0, 'mine_weight': 0, 'mine_warmup_epochs': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0,
              'min_lr': 0, 'num_classes': 1}
+# sizes far past any use that would allocate without bound (token_depth 100000 hangs the build)
+_AT_MOST = {'token_depth': 64, 'mine_hidden': 1 << 16}
+FP32_MAX = 3.4028234663852886e38
 _POSITIVE = ('lr', 'tau', 'clip_grad', 'crop_pct', 'model_ema_decay', 'dist_timeout')
 _PROBABILITIES = ('hflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'alpha', 'drop_path', 'smoothing', 'crop_pct',
                   'model_ema_decay')
@@ -230,6 +241,20 @@ def _check_ranges(cfg: 'TrainConfig') -> None:
         raise UserError(problem)
     if cfg.in_chans not in (1, 3):
         raise UserError(f'config key in_chans must be 1 (grayscale images, mode L) or 3 (RGB), got {cfg.in_chans}')
+    for name in ('seed', 'data_seed'):  # numpy and torch take seeds from 0 to 2**32 - 1
+        value = getattr(cfg, name)
+        if value is not None and not 0 <= value < 2 ** 32:
+            raise UserError(f'config key {name} must be from 0 to {2 ** 32 - 1}, got {value}')
+    for f in dataclasses.fields(cfg):  # torch keeps learning rates and the like in fp32
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and abs(value) > FP32_MAX:
+            raise UserError(f'config key {f.name} is {value}, beyond what fp32 holds ({FP32_MAX:.3g})')
+        if isinstance(value, str) and not _utf8(value):  # a path of undecodable bytes, from the command line
+            raise UserError(f'config key {f.name} is not UTF-8 text ({value.encode("utf-8", "backslashreplace")!r}): '
+                            f'rename it')
+    for name, high in _AT_MOST.items():
+        if getattr(cfg, name) > high:
+            raise UserError(f'config key {name} must be at most {high}, got {getattr(cfg, name)}')
     # random-resized-crop ranges: (min, max), as timm's transform reads them
     for name, what, top in (('scale', 'area fractions', 1.0), ('ratio', 'aspect ratios', None)):
         low_high = getattr(cfg, name)
@@ -270,8 +295,16 @@ def _check_method_keys(cfg: 'TrainConfig') -> None:
                                 f'method {cfg.method} distils the final output: drop it, or set method=std')
 
 
-def _closest(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
+def _utf8(text: str) -> bool:
+    try:
+        text.encode('utf-8')
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _closest(key: Any, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)  # (a YAML key may be a number or null)
     return f'; did you mean {close[0]}?' if close else ''
 
 

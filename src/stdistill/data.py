@@ -104,6 +104,10 @@ class FashionMNIST(torch.utils.data.Dataset):
         if self.images.ndim != 3 or len(self.images) != len(self.targets):
             raise UserError(f'{images_path} and {labels_path} do not match: '
                             f'{self.images.shape} images, {self.targets.shape} labels')
+        bad = np.flatnonzero((self.targets < 0) | (self.targets >= len(self.classes)))
+        if len(bad):
+            raise UserError(f'{labels_path} is damaged: label {int(self.targets[bad[0]])} of image {int(bad[0])} is not '
+                            f'one of the {len(self.classes)} classes; delete it and fetch it again')
         self.transform = transform
 
     def __len__(self) -> int:

@@ -72,6 +72,11 @@ def scan_split(folder: str) -> Tuple[List[Tuple[str, str]], Counter]:
             others['hidden'] += 1
         if not entry.is_dir() or entry.name.startswith('.'):
             continue
+        try:
+            entry.name.encode('utf-8')
+        except UnicodeEncodeError:  # bytes of another encoding: class_map.txt and checkpoints keep UTF-8
+            raise UserError(f'class folder {entry.path.encode("utf-8", "backslashreplace").decode()} has a name that is '
+                            f'not UTF-8: rename it') from None
         if entry.name != entry.name.strip() or '\n' in entry.name or '\r' in entry.name:
             raise UserError(f'class folder {entry.path!r} has a name with spaces at its ends or a line break: '
                             f'rename it (class_map.txt holds one name a line)')

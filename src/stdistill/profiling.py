@@ -15,7 +15,7 @@ from timm.models import get_pretrained_cfg_value
 from torch.utils.flop_counter import FlopCounterMode
 
 from .deit import DEIT_BASES
-from .errors import UserError
+from .errors import UserError, first_line
 from .students import STUDENT_BASES, check_model_name, create_student
 
 __all__ = ['Profile', 'profile_model', 'count_macs', 'PaperRow', 'PAPER_ROWS', 'paper_comparison']
@@ -61,10 +61,19 @@ def profile_model(name: str, img_size: int = 224, in_chans: int = 3, num_teacher
         kwargs['img_size'] = img_size  # isotropic MLPs are built for one resolution
     if in_chans != 3:
         kwargs['in_chans'] = in_chans
-    with torch.device('meta'):
-        model = create_student(name, **kwargs).eval()
+    try:
+        with torch.device('meta'):
+            model = create_student(name, **kwargs).eval()
+    except TypeError as e:  # an argument the model does not take (token positions on a plain model)
+        raise UserError(f'{name} does not take these options ({first_line(e)}): --num-teachers and '
+                        f'--token-positions apply to STD students (std_*)') from None
     params = sum(p.numel() for p in model.parameters())
-    return Profile(name, params, count_macs(model, (in_chans, img_size, img_size)))
+    try:
+        macs = count_macs(model, (in_chans, img_size, img_size))
+    except (AssertionError, RuntimeError) as e:  # a model built for one input size, or smaller than its stem
+        raise UserError(f'{name} cannot take a {in_chans}x{img_size}x{img_size} input ({first_line(e)}): give the '
+                        f'--img-size and --in-chans it is built for') from None
+    return Profile(name, params, macs)
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,10 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
                                            step_on_epochs=False, updates_per_epoch=steps)
     except (AssertionError, ValueError, KeyError, RuntimeError) as e:
         raise UserError(f'config key sched: {first_line(e)} (timm scheduler names: cosine, step, ...)') from None
+    if scheduler is None:  # timm's 'none': no warm-up, no decay, and nothing for the step to update
+        raise UserError(f'config key sched {cfg.sched!r} gives no schedule: choose a timm scheduler (cosine, step, '
+                        f'...); for a constant learning rate, sched=cosine with min_lr equal to lr and '
+                        f'warmup_epochs=0')
     ema = ModelEmaV3(student, decay=cfg.model_ema_decay) if cfg.model_ema else None
     start_epoch, num_updates, best, history, state, changelog = 0, 0, {'top1': -1.0, 'epoch': -1}, [], None, []
     if resume:
