@@ -749,12 +749,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(report(args.results, args.smoke))
         chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)
         return 0
-    found = teachers(args)
+    runs = plan(args)
+    # the rows without a network teacher (none, the labels rows) do not wait for the teachers
+    networks = any(t != 'labels' for run in runs for t in ALL_ROWS[run.row][1]['teachers'])
+    found = teachers(args) if networks or args.teachers_only else {}
     if args.teachers_only:
         print(', '.join(f'{d["label"]}: {d["top1"]:.2f}' for d in found.values()))
         return 0
     start = time.perf_counter()
-    runs = plan(args)
     # what the teachers can add beyond the labels, measured on the training views before any student trains
     measured = {}
     for run in runs:

@@ -183,3 +183,13 @@ def test_reproduction_never_deletes_what_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit):
         reproduce.main([*args, '--output', str(tmp_path / 'x'), '--seeds', '0', '0'])
     assert not (tmp_path / 'x').exists()
+
+
+def test_study_rows_without_a_network_teacher_need_no_teacher(tmp_path):
+    """The plain and labels rows run (and write their records) before any teacher is trained."""
+    reproduce = _load('reproduce_fashion_mnist')
+    assert reproduce.main(['--smoke', '--regimes', 'light', '--seeds', '0', '--rows', 'none', '--plans', 'main',
+                           '--workers', '0', '--results', str(tmp_path / 'results'),
+                           '--output', str(tmp_path / 'runs')]) == 0
+    assert (tmp_path / 'results' / 'runs' / 'light' / '12k' / 'none' / 'seed0.json').is_file()
+    assert not (tmp_path / 'results' / 'teachers').exists() and not (tmp_path / 'runs' / 'teachers').exists()
