@@ -56,7 +56,8 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 import yaml
 
 from stdistill.checkpoint import file_sha256
-from stdistill.config import config_from_dict, load_config
+from stdistill.config import config_from_dict, first_difference, load_config
+from stdistill.disk import save_figure, write_atomic
 from stdistill.errors import UserError
 from stdistill.quickstart import RECIPES, clear_run
 
@@ -127,17 +128,11 @@ def config_digest(values: Dict[str, Any], control: Optional[str] = None) -> Tupl
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
 
 
-def first_change(old: Any, new: Any, where: str = '') -> str:
+def first_change(old: Any, new: Any) -> str:
     """The first key where two configs differ, as 'key: old -> new'."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return first_change(old.get(key), new.get(key), f'{where}.{key}' if where else key)
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            if a != b:
-                return first_change(a, b, f'{where}.{i}')
-    return f'{where or "config"}: {json.dumps(old)} -> {json.dumps(new)}'
+    key, a, b = first_difference('config', old, new)
+    return f'{key.partition(".")[2] or key}: {json.dumps(a)} -> {json.dumps(b)}'
+
 
 
 def read_json(path: str) -> Dict[str, Any]:
@@ -146,13 +141,9 @@ def read_json(path: str) -> Dict[str, Any]:
 
 
 def write_json(path: str, doc: Dict[str, Any]) -> None:
-    """Whole or not at all: a temporary file renamed over the record."""
+    """Whole or not at all (stdistill.disk.write_atomic)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write('\n')
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True) + '\n'))
 
 
 def commit(paths: List[str], message: str) -> None:
@@ -162,7 +153,8 @@ def commit(paths: List[str], message: str) -> None:
         added = subprocess.run(['git', 'add', '--', *paths], cwd=ROOT, capture_output=True, text=True)
         done = added.returncode == 0 and subprocess.run(
             ['git', 'commit', '-q', '-m', message, '--', *paths], cwd=ROOT, capture_output=True, text=True)
-        if done and done.returncode == 0:
+        if done and (done.returncode == 0 or 'nothing to commit' in done.stdout + done.stderr
+                     or 'no changes added' in done.stdout + done.stderr):
             return
         time.sleep(2)
     print(f'   (could not commit {paths[0]}: {(done or added).stderr.strip()}; commit it by hand)', flush=True)
@@ -229,6 +221,19 @@ def teacher_values(args) -> Dict[str, Any]:
                 output=os.path.join(args.output, 'teachers', 'cnn'))
 
 
+def keep_first_epoch(run: str, to: str) -> None:
+    """Copy the weights of `run`'s checkpoint after its first epoch (in last/ or, once a later
+    epoch is saved, previous/) to `to`, unless `to` already holds them."""
+    for kept in ('last', 'previous'):
+        state = os.path.join(run, kept, 'state.json')
+        if os.path.isfile(state) and read_json(state)['epoch'] == 0:
+            shutil.copyfile(os.path.join(run, kept, 'model.safetensors'), to)
+            return
+    if not os.path.isfile(to):
+        raise UserError(f'{run} has no checkpoint after its first epoch any more: delete that folder and '
+                        f'train the teachers again')
+
+
 def teachers(args) -> Dict[str, Dict[str, Any]]:
     """The records of the trained teachers ('cnn', 'cnn_epoch1'), training them first unless
     --report: the epoch-1 weights are kept when the run stops after its first epoch, then the
@@ -250,8 +255,9 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
                     raise UserError(f'{path} is missing or is not the weights its record {records[name]} names: '
                                     f'restore it from git (git checkout -- {os.path.relpath(path, ROOT)})')
             return found
-    if args.report:
-        raise UserError(f'no teacher records in {folder}: train them first (--teachers-only)')
+    if not args.teachers_only:  # one process trains them (two side by side would share a folder)
+        raise UserError(f'no teacher records in {os.path.relpath(folder)}: train the teachers first, '
+                        f'alone (--teachers-only)' + (', with --rerun-changed' if args.rerun_changed else ''))
     began = time.perf_counter()
     print(f'== teacher cnn: {values["model"]}, {values["epochs"]} epochs', flush=True)
     train_run(values, stop_after=1)
@@ -260,15 +266,13 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
     os.makedirs(folder, exist_ok=True)
     out = {}
     epoch1 = os.path.join(folder, 'cnn_epoch1.safetensors')
-    if not os.path.isfile(os.path.join(run, 'summary.json')) or read_json(os.path.join(run, 'summary.json')).get(
-            'epochs_done') == 1:
-        shutil.copyfile(os.path.join(run, 'last', 'model.safetensors'), epoch1)
+    keep_first_epoch(run, epoch1)
     summary = train_run(values)
     rows = epochs_of(run)
     shutil.copyfile(os.path.join(run, 'last', 'model.safetensors'), os.path.join(folder, 'cnn.safetensors'))
     common = dict(label=TEACHER[0], model=values['model'], model_kwargs=values['model_kwargs'],
                   config_digest=digest, config=config, test_images=rows[-1]['val_images'],
-                  minutes=round((time.perf_counter() - began) / 60, 1), machine=machine(),
+                  minutes=round((time.perf_counter() - began) / 60, 1), machine=machine(), smoke=args.smoke,
                   date=datetime.date.today().isoformat())
     out['cnn'] = dict(common, name='cnn', file='cnn.safetensors', epochs=len(rows),
                       top1=summary['final']['val_top1'], curve=[r['val_top1'] for r in rows],
@@ -354,8 +358,8 @@ def make_store(values: Dict[str, Any], folder: str) -> str:
                  mine=False, mine_warmup_epochs=0)
     try:
         teacher_pass(config_from_dict(store), folder)
-    except UserError:  # a store made for other settings (e.g. retrained teachers): made again
-        if not os.path.isfile(os.path.join(folder, 'store.json')):
+    except UserError as e:  # a store made for other settings (e.g. retrained teachers): made again
+        if 'made for other settings' not in str(e):  # not a lock held by another process, a full disk
             raise
         shutil.rmtree(folder)
         teacher_pass(config_from_dict(store), folder)
@@ -414,20 +418,26 @@ def disagreement(values: Dict[str, Any], store_folder: str, shuffled: bool = Fal
 # ---------------------------------------------------------------- the plan
 
 def plan(args) -> List[Run]:
+    """The runs, a seed of every row before the next seed of any (a study stopped midway has
+    whole rows of seeds)."""
     runs = []
-    if 'main' in args.plans:
-        runs += [Run(row, regime, '12k', seed) for regime in args.regimes for row in ROWS for seed in args.seeds]
-    if 'ladder' in args.plans and 'deit' in args.regimes:
-        runs += [Run(row, 'deit', '12k', seed) for row in LADDER_ROWS for seed in args.seeds]
-    if 'data' in args.plans and DATA_REGIME in args.regimes:
-        runs += [Run(row, DATA_REGIME, size, seed) for size in DATA_SIZES for row in DATA_ROWS for seed in args.seeds]
+    for seed in args.seeds:
+        if 'main' in args.plans:
+            runs += [Run(row, regime, '12k', seed) for regime in args.regimes for row in ROWS]
+        if 'ladder' in args.plans and 'deit' in args.regimes:
+            runs += [Run(row, 'deit', '12k', seed) for row in LADDER_ROWS]
+        if 'data' in args.plans and DATA_REGIME in args.regimes:
+            runs += [Run(row, DATA_REGIME, size, seed) for size in DATA_SIZES for row in DATA_ROWS]
     if args.rows:
         runs = [r for r in runs if r.row in args.rows]
     return list(dict.fromkeys(runs))
 
 
-def run_values(run: Run, found: Dict[str, Dict[str, Any]], args) -> Tuple[Dict[str, Any], Optional[str]]:
-    """A run's config and control."""
+def run_values(run: Run, found: Dict[str, Dict[str, Any]], args
+               ) -> Tuple[Dict[str, Any], Optional[str], str, Dict[str, Any]]:
+    """A run's config, control, config digest and config as recorded. Its folder is named by the
+    digest, so that a run of another config (retrained teachers included) never resumes or
+    reuses the folder of the old one."""
     label, overrides = ALL_ROWS[run.row]
     recipe = {k: v for k, v in dataclasses.asdict(load_config(os.path.join(ROOT, REGIMES[run.regime]))).items()
               if k not in ('teachers', 'output')}
@@ -436,7 +446,9 @@ def run_values(run: Run, found: Dict[str, Dict[str, Any]], args) -> Tuple[Dict[s
                   seed=run.seed, workers=args.workers, data_dir=args.data_dir, device=args.device, progress=False,
                   output=os.path.join(args.output, 'runs', run.regime, run.size, run.row, f'seed{run.seed}'))
     values['teachers'], control = resolve_teachers(overrides['teachers'], found, args)
-    return values, control
+    digest, config = config_digest(values, control)  # output is not part of it
+    values['output'] += f'-{digest[:12]}'
+    return values, control, digest, config
 
 
 def store_teacher(run: Run) -> Optional[str]:
@@ -452,8 +464,7 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
     with --rerun-changed run again, when its config changed). Returns its record, None when
     --report finds none."""
     path = run.record(args.results)
-    values, control = run_values(run, found, args)
-    digest, config = config_digest(values, control)
+    values, control, digest, config = run_values(run, found, args)
     if os.path.isfile(path):
         record = read_json(path)
         if record['config_digest'] == digest:
@@ -509,9 +520,8 @@ def measure(run: Run, found: Dict[str, Dict[str, Any]], args) -> None:
     source = 'cnn' if teacher == 'shuffled' else teacher
     path = os.path.join(args.results, 'disagreement', run.regime, run.size, teacher, f'seed{run.seed}.json')
     # the views are a seed's, regime's and size's, whichever row reads the store: measured on one row's config
-    values, _ = run_values(Run(MEASURED_ON[teacher], run.regime, run.size, run.seed), found, args)
+    values, _, digest, config = run_values(Run(MEASURED_ON[teacher], run.regime, run.size, run.seed), found, args)
     store = store_folder(run, source, args)
-    digest, config = config_digest(values, 'shuffled' if teacher == 'shuffled' else None)
     if os.path.isfile(path) and read_json(path)['config_digest'] == digest:
         return
     print(f'== teacher pass {source} {run.regime} {run.size} seed {run.seed}', flush=True)
@@ -530,11 +540,23 @@ def measure(run: Run, found: Dict[str, Dict[str, Any]], args) -> None:
 
 # ---------------------------------------------------------------- the report
 
-def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def load_teachers(results: str, smoke: bool) -> List[Dict[str, Any]]:
+    docs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'teachers', '*.json')))]
+    return [d for d in docs if d.get('smoke', False) == smoke]
+
+
+def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int]:
+    """The run records and disagreement measures (smoke or not), and how many run records were
+    left out for having distilled from other weights than the teachers recorded today (runs of
+    retrained teachers not yet run again: never averaged with the new ones)."""
     runs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'runs', '*', '*', '*', 'seed*.json')))]
     measures = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'disagreement', '*', '*', '*',
                                                                      'seed*.json')))]
-    return [r for r in runs if r.get('smoke', False) == smoke], [m for m in measures if m.get('smoke', False) == smoke]
+    runs = [r for r in runs if r.get('smoke', False) == smoke]
+    weights = {d['name']: d['weights_sha256'] for d in load_teachers(results, smoke)}
+    weights['shuffled'] = weights.get('cnn')  # the strong teacher's outputs, shuffled
+    current = [r for r in runs if all(t.get('weights_sha256') in (None, weights.get(t['name'])) for t in r['teachers'])]
+    return current, [m for m in measures if m.get('smoke', False) == smoke], len(runs) - len(current)
 
 
 def _by_seed(records: List[Dict[str, Any]], row: str, regime: str, size: str, head: str = 'val_top1'
@@ -573,9 +595,12 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
 
 def report(results: str, smoke: bool = False) -> str:
     """Every table of RESULTS.md, from the records in `results` alone."""
-    records, measures = load_records(results, smoke)
+    records, measures, stale = load_records(results, smoke)
     out: List[str] = []
-    teacher_docs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'teachers', '*.json')))]
+    if stale:
+        out += [f'({stale} run records distilled from teachers other than those recorded now are left out: '
+                f'run them again with --rerun-changed)', '']
+    teacher_docs = load_teachers(results, smoke)
     out += ['### Teachers', '']
     out += _table(['teacher', 'timm model', 'epochs (60,000 images)', 'test top-1 (%)', 'weights (SHA-256)'],
                   [[d['label'], d['model'], str(d['epochs']), f'{d["top1"]:.2f}', d['weights_sha256'][:16]]
@@ -593,6 +618,20 @@ def report(results: str, smoke: bool = False) -> str:
     out.append('')
 
     regimes = [r for r in REGIMES if any(x['regime'] == r for x in records)]
+    out += ['### Both regimes side by side (12,000 images x 4 epochs)', '']
+    header, rows = ['row'], []
+    for regime in regimes:
+        header += [f'{regime}: test top-1 (%)', f'{regime}: paired vs no distillation']
+    for row, (label, _) in ROWS.items():
+        cells = [label]
+        for regime in regimes:
+            values = _by_seed(records, row, regime, '12k')
+            diff = _paired(values, _by_seed(records, 'none', regime, '12k')) if row != 'none' else []
+            cells += [f'{_stats(values.values())} ({len(values)})' if values else 'not run',
+                      _stats(diff, signed=True) if diff else '']
+        rows.append(cells)
+    out += _table(header, rows)
+    out += ['', 'Mean ± std over seeds (their number in brackets); the paired difference is taken seed by seed.', '']
     for regime in regimes:
         out += [f'### Main rows, {regime} regime (12,000 images x 4 epochs)', '']
         base = _by_seed(records, 'none', regime, '12k')
@@ -618,11 +657,14 @@ def report(results: str, smoke: bool = False) -> str:
     for regime in regimes:
         for size in SIZES:
             for method, labels in (('kd', 'labels_kd'), ('deit', 'labels_deit'), ('std_both', 'labels_std')):
-                teacher_run, label_run = (_by_seed(records, method, regime, size), _by_seed(records, labels, regime, size))
-                base = _by_seed(records, 'none', regime, size)
-                diffs = _paired(teacher_run, label_run)
-                if not diffs:
+                cells = [_by_seed(records, row, regime, size) for row in (method, labels, 'none')]
+                seeds = set(cells[0]) & set(cells[1])
+                if not seeds:
                     continue
+                if seeds & set(cells[2]):  # the share's two terms on the same seeds
+                    seeds &= set(cells[2])
+                teacher_run, label_run, base = ({s: c[s] for s in seeds if s in c} for c in cells)
+                diffs = _paired(teacher_run, label_run)
                 gain = _paired(teacher_run, base)
                 share = (statistics.mean(diffs) / statistics.mean(gain)
                          if gain and statistics.mean(gain) > 0 else None)
@@ -654,7 +696,7 @@ def report(results: str, smoke: bool = False) -> str:
                        'per seed'],
                       [[ALL_ROWS[row][0], agree.get(t, 'n/a') if t not in ('labels',) else '100 (by definition)',
                         _stats(_by_seed(records, row, 'deit', '12k').values()),
-                        ', '.join(f'{v:.2f}' for v in _by_seed(records, row, 'deit', '12k').values())]
+                        ', '.join(f'{v:.2f}' for _, v in sorted(_by_seed(records, row, 'deit', '12k').items()))]
                        for row, t in ladder])
         out.append('')
 
@@ -702,7 +744,7 @@ def chart(results: str, path: str, smoke: bool = False) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    records, _ = load_records(results, smoke)
+    records, _, _ = load_records(results, smoke)
     groups = [(f'{regime}: {ALL_ROWS[row][0]}', _by_seed(records, row, regime, '12k'))
               for regime in REGIMES for row in list(ROWS) + (list(LADDER_ROWS) if regime == 'deit' else [])]
     groups = [(label, v) for label, v in groups if v]
@@ -720,7 +762,7 @@ def chart(results: str, path: str, smoke: bool = False) -> None:
     ax.set(xlim=(0, 100), xlabel='Fashion-MNIST test top-1 (%), mean ± std over seeds; axis from 0')
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -745,6 +787,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: give each seed once')
     args.output, args.results = os.path.abspath(args.output), os.path.abspath(args.results)
+    # train() keeps data_dir absolute in a run's config: a relative one would never match it again
+    args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     if args.report:
         print(report(args.results, args.smoke))
         chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)

@@ -49,6 +49,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp('study')
     reproduce = _load('reproduce_fashion_mnist')
     args = [*STUDY, '--results', str(root / 'results'), '--output', str(root / 'runs')]
+    assert reproduce.main([*args, '--teachers-only']) == 0
     assert reproduce.main(args) == 0
     return reproduce, root, args
 
@@ -193,3 +194,60 @@ def test_study_rows_without_a_network_teacher_need_no_teacher(tmp_path):
                            '--output', str(tmp_path / 'runs')]) == 0
     assert (tmp_path / 'results' / 'runs' / 'light' / '12k' / 'none' / 'seed0.json').is_file()
     assert not (tmp_path / 'results' / 'teachers').exists() and not (tmp_path / 'runs' / 'teachers').exists()
+
+
+def test_study_keeps_the_teachers_first_epoch_wherever_it_is(tmp_path):
+    """The epoch-1 teacher is the checkpoint after the first epoch: in last/ after the stopped
+    run, in previous/ once a resumed run saved its second epoch (a session that ended then),
+    never a later epoch's; gone from both and not kept: refused in one line."""
+    reproduce = _load('reproduce_fashion_mnist')
+    from stdistill.errors import UserError
+    run, kept = tmp_path / 'cnn', tmp_path / 'cnn_epoch1.safetensors'
+
+    def checkpoint(folder, epoch):
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        (run / folder / 'state.json').write_text(json.dumps({'epoch': epoch}))
+        (run / folder / 'model.safetensors').write_text(f'weights after epoch index {epoch}')
+
+    checkpoint('last', 0)
+    reproduce.keep_first_epoch(str(run), str(kept))
+    assert kept.read_text() == 'weights after epoch index 0'
+    checkpoint('previous', 0)
+    checkpoint('last', 1)
+    kept.unlink()
+    reproduce.keep_first_epoch(str(run), str(kept))
+    assert kept.read_text() == 'weights after epoch index 0'
+    checkpoint('previous', 1)
+    checkpoint('last', 2)
+    reproduce.keep_first_epoch(str(run), str(kept))  # kept already: left as it is
+    assert kept.read_text() == 'weights after epoch index 0'
+    kept.unlink()
+    with pytest.raises(UserError, match='no checkpoint after its first epoch'):
+        reproduce.keep_first_epoch(str(run), str(kept))
+    assert not kept.exists()
+
+
+def test_study_trains_the_teachers_only_when_asked(tmp_path):
+    """Rows that distil wait for the teachers, trained by one process (--teachers-only): two
+    processes side by side never train them into one folder."""
+    result = _script(*STUDY, '--results', str(tmp_path / 'results'), '--output', str(tmp_path / 'runs'))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'train the teachers first, alone (--teachers-only)' in lines[0], lines
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'results').exists()
+
+
+def test_study_report_leaves_out_runs_of_other_teachers(study, tmp_path):
+    """Records distilled from teachers since retrained are not averaged with the new ones."""
+    reproduce, root, args = study
+    results = tmp_path / 'results'
+    shutil.copytree(root / 'results', results)
+    before = reproduce.report(str(results), smoke=True)
+    assert '| STD both tokens |' in before and 'left out' not in before
+    path = results / 'runs' / 'deit' / '12k' / 'std_both' / 'seed0.json'
+    record = json.loads(path.read_text())
+    record['teachers'][0]['weights_sha256'] = 'f' * 64  # distilled from weights retrained since
+    path.write_text(json.dumps(record))
+    after = reproduce.report(str(results), smoke=True)
+    assert '(1 run records distilled from teachers other than those recorded now are left out' in after
+    assert '| STD both tokens | not run |' in after  # the side-by-side table: no current record of the row
