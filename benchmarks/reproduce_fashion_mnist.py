@@ -738,6 +738,26 @@ def report(results: str, smoke: bool = False) -> str:
     return '\n'.join(out)
 
 
+BEGIN, END = '<!-- report: python benchmarks/reproduce_fashion_mnist.py --report -->', '<!-- /report -->'
+
+
+def results_block(markdown: str) -> Optional[str]:
+    """What stands between the report's markers in a RESULTS.md text (None: no markers)."""
+    if BEGIN not in markdown or END not in markdown:
+        return None
+    return markdown.split(BEGIN, 1)[1].split(END, 1)[0].strip('\n')
+
+
+def update_results(path: str, text: str) -> None:
+    """Put the report `text` between the markers of the markdown file `path` (whole or not at all)."""
+    with open(path, encoding='utf-8') as f:
+        markdown = f.read()
+    if results_block(markdown) is None:
+        raise UserError(f'{path} has no {BEGIN} ... {END} block: add one where the tables go')
+    head, rest = markdown.split(BEGIN, 1)
+    write_atomic(path, lambda f: f.write(f'{head}{BEGIN}\n\n{text}\n\n{END}{rest.split(END, 1)[1]}'))
+
+
 def chart(results: str, path: str, smoke: bool = False) -> None:
     """The main rows of each regime and the ladder: mean ± std over seeds, the axis from 0."""
     import matplotlib
@@ -783,14 +803,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--commit', action='store_true', help='git-commit each record as it is written')
     parser.add_argument('--smoke', action='store_true', help='tiny teachers and runs (the tests\'); records say so')
     parser.add_argument('--report', action='store_true', help='train nothing: every table and the chart, from the records')
+    parser.add_argument('--update-results', metavar='MARKDOWN', default=None,
+                        help='with --report: also write the tables into this file (RESULTS.md) between its markers')
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: give each seed once')
     args.output, args.results = os.path.abspath(args.output), os.path.abspath(args.results)
     # train() keeps data_dir absolute in a run's config: a relative one would never match it again
     args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
+    if args.update_results and not args.report:
+        parser.error('--update-results goes with --report')
     if args.report:
-        print(report(args.results, args.smoke))
+        text = report(args.results, args.smoke)
+        print(text)
+        if args.update_results:
+            update_results(args.update_results, text)
         chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)
         return 0
     runs = plan(args)

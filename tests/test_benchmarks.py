@@ -251,3 +251,21 @@ def test_study_report_leaves_out_runs_of_other_teachers(study, tmp_path):
     after = reproduce.report(str(results), smoke=True)
     assert '(1 run records distilled from teachers other than those recorded now are left out' in after
     assert '| STD both tokens | not run |' in after  # the side-by-side table: no current record of the row
+
+
+def test_study_report_writes_its_tables_into_the_results_page(study, tmp_path):
+    """--report --update-results puts the tables between the page's markers and keeps the rest;
+    a page without them is refused in one line, unchanged."""
+    reproduce, root, args = study
+    page = tmp_path / 'RESULTS.md'
+    page.write_text(f'# Results\n\nprose before\n\n{reproduce.BEGIN}\nold tables\n{reproduce.END}\n\nprose after\n')
+    result = _script('--report', '--smoke', '--results', str(root / 'results'), '--update-results', str(page))
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    assert text.startswith('# Results\n\nprose before\n\n') and text.endswith(f'{reproduce.END}\n\nprose after\n')
+    assert reproduce.results_block(text) == reproduce.report(str(root / 'results'), smoke=True)
+    assert 'old tables' not in text
+    page.write_text('# Results\n')
+    result = _script('--report', '--smoke', '--results', str(root / 'results'), '--update-results', str(page))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert 'has no' in result.stderr and page.read_text() == '# Results\n'
