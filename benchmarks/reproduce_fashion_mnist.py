@@ -25,13 +25,14 @@ Plans (`--plans`, default all):
 
 Each finished run writes a small record, RESULTS/runs/REGIME/SIZE/ROW/seedS.json: its config
 and the digest of it (teacher weights by their SHA-256), the teachers' digests and top-1, the
-test top-1 of every head after every epoch, and minutes. A run whose record exists is not run
-again; a record whose digest differs from its row's config today is refused in one line
-(`--rerun-changed` runs it again). `--commit` commits each record (and nothing else) as it
-lands, so that a study stopped midway loses at most the runs in flight. The teacher-output
-stores of each regime are measured before any student trains: how often the teacher's top-1
-differs from the label of a training view (under mixup/CutMix the larger part of the mixed
-label), and the mean KL(label || teacher) (RESULTS/disagreement/).
+test top-1 of every head after every epoch, and minutes (summed over its epochs, across
+resumes). A run whose record exists is not run again; a record whose digest differs from its
+row's config today is refused in one line (`--rerun-changed` runs it again). `--commit` commits
+each record (and nothing else) as it lands, so that a study stopped midway loses at most the
+runs in flight. The teacher-output stores of each regime are measured before any student
+trains: how often the teacher's top-1 differs from the label of a training view (under
+mixup/CutMix the larger part of the mixed label), and the mean KL(label || teacher)
+(RESULTS/disagreement/).
 
 `--report` trains nothing and reads only RESULTS: on a fresh clone it prints every table of
 RESULTS.md and draws RESULTS/chart.png. Run folders and stores go under --output (not kept).
@@ -160,6 +161,26 @@ def commit(paths: List[str], message: str) -> None:
     print(f'   (could not commit {paths[0]}: {(done or added).stderr.strip()}; commit it by hand)', flush=True)
 
 
+def check_committable(results: str) -> None:
+    """With --commit: refuse up front a results folder whose records git would not commit
+    (outside the repository, or ignored), rather than say 'commit it by hand' after every run."""
+    results = os.path.abspath(results)
+    probes = [Run('none', 'light', '12k', 0).record(results), os.path.join(results, 'teachers', 'cnn.json'),
+              os.path.join(results, 'teachers', 'cnn.safetensors'),
+              os.path.join(results, 'disagreement', 'light', '12k', 'cnn', 'seed0.json')]
+    for probe in probes:
+        if os.path.commonpath([ROOT, probe]) != ROOT:
+            raise UserError(f'--commit: {results} is outside the repository {ROOT}: give a --results inside it, '
+                            f'or drop --commit')
+        # -v also names a negating rule that keeps a file, so it decides nothing: only the exit status does
+        check = ['git', 'check-ignore', '--no-index', probe]
+        if subprocess.run(check, cwd=ROOT, capture_output=True).returncode == 0:
+            rule = subprocess.run([*check[:2], '-v', *check[2:]], cwd=ROOT, capture_output=True,
+                                  text=True).stdout.split('\t')[0]
+            raise UserError(f'--commit: git ignores {os.path.relpath(probe, ROOT)} (rule {rule}): un-ignore the '
+                            f'records in .gitignore, or drop --commit')
+
+
 def machine() -> str:
     cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
                platform.processor()) if os.path.isfile('/proc/cpuinfo') else platform.processor()
@@ -211,6 +232,12 @@ def epochs_of(folder: str) -> List[Dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def minutes_of(rows: List[Dict[str, Any]]) -> float:
+    """Minutes of training and evaluation in a run's epochs (its log rows), summed over every
+    process that ran them: a resumed run counts the epochs before the interruption too."""
+    return round(sum(r['epoch_s'] for r in rows) / 60, 2)
+
+
 # ---------------------------------------------------------------- teachers
 
 def teacher_values(args) -> Dict[str, Any]:
@@ -258,7 +285,6 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
     if not args.teachers_only:  # one process trains them (two side by side would share a folder)
         raise UserError(f'no teacher records in {os.path.relpath(folder)}: train the teachers first, '
                         f'alone (--teachers-only)' + (', with --rerun-changed' if args.rerun_changed else ''))
-    began = time.perf_counter()
     print(f'== teacher cnn: {values["model"]}, {values["epochs"]} epochs', flush=True)
     train_run(values, stop_after=1)
     run = values['output']
@@ -272,13 +298,12 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
     shutil.copyfile(os.path.join(run, 'last', 'model.safetensors'), os.path.join(folder, 'cnn.safetensors'))
     common = dict(label=TEACHER[0], model=values['model'], model_kwargs=values['model_kwargs'],
                   config_digest=digest, config=config, test_images=rows[-1]['val_images'],
-                  minutes=round((time.perf_counter() - began) / 60, 1), machine=machine(), smoke=args.smoke,
-                  date=datetime.date.today().isoformat())
-    out['cnn'] = dict(common, name='cnn', file='cnn.safetensors', epochs=len(rows),
+                  machine=machine(), smoke=args.smoke, date=datetime.date.today().isoformat())
+    out['cnn'] = dict(common, name='cnn', file='cnn.safetensors', epochs=len(rows), minutes=minutes_of(rows),
                       top1=summary['final']['val_top1'], curve=[r['val_top1'] for r in rows],
                       weights_sha256=file_sha256(os.path.join(folder, 'cnn.safetensors')))
     out['cnn_epoch1'] = dict(common, name='cnn_epoch1', file='cnn_epoch1.safetensors', epochs=1,
-                             label=f'{TEACHER[0]} after 1 epoch', top1=first['val_top1'],
+                             label=f'{TEACHER[0]} after 1 epoch', top1=first['val_top1'], minutes=minutes_of([first]),
                              weights_sha256=file_sha256(epoch1))
     for name, doc in out.items():
         write_json(records[name], doc)
@@ -475,7 +500,6 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
                             f'restore the row')
     if args.report:
         return None
-    began = time.perf_counter()
     teacher = store_teacher(run)
     if teacher and not args.online:
         store = store_folder(run, teacher, args)
@@ -497,7 +521,7 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
               'per_epoch': [{k: r[k] for k in ('epoch', *heads, 'val_images') if k in r} for r in rows],
               'final': {k: v for k, v in summary['final'].items() if k in heads},
               'test_images': rows[-1]['val_images'], 'params_m': summary['params_m'],
-              'minutes': round((time.perf_counter() - began) / 60, 2), 'smoke': args.smoke,
+              'minutes': minutes_of(rows), 'smoke': args.smoke,
               'machine': machine(), 'date': datetime.date.today().isoformat()}
     write_json(path, record)
     print(f'   top-1 {record["final"]["val_top1"]:.2f} in {record["minutes"]:.1f} min -> {os.path.relpath(path, ROOT)}',
@@ -734,7 +758,7 @@ def report(results: str, smoke: bool = False) -> str:
         rows.append([r['regime'], r['size'], str(r['seed']), ', '.join(f'{e["val_top1"]:.2f}' for e in r['per_epoch'])])
     out += _table(['regime', 'data', 'seed', 'after each epoch'], rows)
     minutes = sum(r['minutes'] for r in records)
-    out += ['', f'{len(records)} runs in the records, {minutes:.0f} minutes of training in all.']
+    out += ['', f'{len(records)} runs in the records, {minutes:.0f} minutes of training and evaluation in all (summed over epochs).']
     return '\n'.join(out)
 
 
@@ -820,6 +844,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             update_results(args.update_results, text)
         chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)
         return 0
+    if args.commit:
+        check_committable(args.results)
     runs = plan(args)
     # the rows without a network teacher (none, the labels rows) do not wait for the teachers
     networks = any(t != 'labels' for run in runs for t in ALL_ROWS[run.row][1]['teachers'])

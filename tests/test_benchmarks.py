@@ -132,6 +132,27 @@ def test_reproduction_resumes_an_interrupted_run(tmp_path, capsys):
     assert summary['epochs_done'] == 2
     assert 'resuming' in capsys.readouterr().out
     assert (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()[0] == first[0]
+    # a record's minutes count the epoch before the interruption too
+    rows = reproduce.epochs_of(str(tmp_path / 'run'))
+    assert reproduce.minutes_of(rows) == round(sum(r['epoch_s'] for r in rows) / 60, 2)
+    assert len(rows) == 2 and all(r['epoch_s'] > 0 for r in rows)
+
+
+def test_study_commits_only_where_git_keeps_the_records(tmp_path):
+    """--commit refuses up front a results folder git would ignore or that is outside the
+    repository; the study's own folder is kept (a .gitignore line 'runs/' once kept every run
+    record out of the commits)."""
+    reproduce = _load('reproduce_fashion_mnist')
+    from stdistill.errors import UserError
+    reproduce.check_committable(reproduce.RESULTS)
+    with pytest.raises(UserError, match=r"--commit: git ignores runs/x/runs/light/12k/none/seed0.json \(rule "
+                                        r"\.gitignore:\d+:runs/\): un-ignore"):
+        reproduce.check_committable(os.path.join(ROOT, 'runs', 'x'))
+    with pytest.raises(UserError, match='is outside the repository'):
+        reproduce.check_committable(str(tmp_path / 'results'))
+    with pytest.raises(UserError, match='outside the repository'):
+        reproduce.main(['--commit', '--results', str(tmp_path / 'results'), '--output', str(tmp_path / 'runs')])
+    assert not (tmp_path / 'runs').exists()
 
 
 def test_reproduction_rejects_unknown_rows(tmp_path, capsys):
@@ -174,7 +195,7 @@ def test_reproduction_never_deletes_what_is_not_a_run(tmp_path):
     teacher.mkdir(parents=True)
     (teacher / 'config.yaml').write_text('model: resnet18\n')
     (teacher / 'data.bin').write_text('precious')
-    args = [*STUDY, '--results', str(tmp_path / 'results')]
+    args = [*STUDY, '--results', str(tmp_path / 'results'), '--teachers-only']
     with pytest.raises(UserError, match='holds data.bin, which is not part of a stdistill run'):
         reproduce.main([*args, '--output', str(tmp_path / 'runs')])
     assert (teacher / 'data.bin').read_text() == 'precious'
