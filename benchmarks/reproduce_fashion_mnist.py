@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ from stdistill.config import config_from_dict, first_difference, load_config
 from stdistill.disk import save_figure, write_atomic
 from stdistill.errors import UserError
 from stdistill.quickstart import RECIPES, clear_run
+from stdistill.teachers import recorded_architecture, recorded_contract
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'fashion_mnist')
@@ -90,13 +92,19 @@ HEAD_ROWS = ('std_both', 'std_both_mine')  # also scored with the class head alo
 # the ladder: STD both from teachers of less and less knowledge (deit regime); its two ends are main rows
 LADDER = {'std_both': 'cnn', 'std_both_epoch1': 'cnn_epoch1', 'std_both_random': 'random',
           'std_both_shuffled': 'shuffled', 'labels_std': 'labels'}
-LADDER_ROWS = {f'std_both_{t}': (f'STD both, teacher: {what}', dict(STD, teachers=[t]))
-               for t, what in (('epoch1', 'the strong one after its first epoch'),
-                               ('random', 'random weights'),
-                               ('shuffled', 'the strong one, outputs shuffled within the batch'))}
+LADDER_ROWS = {row: (f'STD both, teacher: {what}', dict(STD, teachers=[teacher]))
+               for row, what in (('std_both_epoch1', 'the strong one after its first epoch'),
+                                 ('std_both_random', 'random weights'),
+                                 ('std_both_shuffled', 'the strong one, outputs shuffled within the batch'))
+               for teacher in [LADDER[row]]}
 ALL_ROWS = {**ROWS, **LADDER_ROWS}
 MEASURED_ON = {'cnn': 'std_both', 'cnn_epoch1': 'std_both_epoch1', 'random': 'std_both_random',
                'shuffled': 'std_both_shuffled'}
+TEACHER_LABELS = {'cnn': TEACHER[0], 'cnn_epoch1': f'{TEACHER[0]} after 1 epoch', 'random': f'{TEACHER[0]}, random weights',
+                  'shuffled': f'{TEACHER[0]}, outputs shuffled within the batch', 'labels': 'the labels'}
+PLANS = ('main', 'ladder', 'data')
+OUTPUT = 'runs/reproduce_fashion_mnist'  # run folders and stores, under the working folder
+STUDY_SELECTION = dict(plans=PLANS, regimes=tuple(REGIMES), rows=None, seeds=(0, 1, 2))  # the whole study
 DATA_REGIME = 'deit'  # the regime where the main rows show the teacher adding most (RESULTS.md)
 DATA_ROWS, DATA_SIZES = ('none', 'std_both', 'labels_std'), ('3k', '48k')
 # how a run is executed, not what it trains: left out of the config digest
@@ -321,8 +329,12 @@ def resolve_teachers(names: List[str], found: Dict[str, Dict[str, Any]], args) -
             entries.append(dict(LABELS))
             continue
         model, kwargs = TEACHER[1], dict(TEACHER[2])
-        if name == 'random':  # the same network, random weights (seeded by the run's seed)
-            entries.append(dict(model=model, kwargs=kwargs, pretrained=False))
+        if name == 'random':  # the trained teacher's network and input, random weights (seeded by the run's seed)
+            trained = os.path.join(args.results, 'teachers', found['cnn']['file'])
+            arch, contract = recorded_architecture(trained), recorded_contract(trained)
+            entries.append(dict(model=model, kwargs=dict(arch['model_kwargs'], in_chans=arch['in_chans']),
+                                pretrained=False, mean=list(contract['mean']), std=list(contract['std']),
+                                img_size=arch['img_size'], interpolation=contract['interpolation']))
             continue
         source = 'cnn' if name == 'shuffled' else name
         control = 'shuffled' if name == 'shuffled' else control
@@ -610,6 +622,8 @@ def _verdict(diffs: List[float]) -> str:
         return 'reproduced'
     if all(d < 0 for d in diffs):
         return 'not reproduced (the opposite, every seed)'
+    if all(d == 0 for d in diffs):
+        return 'not reproduced (no difference)'
     return 'not reproduced (seeds disagree)'
 
 
@@ -617,10 +631,16 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
 
-def report(results: str, smoke: bool = False) -> str:
-    """Every table of RESULTS.md, from the records in `results` alone."""
+def report(results: str, smoke: bool = False, selection: Optional[argparse.Namespace] = None) -> str:
+    """Every table of RESULTS.md, from the records in `results` alone; and the runs of
+    `selection` (--regimes, --plans, --rows, --seeds, --output; default: the whole study) that have no
+    record, with the commands that complete them."""
     records, measures, stale = load_records(results, smoke)
     out: List[str] = []
+    if smoke:
+        out += [f'(Smoke records, the tests\': every size trains {SMOKE["train_samples"]} images x {SMOKE["epochs"]} '
+                f'epochs, the teachers {SMOKE_TEACHER["train_samples"]} x {SMOKE_TEACHER["epochs"]}; the headings name '
+                f'the study\'s budgets. They test the script and measure nothing.)', '']
     if stale:
         out += [f'({stale} run records distilled from teachers other than those recorded now are left out: '
                 f'run them again with --rerun-changed)', '']
@@ -697,7 +717,9 @@ def report(results: str, smoke: bool = False) -> str:
                              f'{100 * share:.0f}%' if share is not None else 'n/a'])
     out += _table(['regime', 'data', 'method', 'gain over no distillation', 'teacher minus labels (paired)',
                    'per seed', 'teacher\'s share of the gain'], rows)
-    out.append('')
+    out += ['', 'On the seeds that have all three runs (the gain may differ from the main table\'s, taken on every '
+            'seed of the row). The teacher\'s share is (teacher minus labels) / (teacher minus no distillation): '
+            'above 100% where the method from the labels falls below no distillation, n/a where there is no gain.', '']
 
     out += ['### STD against timm-equivalent soft KD and the DeiT token (paired, per seed)', '']
     rows = []
@@ -711,18 +733,21 @@ def report(results: str, smoke: bool = False) -> str:
     out += _table(['regime', 'comparison', 'mean ± std', 'per seed'], rows)
     out.append('')
 
-    ladder = [(row, teacher) for row, teacher in LADDER.items() if _by_seed(records, row, 'deit', '12k')]
-    if ladder:
+    if any(_by_seed(records, row, 'deit', '12k') for row in LADDER_ROWS):
         out += ['### The teacher ladder: STD both, deit regime, 12,000 x 4', '']
-        agree = {t: _stats(100 - m['disagree_pct'] for m in groups.get(('deit', '12k', t), []))
-                 for _, t in ladder}
+        top1 = {d['name']: f' ({d["top1"]:.2f})' for d in teacher_docs}
+        rows = []
+        for row, t in LADDER.items():
+            runs = _by_seed(records, row, 'deit', '12k')
+            measured = groups.get(('deit', '12k', t), [])
+            agree = '100 (by definition)' if t == 'labels' else (
+                _stats(100 - m['disagree_pct'] for m in measured) if measured else 'not measured')
+            rows.append([TEACHER_LABELS[t] + top1.get(t, ''), agree, _stats(runs.values()) if runs else 'not run',
+                         str(len(runs)), ', '.join(f'{v:.2f}' for _, v in sorted(runs.items()))])
         out += _table(['teacher', 'teacher top-1 agrees with the view\'s label (%)', 'student test top-1 (%)',
-                       'per seed'],
-                      [[ALL_ROWS[row][0], agree.get(t, 'n/a') if t not in ('labels',) else '100 (by definition)',
-                        _stats(_by_seed(records, row, 'deit', '12k').values()),
-                        ', '.join(f'{v:.2f}' for _, v in sorted(_by_seed(records, row, 'deit', '12k').items()))]
-                       for row, t in ladder])
-        out.append('')
+                       'seeds', 'per seed'], rows)
+        out += ['', 'Under mixup and CutMix a view\'s label is the larger part of its mixed label: a perfect teacher '
+                'of the unmixed images agrees with it far less than 100%.', '']
 
     sizes = [s for s in SIZES if any(r['size'] == s and r['regime'] == DATA_REGIME for r in records)]
     if len(sizes) > 1:
@@ -750,7 +775,8 @@ def report(results: str, smoke: bool = False) -> str:
             rows.append([claim, regime, f'{ALL_ROWS[a][0]} minus {ALL_ROWS[b][0]}',
                          ', '.join(f'{d:+.2f}' for d in diffs) or 'no runs', _verdict(diffs)])
     out += _table(['claim', 'regime', 'control', 'paired differences', 'verdict'], rows)
-    out.append('')
+    out += ['', 'Reproduced: every seed\'s paired difference above 0; not reproduced: any at or below 0 (the '
+            'opposite: every one below 0); not testable: under 2 seeds.', '']
 
     out += ['### The plain student\'s curve (test top-1 after each epoch: is 4 epochs long enough?)', '']
     rows = []
@@ -758,8 +784,50 @@ def report(results: str, smoke: bool = False) -> str:
         rows.append([r['regime'], r['size'], str(r['seed']), ', '.join(f'{e["val_top1"]:.2f}' for e in r['per_epoch'])])
     out += _table(['regime', 'data', 'seed', 'after each epoch'], rows)
     minutes = sum(r['minutes'] for r in records)
-    out += ['', f'{len(records)} runs in the records, {minutes:.0f} minutes of training and evaluation in all (summed over epochs).']
+    out += ['', f'{len(records)} runs in the records, {minutes:.0f} minutes of training and evaluation in all '
+            f'(summed over epochs).']
+    selection = selection or argparse.Namespace(**STUDY_SELECTION, output=None, data_dir=None)
+    done = {(r['row'], r['regime'], r['size'], r['seed']) for r in records}
+    missing = [run for run in plan(selection) if tuple(run) not in done]
+    if missing:
+        out += ['', f'{len(missing)} planned runs have no record yet ('
+                + ', '.join(f'{r.regime} {r.size} {r.row} seed {r.seed}' for r in missing[:6])
+                + (', ...' if len(missing) > 6 else '') + '). Complete them (2 cores, one process per regime): '
+                + ' and '.join(f'`{c}`' for c in complete_commands(missing, selection, results, smoke))
+                + '; when they end, `' + ' '.join(['python benchmarks/reproduce_fashion_mnist.py --report',
+                                                   *chosen(selection, ('regimes', 'plans', 'rows', 'seeds')),
+                                                   *where(results, smoke)]
+                                                  + ['--update-results RESULTS.md'] * (results == RESULTS and not smoke))
+                + '`.']
     return '\n'.join(out)
+
+
+def chosen(selection: argparse.Namespace, keys: Iterable[str]) -> List[str]:
+    """The options of `selection` among `keys` that narrow the whole study."""
+    options = []
+    for key in keys:
+        value = getattr(selection, key)
+        if value is not None and list(value) != list(STUDY_SELECTION[key] or []):
+            options += [f'--{key}', *map(str, value)]
+    return options
+
+
+def where(results: str, smoke: bool) -> List[str]:
+    """The options that name a study's records: --smoke, --results (none for the repository's)."""
+    return ['--smoke'] * smoke + (['--results', shlex.quote(results)] if os.path.abspath(results) != RESULTS else [])
+
+
+def complete_commands(missing: List[Run], selection: argparse.Namespace, results: str, smoke: bool) -> List[str]:
+    """One command per regime with missing runs, run from the repository root: the selection's runs
+    (those with a record are skipped), with --commit where the records are the repository's."""
+    options = chosen(selection, ('plans', 'rows', 'seeds')) + where(results, smoke)
+    for key in ('output', 'data_dir'):
+        if getattr(selection, key):
+            options += [f'--{key.replace("_", "-")}', shlex.quote(getattr(selection, key))]
+    options += ['--commit'] * (os.path.abspath(results) == RESULTS)  # the repository's records are committed
+    regimes = [r for r in REGIMES if any(run.regime == r for run in missing)]
+    return [' '.join(['OMP_NUM_THREADS=1 python benchmarks/reproduce_fashion_mnist.py --regimes', r, *options, '&'])
+            for r in regimes]
 
 
 BEGIN, END = '<!-- report: python benchmarks/reproduce_fashion_mnist.py --report -->', '<!-- /report -->'
@@ -813,11 +881,11 @@ def chart(results: str, path: str, smoke: bool = False) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--results', default=RESULTS, help='the records (committed): teachers, runs, disagreement')
-    parser.add_argument('--output', default='runs/reproduce_fashion_mnist', help='run folders and stores (not kept)')
-    parser.add_argument('--plans', nargs='+', default=['main', 'ladder', 'data'], choices=('main', 'ladder', 'data'))
+    parser.add_argument('--output', default=None, help=f'run folders and stores (not kept; default {OUTPUT})')
+    parser.add_argument('--plans', nargs='+', default=list(PLANS), choices=PLANS)
     parser.add_argument('--regimes', nargs='+', default=list(REGIMES), choices=tuple(REGIMES))
     parser.add_argument('--rows', nargs='+', default=None, choices=tuple(ALL_ROWS))
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--seeds', type=int, nargs='+', default=list(STUDY_SELECTION['seeds']))
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--data-dir', default=None, help="Fashion-MNIST IDX folder (default: Debian's)")
     parser.add_argument('--device', default='auto')
@@ -832,13 +900,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: give each seed once')
-    args.output, args.results = os.path.abspath(args.output), os.path.abspath(args.results)
+    given_output = args.output and os.path.abspath(args.output)
+    args.output, args.results = os.path.abspath(args.output or OUTPUT), os.path.abspath(args.results)
     # train() keeps data_dir absolute in a run's config: a relative one would never match it again
     args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     if args.update_results and not args.report:
         parser.error('--update-results goes with --report')
     if args.report:
-        text = report(args.results, args.smoke)
+        selection = argparse.Namespace(plans=args.plans, regimes=args.regimes, rows=args.rows, seeds=args.seeds,
+                                       output=given_output, data_dir=args.data_dir)
+        text = report(args.results, args.smoke, selection)
         print(text)
         if args.update_results:
             update_results(args.update_results, text)

@@ -40,7 +40,7 @@ def test_step_time_prints_ratios(capsys):
 
 
 STUDY = ['--smoke', '--regimes', 'deit', '--seeds', '0', '--rows', 'none', 'std_both', 'labels_std',
-         '--plans', 'main', '--workers', '0']
+         'std_both_epoch1', 'std_both_random', 'std_both_shuffled', '--plans', 'main', 'ladder', '--workers', '0']
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +65,17 @@ def test_study_writes_records_and_reports_them_alone(study):
     reproduce, root, args = study
     records = sorted((root / 'results' / 'runs').glob('*/*/*/seed*.json'))
     assert [p.relative_to(root / 'results' / 'runs').as_posix() for p in records] == [
-        'deit/12k/labels_std/seed0.json', 'deit/12k/none/seed0.json', 'deit/12k/std_both/seed0.json']
+        'deit/12k/labels_std/seed0.json', 'deit/12k/none/seed0.json', 'deit/12k/std_both/seed0.json',
+        'deit/12k/std_both_epoch1/seed0.json', 'deit/12k/std_both_random/seed0.json',
+        'deit/12k/std_both_shuffled/seed0.json']
+    # the ladder's rungs: the first epoch's weights, the trained network and input with random weights
+    rungs = {row: json.loads((root / 'results' / 'runs' / 'deit' / '12k' / row / 'seed0.json').read_text())
+             for row in ('std_both_epoch1', 'std_both_random', 'std_both_shuffled')}
+    epoch1 = json.loads((root / 'results' / 'teachers' / 'cnn_epoch1.json').read_text())
+    assert rungs['std_both_epoch1']['teachers'][0]['weights_sha256'] == epoch1['weights_sha256']
+    random = rungs['std_both_random']['config']['teachers'][0]
+    assert random['kwargs'] == {'in_chans': 1} and random['checkpoint'] is None and random['img_size'] == 28
+    assert rungs['std_both_shuffled']['control'] == 'shuffled'
     std = json.loads((root / 'results' / 'runs' / 'deit' / '12k' / 'std_both' / 'seed0.json').read_text())
     teacher = json.loads((root / 'results' / 'teachers' / 'cnn.json').read_text())
     assert std['teachers'] == [{'name': 'cnn', 'top1': teacher['top1'], 'weights_sha256': teacher['weights_sha256']}]
@@ -81,6 +91,9 @@ def test_study_writes_records_and_reports_them_alone(study):
     for value in (std['final']['val_top1'], std['final']['val_top1_cls'], teacher['top1'], measure['disagree_pct']):
         assert f'{value:.2f}' in result.stdout
     assert '| STD both tokens from the labels |' in result.stdout and 'The paper\'s claims' in result.stdout
+    for rung in ('ResNet-18 (', 'ResNet-18 after 1 epoch (', 'ResNet-18, random weights |',
+                 'ResNet-18, outputs shuffled within the batch |', 'the labels |'):
+        assert f'| {rung}' in result.stdout  # every rung of the ladder, named by its teacher
     assert (root / 'results' / 'chart.png').stat().st_size > 0
     assert not (root / 'runs').exists()  # the report trains nothing
 
@@ -290,3 +303,34 @@ def test_study_report_writes_its_tables_into_the_results_page(study, tmp_path):
     result = _script('--report', '--smoke', '--results', str(root / 'results'), '--update-results', str(page))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert 'has no' in result.stderr and page.read_text() == '# Results\n'
+
+
+def test_study_report_prints_the_commands_that_complete_it(study, tmp_path):
+    """Runs of the selection without a record are listed, with the commands that complete them;
+    run exactly as printed, they do, and the report then lists none."""
+    reproduce, root, args = study
+    results = tmp_path / 'results'
+    shutil.copytree(root / 'results', results)
+    (results / 'runs' / 'deit' / '12k' / 'none' / 'seed0.json').unlink()
+    selection = [*STUDY, '--results', str(results), '--output', str(tmp_path / 'runs')]
+    result = _script('--report', *selection)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith('1 planned runs have no record yet (deit 12k none seed 0). Complete them'), last
+    commands = re.findall(r'`([^`]+)`', last)
+    assert len(commands) == 2 and commands[0].endswith(' &') and '--commit' not in commands[0]
+    done = subprocess.run(['bash', '-c', commands[0] + '\nwait'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (results / 'runs' / 'deit' / '12k' / 'none' / 'seed0.json').is_file()
+    assert '== deit 12k std_both seed 0' not in done.stdout  # the runs with a record were skipped
+    report = subprocess.run(['bash', '-c', commands[1]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr
+    assert 'no record yet' not in report.stdout and '| no distillation |' in report.stdout
+    # the repository's own records: the commands commit, and the report rewrites RESULTS.md
+    import argparse
+    study = argparse.Namespace(**reproduce.STUDY_SELECTION, output=None, data_dir=None)
+    missing = [reproduce.Run('none', 'light', '12k', 0), reproduce.Run('kd', 'deit', '3k', 2)]
+    assert reproduce.complete_commands(missing, study, reproduce.RESULTS, False) == [
+        f'OMP_NUM_THREADS=1 python benchmarks/reproduce_fashion_mnist.py --regimes {r} --commit &'
+        for r in ('light', 'deit')]
