@@ -334,3 +334,18 @@ def test_study_report_prints_the_commands_that_complete_it(study, tmp_path):
     assert reproduce.complete_commands(missing, study, reproduce.RESULTS, False) == [
         f'OMP_NUM_THREADS=1 python benchmarks/reproduce_fashion_mnist.py --regimes {r} --commit &'
         for r in ('light', 'deit')]
+
+
+@pytest.mark.slow
+def test_study_smoke_commands_of_the_docs_run_as_printed(tmp_path):
+    """docs/reproduction.md's smoke block, in a folder of the test's own: teachers, three rows,
+    then a report that lists the rest of the selection and how to complete it."""
+    with open(os.path.join(ROOT, 'docs', 'reproduction.md'), encoding='utf-8') as f:
+        commands = [line for line in f.read().splitlines() if line.startswith('python benchmarks/') and '--smoke' in line]
+    assert len(commands) == 3
+    for command in commands:
+        done = subprocess.run(['bash', '-c', command.replace('/tmp/smoke', str(tmp_path))], cwd=ROOT, timeout=600,
+                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert done.returncode == 0, (command, done.stderr)
+    assert '| STD both tokens from the labels |' in done.stdout
+    assert 'planned runs have no record yet' in done.stdout and '--smoke --results' in done.stdout
