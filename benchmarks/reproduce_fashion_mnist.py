@@ -45,6 +45,7 @@ import datetime
 import glob
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -59,8 +60,8 @@ import yaml
 
 from stdistill.checkpoint import file_sha256
 from stdistill.config import config_from_dict, first_difference, load_config
-from stdistill.disk import save_figure, write_atomic
-from stdistill.errors import UserError
+from stdistill.disk import save_figure, write_atomic, writing
+from stdistill.errors import UserError, first_line
 from stdistill.quickstart import RECIPES, clear_run
 from stdistill.teachers import recorded_architecture, recorded_contract
 
@@ -149,6 +150,71 @@ def read_json(path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
+def _percent(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and 0 <= value <= 100
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _record_fault(doc: Any, kind: str, path: str, results: str) -> Optional[str]:
+    """What is wrong with a record of `kind` ('run', 'teacher', 'disagreement') at `path`, or None."""
+    if not isinstance(doc, dict):
+        return 'not a JSON object'
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0  # noqa: E731
+    checks = {'config_digest': lambda v: isinstance(v, str), 'config': lambda v: isinstance(v, dict),
+              'smoke': lambda v: isinstance(v, bool), 'minutes': number}
+    if kind == 'teacher':
+        checks.update(name=lambda v: v in TEACHER_LABELS, file=lambda v: isinstance(v, str) and os.sep not in v,
+                      label=lambda v: isinstance(v, str), model=lambda v: isinstance(v, str), epochs=_count,
+                      top1=_percent, test_images=_count, weights_sha256=lambda v: isinstance(v, str))
+    elif kind == 'run':
+        checks.update(row=lambda v: v in ALL_ROWS, regime=lambda v: v in REGIMES, size=lambda v: v in SIZES,
+                      seed=_count, params_m=number, test_images=_count,
+                      teachers=lambda v: isinstance(v, list) and all(isinstance(t, dict) and 'name' in t for t in v),
+                      final=lambda v: isinstance(v, dict) and _percent(v.get('val_top1'))
+                      and all(_percent(x) for x in v.values()),
+                      per_epoch=lambda v: isinstance(v, list) and v and all(
+                          isinstance(e, dict) and _percent(e.get('val_top1')) for e in v))
+    else:
+        checks.update(regime=lambda v: v in REGIMES, size=lambda v: v in SIZES, seed=_count,
+                      teacher=lambda v: v in MEASURED_ON, views=lambda v: _count(v) and v > 0,
+                      disagree_pct=_percent, kl_label_teacher=number)
+    wrong = next((key for key, ok in checks.items() if key not in doc or not ok(doc[key])), None)
+    if wrong:
+        return f'{wrong} is missing or not what a record holds'
+    if kind == 'run':
+        if doc['final']['val_top1'] != doc['per_epoch'][-1]['val_top1']:
+            return 'its final top-1 is not its last epoch\'s'
+        where = Run(doc['row'], doc['regime'], doc['size'], doc['seed']).record(results)
+    elif kind == 'disagreement':
+        where = os.path.join(results, 'disagreement', doc['regime'], doc['size'], doc['teacher'],
+                             f'seed{doc["seed"]}.json')
+    else:
+        where = os.path.join(results, 'teachers', f'{doc["name"]}.json')
+    if os.path.abspath(where) != os.path.abspath(path):
+        return f'it is the record of {os.path.relpath(where, results)}'
+    return None
+
+
+def read_record(path: str, kind: str, results: str) -> Dict[str, Any]:
+    """A study record, checked: a damaged one (unreadable, a key missing or out of range, in
+    another record's place) is refused in one line naming it."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError) as e:
+        fault = f'{type(e).__name__}: {e}'.splitlines()[0]
+    else:
+        fault = _record_fault(doc, kind, path, results)
+    if fault:
+        rel = os.path.relpath(path, ROOT)
+        raise UserError(f'{rel} is a damaged {kind} record ({fault}): restore it (git checkout -- {rel}), or '
+                        f'delete it and run the study again to remake it')
+    return doc
+
+
 def write_json(path: str, doc: Dict[str, Any]) -> None:
     """Whole or not at all (stdistill.disk.write_atomic)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -169,15 +235,40 @@ def commit(paths: List[str], message: str) -> None:
     print(f'   (could not commit {paths[0]}: {(done or added).stderr.strip()}; commit it by hand)', flush=True)
 
 
+def check_results(results: str, for_report: bool) -> None:
+    """--results must be a folder (or not exist yet, to train); --report needs records in it; a
+    folder to train into must take a file, tried before any training."""
+    parts = [results] + [os.path.join(results, d) for d in ('runs', 'teachers', 'disagreement')]
+    for path in parts:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f'--results: {path} is a file, not a folder: give the study\'s results folder '
+                            f'(default {os.path.relpath(RESULTS, ROOT)})')
+    above = results
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise UserError(f'--results {results}: {above} is a file, not a folder: give another --results')
+    if for_report:
+        if not any(glob.glob(os.path.join(results, sub, '**', '*.json'), recursive=True)
+                   for sub in ('runs', 'teachers', 'disagreement')):
+            raise UserError(f'--results {results} holds no study records: give the folder they are in '
+                            f'(default {os.path.relpath(RESULTS, ROOT)})')
+        return
+    probe = os.path.join(above, f'.write-test{os.getpid()}')  # the folder, or where it will be made
+    with writing(above, 'the study\'s records', 'run the study again'):
+        write_atomic(probe, lambda f: f.write(''))
+        os.remove(probe)
+
+
 def check_committable(results: str) -> None:
     """With --commit: refuse up front a results folder whose records git would not commit
     (outside the repository, or ignored), rather than say 'commit it by hand' after every run."""
-    results = os.path.abspath(results)
+    results = os.path.realpath(results)  # a link out of the repository is outside it for git too
     probes = [Run('none', 'light', '12k', 0).record(results), os.path.join(results, 'teachers', 'cnn.json'),
               os.path.join(results, 'teachers', 'cnn.safetensors'),
               os.path.join(results, 'disagreement', 'light', '12k', 'cnn', 'seed0.json')]
     for probe in probes:
-        if os.path.commonpath([ROOT, probe]) != ROOT:
+        if os.path.commonpath([os.path.realpath(ROOT), probe]) != os.path.realpath(ROOT):
             raise UserError(f'--commit: {results} is outside the repository {ROOT}: give a --results inside it, '
                             f'or drop --commit')
         # -v also names a negating rule that keeps a file, so it decides nothing: only the exit status does
@@ -278,7 +369,7 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
     digest, config = config_digest(values)
     records = {name: os.path.join(folder, f'{name}.json') for name in ('cnn', 'cnn_epoch1')}
     if all(os.path.isfile(p) for p in records.values()):
-        found = {name: read_json(p) for name, p in records.items()}
+        found = {name: read_record(p, 'teacher', args.results) for name, p in records.items()}
         if found['cnn']['config_digest'] != digest and not args.rerun_changed:
             raise UserError(f'{records["cnn"]} was trained with another config ({first_change(found["cnn"]["config"], config)}'
                             f'): retrain the teachers with --rerun-changed (every record distilled from them is then '
@@ -502,14 +593,15 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
     --report finds none."""
     path = run.record(args.results)
     values, control, digest, config = run_values(run, found, args)
-    if os.path.isfile(path):
-        record = read_json(path)
+    if os.path.lexists(path):
+        record = read_record(path, 'run', args.results)
         if record['config_digest'] == digest:
             return record
         if not args.rerun_changed:
-            raise UserError(f'{os.path.relpath(path, ROOT)} was made with another config '
-                            f'({first_change(record["config"], config)}): run it again with --rerun-changed, or '
-                            f'restore the row')
+            change = (first_change(record['config'], config) if record['config'] != config else
+                      'its config_digest is not that of its config: edited by hand?')
+            raise UserError(f'{os.path.relpath(path, ROOT)} was made with another config ({change}): run it again '
+                            f'with --rerun-changed, or restore the row')
     if args.report:
         return None
     teacher = store_teacher(run)
@@ -558,7 +650,7 @@ def measure(run: Run, found: Dict[str, Dict[str, Any]], args) -> None:
     # the views are a seed's, regime's and size's, whichever row reads the store: measured on one row's config
     values, _, digest, config = run_values(Run(MEASURED_ON[teacher], run.regime, run.size, run.seed), found, args)
     store = store_folder(run, source, args)
-    if os.path.isfile(path) and read_json(path)['config_digest'] == digest:
+    if os.path.lexists(path) and read_record(path, 'disagreement', args.results)['config_digest'] == digest:
         return
     print(f'== teacher pass {source} {run.regime} {run.size} seed {run.seed}', flush=True)
     make_store(values, store)
@@ -577,19 +669,28 @@ def measure(run: Run, found: Dict[str, Dict[str, Any]], args) -> None:
 # ---------------------------------------------------------------- the report
 
 def load_teachers(results: str, smoke: bool) -> List[Dict[str, Any]]:
-    docs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'teachers', '*.json')))]
-    return [d for d in docs if d.get('smoke', False) == smoke]
+    """The teacher records (cnn, cnn_epoch1) of the budget (smoke or not)."""
+    paths = [os.path.join(results, 'teachers', f'{name}.json') for name in ('cnn', 'cnn_epoch1')]
+    docs = [read_record(p, 'teacher', results) for p in paths if os.path.lexists(p)]
+    return [d for d in docs if d['smoke'] == smoke]
 
 
 def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int]:
     """The run records and disagreement measures (smoke or not), and how many run records were
     left out for having distilled from other weights than the teachers recorded today (runs of
     retrained teachers not yet run again: never averaged with the new ones)."""
-    runs = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'runs', '*', '*', '*', 'seed*.json')))]
-    measures = [read_json(p) for p in sorted(glob.glob(os.path.join(results, 'disagreement', '*', '*', '*',
-                                                                     'seed*.json')))]
-    runs = [r for r in runs if r.get('smoke', False) == smoke]
+    runs = [read_record(p, 'run', results)
+            for p in sorted(glob.glob(os.path.join(results, 'runs', '*', '*', '*', 'seed*.json')))]
+    measures = [read_record(p, 'disagreement', results)
+                for p in sorted(glob.glob(os.path.join(results, 'disagreement', '*', '*', '*', 'seed*.json')))]
+    runs = [r for r in runs if r['smoke'] == smoke]
     weights = {d['name']: d['weights_sha256'] for d in load_teachers(results, smoke)}
+    named = sorted({t['name'] for r in runs for t in r['teachers'] if t.get('weights_sha256')} - set(weights)
+                   - {'shuffled'})
+    if named:
+        folder = os.path.relpath(os.path.join(results, 'teachers'), ROOT)
+        raise UserError(f'run records distil from teacher {named[0]}, which has no record in {folder}: restore the '
+                        f'teachers\' records and weights (git checkout -- {folder})')
     weights['shuffled'] = weights.get('cnn')  # the strong teacher's outputs, shuffled
     current = [r for r in runs if all(t.get('weights_sha256') in (None, weights.get(t['name'])) for t in r['teachers'])]
     return current, [m for m in measures if m.get('smoke', False) == smoke], len(runs) - len(current)
@@ -842,12 +943,18 @@ def results_block(markdown: str) -> Optional[str]:
 
 def update_results(path: str, text: str) -> None:
     """Put the report `text` between the markers of the markdown file `path` (whole or not at all)."""
-    with open(path, encoding='utf-8') as f:
-        markdown = f.read()
-    if results_block(markdown) is None:
-        raise UserError(f'{path} has no {BEGIN} ... {END} block: add one where the tables go')
+    try:
+        with open(path, encoding='utf-8') as f:
+            markdown = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f'--update-results {path}: cannot read it ({type(e).__name__}: {first_line(e)}): give the '
+                        f'markdown file to rewrite (RESULTS.md)') from None
+    if markdown.count(BEGIN) != 1 or markdown.count(END) != 1 or markdown.index(BEGIN) > markdown.index(END):
+        raise UserError(f'{path} needs one {BEGIN} ... {END} block, in that order, where the tables go '
+                        f'(it has {markdown.count(BEGIN)} and {markdown.count(END)})')
     head, rest = markdown.split(BEGIN, 1)
-    write_atomic(path, lambda f: f.write(f'{head}{BEGIN}\n\n{text}\n\n{END}{rest.split(END, 1)[1]}'))
+    with writing(os.path.dirname(os.path.abspath(path)), os.path.basename(path), 'run --report again'):
+        write_atomic(path, lambda f: f.write(f'{head}{BEGIN}\n\n{text}\n\n{END}{rest.split(END, 1)[1]}'))
 
 
 def chart(results: str, path: str, smoke: bool = False) -> None:
@@ -873,8 +980,9 @@ def chart(results: str, path: str, smoke: bool = False) -> None:
     ax.set_yticks(ys, [label for label, _ in groups], fontsize=7)
     ax.set(xlim=(0, 100), xlabel='Fashion-MNIST test top-1 (%), mean ± std over seeds; axis from 0')
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_figure(fig, path, dpi=100)
+    with writing(os.path.dirname(path), os.path.basename(path), 'run --report again'):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -900,6 +1008,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds: give each seed once')
+    if not all(0 <= s <= 2 ** 32 - 1 for s in args.seeds):
+        parser.error('--seeds: each from 0 to 4294967295 (a run\'s seed)')
     given_output = args.output and os.path.abspath(args.output)
     args.output, args.results = os.path.abspath(args.output or OUTPUT), os.path.abspath(args.results)
     # train() keeps data_dir absolute in a run's config: a relative one would never match it again
@@ -909,15 +1019,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.report:
         selection = argparse.Namespace(plans=args.plans, regimes=args.regimes, rows=args.rows, seeds=args.seeds,
                                        output=given_output, data_dir=args.data_dir)
+        check_results(args.results, for_report=True)
         text = report(args.results, args.smoke, selection)
+        chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)  # before the page: all or nothing
         print(text)
         if args.update_results:
             update_results(args.update_results, text)
-        chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)
         return 0
+    check_results(args.results, for_report=False)
     if args.commit:
         check_committable(args.results)
     runs = plan(args)
+    if not runs and not args.teachers_only:
+        raise UserError(f'--plans {" ".join(args.plans)} --regimes {" ".join(args.regimes)}'
+                        + (f' --rows {" ".join(args.rows)}' if args.rows else '')
+                        + f' select no run: the ladder runs in --regimes deit, the data plan runs '
+                          f'{", ".join(DATA_ROWS)} in --regimes {DATA_REGIME}')
     # the rows without a network teacher (none, the labels rows) do not wait for the teachers
     networks = any(t != 'labels' for run in runs for t in ALL_ROWS[run.row][1]['teachers'])
     found = teachers(args) if networks or args.teachers_only else {}
@@ -946,3 +1063,7 @@ if __name__ == '__main__':
     except UserError as e:  # bad input (a record of another config, a folder that is no run): one line
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # records are written whole: only the run in flight is lost, and it resumes
+        print('\ninterrupted: the finished runs keep their records; run the same command again to resume',
+              file=sys.stderr)
+        sys.exit(130)

@@ -302,7 +302,7 @@ def test_study_report_writes_its_tables_into_the_results_page(study, tmp_path):
     page.write_text('# Results\n')
     result = _script('--report', '--smoke', '--results', str(root / 'results'), '--update-results', str(page))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert 'has no' in result.stderr and page.read_text() == '# Results\n'
+    assert 'needs one' in result.stderr and page.read_text() == '# Results\n'
 
 
 def test_study_report_prints_the_commands_that_complete_it(study, tmp_path):
@@ -349,3 +349,88 @@ def test_study_smoke_commands_of_the_docs_run_as_printed(tmp_path):
         assert done.returncode == 0, (command, done.stderr)
     assert '| STD both tokens from the labels |' in done.stdout
     assert 'planned runs have no record yet' in done.stdout and '--smoke --results' in done.stdout
+
+
+def _damage(results, case):
+    """Break a copy of the smoke study's records the way `case` says; returns the path named."""
+    record = results / 'runs' / 'deit' / '12k' / 'none' / 'seed0.json'
+    doc = json.loads(record.read_text())
+    if case == 'truncated record':
+        record.write_text(record.read_text()[:40])
+    elif case == 'top-1 not a number':
+        doc['final']['val_top1'] = float('nan')
+        record.write_text(json.dumps(doc))
+    elif case == 'top-1 out of range':
+        doc['final']['val_top1'] = doc['per_epoch'][-1]['val_top1'] = 1e9
+        record.write_text(json.dumps(doc))
+    elif case == 'final not the last epoch':
+        doc['final']['val_top1'] = 99.0
+        record.write_text(json.dumps(doc))
+    elif case == 'record in another place':
+        shutil.copy(record, record.with_name('seed7.json'))
+        return record.with_name('seed7.json')
+    elif case == 'record is a folder':
+        record.unlink()
+        record.mkdir()
+    elif case == 'seed a string':
+        doc['seed'] = '0'
+        record.write_text(json.dumps(doc))
+    elif case == 'teacher record missing':
+        (results / 'teachers' / 'cnn.json').unlink()
+        return results / 'teachers'
+    elif case == 'damaged disagreement':
+        record = results / 'disagreement' / 'deit' / '12k' / 'cnn' / 'seed0.json'
+        record.write_text('{')
+    return record
+
+
+@pytest.mark.parametrize('case, message', [
+    ('truncated record', 'is a damaged run record (JSONDecodeError'),
+    ('top-1 not a number', 'is a damaged run record (final is missing'),
+    ('top-1 out of range', 'is a damaged run record (final is missing'),
+    ('final not the last epoch', "its final top-1 is not its last epoch's"),
+    ('record in another place', 'it is the record of runs/deit/12k/none/seed0.json'),
+    ('record is a folder', 'is a damaged run record (IsADirectoryError'),
+    ('seed a string', 'is a damaged run record (seed is missing'),
+    ('teacher record missing', 'run records distil from teacher cnn, which has no record in'),
+    ('damaged disagreement', 'is a damaged disagreement record (JSONDecodeError'),
+])
+def test_study_refuses_damaged_records_in_one_line(study, tmp_path, case, message):
+    """A damaged record is named, never averaged in or a traceback; the tables are not rewritten."""
+    reproduce, root, args = study
+    from stdistill.errors import UserError
+    results = tmp_path / 'results'
+    shutil.copytree(root / 'results', results)
+    named = _damage(results, case)
+    page = tmp_path / 'RESULTS.md'
+    page.write_text(f'x\n{reproduce.BEGIN}\nold\n{reproduce.END}\n')
+    with pytest.raises(UserError, match=re.escape(message)) as refused:
+        reproduce.main(['--report', '--smoke', '--results', str(results), '--update-results', str(page)])
+    assert os.path.relpath(named, ROOT) in str(refused.value) or str(named) in str(refused.value)
+    assert 'old' in page.read_text()
+
+
+def test_study_refuses_bad_options_in_one_line(study, tmp_path):
+    reproduce, root, args = study
+    from stdistill.errors import UserError
+    page = tmp_path / 'page.md'
+    page.write_text(f'{reproduce.END}\n{reproduce.BEGIN}\n')
+    results = str(root / 'results')
+    cases = [
+        (['--report', '--results', str(tmp_path / 'typo')], 'holds no study records'),
+        (['--report', '--results', str(page)], 'is a file, not a folder'),
+        (['--rows', 'none', '--results', str(page / 'sub'), '--output', str(tmp_path / 'o')], 'is a file, not a folder'),
+        (['--report', '--smoke', '--results', results, '--update-results', str(tmp_path / 'missing.md')],
+         'cannot read it (FileNotFoundError'),
+        (['--report', '--smoke', '--results', results, '--update-results', str(page)], 'in that order'),
+        (['--smoke', '--plans', 'ladder', '--regimes', 'light', '--results', results, '--output', str(tmp_path / 'o')],
+         'select no run'),
+    ]
+    for argv, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            reproduce.main(argv)
+    assert page.read_text() == f'{reproduce.END}\n{reproduce.BEGIN}\n' and not (tmp_path / 'o').exists()
+    result = _script('--report', '--results', str(tmp_path / 'typo'))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with pytest.raises(SystemExit):
+        reproduce.main(['--seeds', '4294967296', '--output', str(tmp_path / 'o')])
