@@ -130,12 +130,24 @@ def config_digest(values: Dict[str, Any], control: Optional[str] = None) -> Tupl
     doc = dataclasses.asdict(config_from_dict(values))
     for key in EXECUTION_KEYS:
         doc.pop(key)
-    doc['teachers'] = [dict(t, checkpoint=file_sha256(t['checkpoint']) if t['checkpoint'] else None)
+    doc['teachers'] = [dict(t, checkpoint=weights_sha256(t['checkpoint']) if t['checkpoint'] else None)
                        for t in doc['teachers']]
     if control:
         doc['control'] = control
     doc = json.loads(json.dumps(doc))  # as a record reads it back (tuples become lists)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
+
+
+_HASHED: Dict[Tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: str) -> str:
+    """file_sha256, once per file version (a report digests every run's config)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path)
+    return _HASHED[key]
 
 
 def first_change(old: Any, new: Any) -> str:
@@ -693,7 +705,25 @@ def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[
                         f'teachers\' records and weights (git checkout -- {folder})')
     weights['shuffled'] = weights.get('cnn')  # the strong teacher's outputs, shuffled
     current = [r for r in runs if all(t.get('weights_sha256') in (None, weights.get(t['name'])) for t in r['teachers'])]
-    return current, [m for m in measures if m.get('smoke', False) == smoke], len(runs) - len(current)
+    return current, [m for m in measures if m['smoke'] == smoke], len(runs) - len(current)
+
+
+def split_changed(records: List[Dict[str, Any]], results: str, smoke: bool
+                  ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """The records whose config is their row's today, and (record, first change) for the others
+    (a recipe or row edited since): a training run refuses those, so the report leaves them out."""
+    found = {d['name']: d for d in load_teachers(results, smoke)}
+    args = argparse.Namespace(results=results, smoke=smoke, workers=0, data_dir=None, device='auto', output=results)
+    kept, changed = [], []
+    for r in records:
+        run = Run(r['row'], r['regime'], r['size'], r['seed'])
+        _, _, digest, config = run_values(run, found, args)
+        if r['config_digest'] == digest:
+            kept.append(r)
+        else:
+            change = first_change(r['config'], config) if r['config'] != config else 'digest edited'
+            changed.append((os.path.relpath(run.record(results), results), change))
+    return kept, changed
 
 
 def _by_seed(records: List[Dict[str, Any]], row: str, regime: str, size: str, head: str = 'val_top1'
@@ -737,11 +767,15 @@ def report(results: str, smoke: bool = False, selection: Optional[argparse.Names
     `selection` (--regimes, --plans, --rows, --seeds, --output; default: the whole study) that have no
     record, with the commands that complete them."""
     records, measures, stale = load_records(results, smoke)
+    records, changed = split_changed(records, results, smoke)
     out: List[str] = []
     if smoke:
         out += [f'(Smoke records, the tests\': every size trains {SMOKE["train_samples"]} images x {SMOKE["epochs"]} '
                 f'epochs, the teachers {SMOKE_TEACHER["train_samples"]} x {SMOKE_TEACHER["epochs"]}; the headings name '
                 f'the study\'s budgets. They test the script and measure nothing.)', '']
+    if changed:
+        out += [f'({len(changed)} run records were made with another config than their row\'s today (first: '
+                f'{changed[0][0]}, {changed[0][1]}) and are left out: run them again with --rerun-changed)', '']
     if stale:
         out += [f'({stale} run records distilled from teachers other than those recorded now are left out: '
                 f'run them again with --rerun-changed)', '']
@@ -963,7 +997,7 @@ def chart(results: str, path: str, smoke: bool = False) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    records, _, _ = load_records(results, smoke)
+    records, _ = split_changed(load_records(results, smoke)[0], results, smoke)
     groups = [(f'{regime}: {ALL_ROWS[row][0]}', _by_seed(records, row, regime, '12k'))
               for regime in REGIMES for row in list(ROWS) + (list(LADDER_ROWS) if regime == 'deit' else [])]
     groups = [(label, v) for label, v in groups if v]

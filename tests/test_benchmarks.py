@@ -125,6 +125,10 @@ def test_study_refuses_a_record_of_another_config(study, tmp_path):
     assert len(lines) == 1 and 'deit/12k/none/seed0.json was made with another config (lr: 0.004 -> 0.002)' in lines[0]
     assert '--rerun-changed' in lines[0]
     assert json.loads(path.read_text())['config_digest'] == '0' * 64  # refused: nothing written
+    text = reproduce.report(str(results), smoke=True)  # nor averaged in by the report
+    assert ('(1 run records were made with another config than their row\'s today (first: '
+            'runs/deit/12k/none/seed0.json, lr: 0.004 -> 0.002) and are left out') in text
+    assert '| no distillation | not run |' in text
     result = _script(*argv, '--rerun-changed')
     assert result.returncode == 0, result.stderr
     assert json.loads(path.read_text())['config']['lr'] == 0.002
