@@ -108,3 +108,19 @@ def test_modules_import_only_their_layer_or_below():
                 if node.module:
                     private += [f'{name} imports {node.module}.{a.name}' for a in node.names if a.name.startswith('_')]
     assert not upward and not private, upward + private
+
+
+def test_results_tables_are_the_reports_of_the_committed_records():
+    """RESULTS.md's tables are what `reproduce_fashion_mnist.py --report` prints from the records
+    committed under benchmarks/results/ (rewritten by --report --update-results RESULTS.md)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'reproduce_fashion_mnist', os.path.join(ROOT, 'benchmarks', 'reproduce_fashion_mnist.py'))
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    with open(os.path.join(ROOT, 'RESULTS.md'), encoding='utf-8') as f:
+        block = reproduce.results_block(f.read())
+    assert block is not None, 'RESULTS.md has no report block'
+    assert block == reproduce.report(reproduce.RESULTS), \
+        'RESULTS.md is not the report of the committed records: python benchmarks/reproduce_fashion_mnist.py ' \
+        '--report --update-results RESULTS.md'
