@@ -877,10 +877,12 @@ def report(results: str, smoke: bool = False, selection: Optional[argparse.Names
             measured = groups.get(('deit', '12k', t), [])
             agree = '100 (by definition)' if t == 'labels' else (
                 _stats(100 - m['disagree_pct'] for m in measured) if measured else 'not measured')
+            heads = [_by_seed(records, row, 'deit', '12k', head) for head in ('val_top1_cls', 'val_top1_dist')]
             rows.append([TEACHER_LABELS[t] + top1.get(t, ''), agree, _stats(runs.values()) if runs else 'not run',
+                         *[_stats(h.values()) if h else '' for h in heads],
                          str(len(runs)), ', '.join(f'{v:.2f}' for _, v in sorted(runs.items()))])
         out += _table(['teacher', 'teacher top-1 agrees with the view\'s label (%)', 'student test top-1 (%)',
-                       'seeds', 'per seed'], rows)
+                       'class head alone', 'distillation heads alone', 'seeds', 'per seed'], rows)
         out += ['', 'Under mixup and CutMix a view\'s label is the larger part of its mixed label: a perfect teacher '
                 'of the unmixed images agrees with it far less than 100%.', '']
 
