@@ -8,8 +8,8 @@ One MLP-Mixer student (`mixer_t4_28`) in two training regimes:
 - light: `recipes/fashion_mnist/std.yaml`: crops, flips, label smoothing;
 - deit: `recipes/fashion_mnist/std_deit.yaml`: DeiT's augmentation (RandAugment, mixup 0.8,
   CutMix 1.0, label smoothing 0.1, random erasing 0.25), the regime the paper trains in.
-Every run: 12,000 images for 4 epochs (the data axis also 3,000 x 16 and 48,000 x 1: the same
-375 updates), cosine from the recipe's lr without warm-up, scored on all 10,000 test images
+Every run: 12,000 images for 4 epochs (the data axis also 3,000 x 16 and 48,000 x 1: 372, 368
+and 375 updates, an epoch's last incomplete batch dropped), cosine from the recipe's lr without warm-up, scored on all 10,000 test images
 after every epoch; nothing is selected on the test set (the last epoch is the result).
 
 The teachers are trained once on `recipes/fashion_mnist/teacher.yaml` (all 60,000 images) and
@@ -68,7 +68,7 @@ from stdistill.teachers import recorded_architecture, recorded_contract
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'fashion_mnist')
 REGIMES = {'light': 'recipes/fashion_mnist/std.yaml', 'deit': 'recipes/fashion_mnist/std_deit.yaml'}
-SIZES = {  # training images per epoch, epochs: the same 375 updates at batch 128
+SIZES = {  # training images per epoch, epochs: 48,000 images seen, 372, 368, 375 updates at batch 128
     '12k': dict(train_samples=12000, epochs=4),
     '3k': dict(train_samples=3000, epochs=16),
     '48k': dict(train_samples=48000, epochs=1),
@@ -888,7 +888,7 @@ def report(results: str, smoke: bool = False, selection: Optional[argparse.Names
 
     sizes = [s for s in SIZES if any(r['size'] == s and r['regime'] == DATA_REGIME for r in records)]
     if len(sizes) > 1:
-        out += [f'### Less data, same updates ({DATA_REGIME} regime)', '']
+        out += [f'### Less data, the same images seen ({DATA_REGIME} regime)', '']
         rows = []
         for size in sizes:
             cells = {row: _by_seed(records, row, DATA_REGIME, size) for row in DATA_ROWS}
