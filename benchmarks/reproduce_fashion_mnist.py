@@ -150,6 +150,14 @@ def weights_sha256(path: str) -> str:
     return _HASHED[key]
 
 
+def config_change(record: Dict[str, Any], config: Dict[str, Any]) -> str:
+    """How a record's config differs from its row's `config` today: the first key that changed, or,
+    where the configs are equal, that its digest was edited."""
+    if record['config'] == config:
+        return 'its config_digest is not that of its config: edited by hand?'
+    return first_change(record['config'], config)
+
+
 def first_change(old: Any, new: Any) -> str:
     """The first key where two configs differ, as 'key: old -> new'."""
     key, a, b = first_difference('config', old, new)
@@ -162,9 +170,12 @@ def read_json(path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def _percent(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and 0 <= value <= 100
+    return _number(value) and value <= 100
 
 
 def _count(value: Any) -> bool:
@@ -175,16 +186,15 @@ def _record_fault(doc: Any, kind: str, path: str, results: str) -> Optional[str]
     """What is wrong with a record of `kind` ('run', 'teacher', 'disagreement') at `path`, or None."""
     if not isinstance(doc, dict):
         return 'not a JSON object'
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0  # noqa: E731
     checks = {'config_digest': lambda v: isinstance(v, str), 'config': lambda v: isinstance(v, dict),
-              'smoke': lambda v: isinstance(v, bool), 'minutes': number}
+              'smoke': lambda v: isinstance(v, bool), 'minutes': _number}
     if kind == 'teacher':
         checks.update(name=lambda v: v in TEACHER_LABELS, file=lambda v: isinstance(v, str) and os.sep not in v,
                       label=lambda v: isinstance(v, str), model=lambda v: isinstance(v, str), epochs=_count,
                       top1=_percent, test_images=_count, weights_sha256=lambda v: isinstance(v, str))
     elif kind == 'run':
         checks.update(row=lambda v: v in ALL_ROWS, regime=lambda v: v in REGIMES, size=lambda v: v in SIZES,
-                      seed=_count, params_m=number, test_images=_count,
+                      seed=_count, params_m=_number, test_images=_count,
                       teachers=lambda v: isinstance(v, list) and all(isinstance(t, dict) and 'name' in t for t in v),
                       final=lambda v: isinstance(v, dict) and _percent(v.get('val_top1'))
                       and all(_percent(x) for x in v.values()),
@@ -193,7 +203,7 @@ def _record_fault(doc: Any, kind: str, path: str, results: str) -> Optional[str]
     else:
         checks.update(regime=lambda v: v in REGIMES, size=lambda v: v in SIZES, seed=_count,
                       teacher=lambda v: v in MEASURED_ON, views=lambda v: _count(v) and v > 0,
-                      disagree_pct=_percent, kl_label_teacher=number)
+                      disagree_pct=_percent, kl_label_teacher=_number)
     wrong = next((key for key, ok in checks.items() if key not in doc or not ok(doc[key])), None)
     if wrong:
         return f'{wrong} is missing or not what a record holds'
@@ -610,9 +620,8 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
         if record['config_digest'] == digest:
             return record
         if not args.rerun_changed:
-            change = (first_change(record['config'], config) if record['config'] != config else
-                      'its config_digest is not that of its config: edited by hand?')
-            raise UserError(f'{os.path.relpath(path, ROOT)} was made with another config ({change}): run it again '
+            raise UserError(f'{os.path.relpath(path, ROOT)} was made with another config '
+                            f'({config_change(record, config)}): run it again '
                             f'with --rerun-changed, or restore the row')
     if args.report:
         return None
@@ -687,10 +696,14 @@ def load_teachers(results: str, smoke: bool) -> List[Dict[str, Any]]:
     return [d for d in docs if d['smoke'] == smoke]
 
 
-def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int]:
-    """The run records and disagreement measures (smoke or not), and how many run records were
-    left out for having distilled from other weights than the teachers recorded today (runs of
-    retrained teachers not yet run again: never averaged with the new ones)."""
+Study = Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int, List[Tuple[str, str]]]
+
+
+def load_records(results: str, smoke: bool) -> Study:
+    """The run records and disagreement measures (smoke or not); how many run records were left
+    out for having distilled from other weights than the teachers recorded today (runs of
+    retrained teachers not yet run again: never averaged with the new ones); and (record, first
+    change) for those left out for a config that is no longer their row's (split_changed)."""
     runs = [read_record(p, 'run', results)
             for p in sorted(glob.glob(os.path.join(results, 'runs', '*', '*', '*', 'seed*.json')))]
     measures = [read_record(p, 'disagreement', results)
@@ -705,7 +718,8 @@ def load_records(results: str, smoke: bool) -> Tuple[List[Dict[str, Any]], List[
                         f'teachers\' records and weights (git checkout -- {folder})')
     weights['shuffled'] = weights.get('cnn')  # the strong teacher's outputs, shuffled
     current = [r for r in runs if all(t.get('weights_sha256') in (None, weights.get(t['name'])) for t in r['teachers'])]
-    return current, [m for m in measures if m['smoke'] == smoke], len(runs) - len(current)
+    kept, changed = split_changed(current, results, smoke)
+    return kept, [m for m in measures if m['smoke'] == smoke], len(runs) - len(current), changed
 
 
 def split_changed(records: List[Dict[str, Any]], results: str, smoke: bool
@@ -721,8 +735,7 @@ def split_changed(records: List[Dict[str, Any]], results: str, smoke: bool
         if r['config_digest'] == digest:
             kept.append(r)
         else:
-            change = first_change(r['config'], config) if r['config'] != config else 'digest edited'
-            changed.append((os.path.relpath(run.record(results), results), change))
+            changed.append((os.path.relpath(run.record(results), results), config_change(r, config)))
     return kept, changed
 
 
@@ -762,12 +775,13 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
 
-def report(results: str, smoke: bool = False, selection: Optional[argparse.Namespace] = None) -> str:
-    """Every table of RESULTS.md, from the records in `results` alone; and the runs of
-    `selection` (--regimes, --plans, --rows, --seeds, --output; default: the whole study) that have no
-    record, with the commands that complete them."""
-    records, measures, stale = load_records(results, smoke)
-    records, changed = split_changed(records, results, smoke)
+def report(results: str, smoke: bool = False, selection: Optional[argparse.Namespace] = None,
+           study: Optional[Study] = None) -> str:
+    """Every table of RESULTS.md, from the records in `results` alone (`study`: load_records' of
+    them, where the caller has it); and the runs of `selection` (--regimes, --plans, --rows,
+    --seeds, --output; default: the whole study) that have no record, with the commands that
+    complete them."""
+    records, measures, stale, changed = study or load_records(results, smoke)
     out: List[str] = []
     if smoke:
         out += [f'(Smoke records, the tests\': every size trains {SMOKE["train_samples"]} images x {SMOKE["epochs"]} '
@@ -993,13 +1007,13 @@ def update_results(path: str, text: str) -> None:
         write_atomic(path, lambda f: f.write(f'{head}{BEGIN}\n\n{text}\n\n{END}{rest.split(END, 1)[1]}'))
 
 
-def chart(results: str, path: str, smoke: bool = False) -> None:
-    """The main rows of each regime and the ladder: mean ± std over seeds, the axis from 0."""
+def chart(records: List[Dict[str, Any]], path: str) -> None:
+    """The main rows of each regime and the ladder (of `records`, load_records' first): mean ± std
+    over seeds, the axis from 0."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    records, _ = split_changed(load_records(results, smoke)[0], results, smoke)
     groups = [(f'{regime}: {ALL_ROWS[row][0]}', _by_seed(records, row, regime, '12k'))
               for regime in REGIMES for row in list(ROWS) + (list(LADDER_ROWS) if regime == 'deit' else [])]
     groups = [(label, v) for label, v in groups if v]
@@ -1056,8 +1070,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         selection = argparse.Namespace(plans=args.plans, regimes=args.regimes, rows=args.rows, seeds=args.seeds,
                                        output=given_output, data_dir=args.data_dir)
         check_results(args.results, for_report=True)
-        text = report(args.results, args.smoke, selection)
-        chart(args.results, os.path.join(args.results, 'chart.png'), args.smoke)  # before the page: all or nothing
+        study = load_records(args.results, args.smoke)
+        text = report(args.results, args.smoke, selection, study)
+        chart(study[0], os.path.join(args.results, 'chart.png'))  # before the page: all or nothing
         print(text)
         if args.update_results:
             update_results(args.update_results, text)
