@@ -89,6 +89,21 @@ ROWS = {  # name -> (label, overrides on the regime's recipe); teachers by name 
     'labels_deit': ('DeiT token from the labels', dict(method='deit', teachers=['labels'], distill='hard')),
     'labels_std': ('STD both tokens from the labels', dict(STD, teachers=['labels'])),
 }
+# What a user deploys (deit regime, 12k): the head chosen on training images held out of training
+# (the 48,000 that train_samples leaves unused give them: the training images stay the std_both
+# row's), the class head taught by the teacher too (cls_distill), and the STD student folded into
+# the plain backbone (stdistill fold: the student's chosen head as the teacher, through a store).
+HOLDOUT = 2000
+DEPLOY_ROWS = {
+    'std_both_auto': ('STD both tokens, head chosen on held-out training images',
+                      dict(STD, inference_head='auto', holdout=HOLDOUT, teachers=['cnn'])),
+    'std_cls_distill': ('STD both + KD on the class head (cls_distill)',
+                        dict(STD, cls_distill=True, inference_head='auto', holdout=HOLDOUT, teachers=['cnn'])),
+}
+DEPLOY_REGIME = 'deit'
+# config keys added after the study's first records: left out of a config's digest at their defaults,
+# so that the records made before them keep their digests
+LATER_KEYS = {'holdout': 0, 'cls_distill': False}
 HEAD_ROWS = ('std_both', 'std_both_mine')  # also scored with the class head alone, the distillation heads alone
 # the ladder: STD both from teachers of less and less knowledge (deit regime); its two ends are main rows
 LADDER = {'std_both': 'cnn', 'std_both_epoch1': 'cnn_epoch1', 'std_both_random': 'random',
@@ -98,12 +113,12 @@ LADDER_ROWS = {row: (f'STD both, teacher: {what}', dict(STD, teachers=[teacher])
                                  ('std_both_random', 'random weights'),
                                  ('std_both_shuffled', 'the strong one, outputs shuffled within the batch'))
                for teacher in [LADDER[row]]}
-ALL_ROWS = {**ROWS, **LADDER_ROWS}
+ALL_ROWS = {**ROWS, **LADDER_ROWS, **DEPLOY_ROWS}
 MEASURED_ON = {'cnn': 'std_both', 'cnn_epoch1': 'std_both_epoch1', 'random': 'std_both_random',
                'shuffled': 'std_both_shuffled'}
 TEACHER_LABELS = {'cnn': TEACHER[0], 'cnn_epoch1': f'{TEACHER[0]} after 1 epoch', 'random': f'{TEACHER[0]}, random weights',
                   'shuffled': f'{TEACHER[0]}, outputs shuffled within the batch', 'labels': 'the labels'}
-PLANS = ('main', 'ladder', 'data')
+PLANS = ('main', 'ladder', 'data', 'deploy')
 OUTPUT = 'runs/reproduce_fashion_mnist'  # run folders and stores, under the working folder
 STUDY_SELECTION = dict(plans=PLANS, regimes=tuple(REGIMES), rows=None, seeds=(0, 1, 2))  # the whole study
 DATA_REGIME = 'deit'  # the regime where the main rows show the teacher adding most (RESULTS.md)
@@ -130,6 +145,9 @@ def config_digest(values: Dict[str, Any], control: Optional[str] = None) -> Tupl
     doc = dataclasses.asdict(config_from_dict(values))
     for key in EXECUTION_KEYS:
         doc.pop(key)
+    for key, default in LATER_KEYS.items():
+        if doc[key] == default:
+            doc.pop(key)
     doc['teachers'] = [dict(t, checkpoint=weights_sha256(t['checkpoint']) if t['checkpoint'] else None)
                        for t in doc['teachers']]
     if control:
@@ -505,7 +523,7 @@ def make_store(values: Dict[str, Any], folder: str) -> str:
     from stdistill.teacher_pass import teacher_pass
 
     store = dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, teacher_outputs=None,
-                 mine=False, mine_warmup_epochs=0)
+                 mine=False, mine_warmup_epochs=0, inference_head='cls', holdout=0, cls_distill=False)
     try:
         teacher_pass(config_from_dict(store), folder)
     except UserError as e:  # a store made for other settings (e.g. retrained teachers): made again
@@ -531,7 +549,7 @@ def disagreement(values: Dict[str, Any], store_folder: str, shuffled: bool = Fal
     from stdistill.store import TeacherStore, outputs_spec, run_fingerprint
 
     cfg = config_from_dict(dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, mine=False,
-                                teacher_outputs=store_folder))
+                                teacher_outputs=store_folder, inference_head='cls', holdout=0, cls_distill=False))
     contract = student_contract(cfg)
     data = build_data(cfg, DistInfo(), contract.mean, contract.std)
     cfg = dataclasses.replace(cfg, batch_size=data.batch_size)
@@ -578,6 +596,8 @@ def plan(args) -> List[Run]:
             runs += [Run(row, 'deit', '12k', seed) for row in LADDER_ROWS]
         if 'data' in args.plans and DATA_REGIME in args.regimes:
             runs += [Run(row, DATA_REGIME, size, seed) for size in DATA_SIZES for row in DATA_ROWS]
+        if 'deploy' in args.plans and DEPLOY_REGIME in args.regimes:
+            runs += [Run(row, DEPLOY_REGIME, '12k', seed) for row in DEPLOY_ROWS]
     if args.rows:
         runs = [r for r in runs if r.row in args.rows]
     return list(dict.fromkeys(runs))
@@ -634,7 +654,8 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
     print(f'== {run.regime} {run.size} {run.row} seed {run.seed}', flush=True)
     summary = train_with_control(values, control)
     rows = epochs_of(values['output'])
-    heads = ('val_top1', 'val_top1_cls', 'val_top1_dist')
+    heads = ('val_top1', 'val_top1_cls', 'val_top1_dist', 'val_top1_avg', 'holdout_top1_cls', 'holdout_top1_dist',
+             'holdout_top1_avg')
     teachers_of = []
     for name in ALL_ROWS[run.row][1]['teachers']:
         source = found.get('cnn' if name == 'shuffled' else name)  # labels and random: no weights file
@@ -643,7 +664,8 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
     record = {'row': run.row, 'label': ALL_ROWS[run.row][0], 'regime': run.regime, 'size': run.size,
               'train_samples': values['train_samples'], 'epochs': values['epochs'], 'seed': run.seed,
               'config_digest': digest, 'config': config, 'teachers': teachers_of, 'control': control,
-              'per_epoch': [{k: r[k] for k in ('epoch', *heads, 'val_images') if k in r} for r in rows],
+              'per_epoch': [{k: r[k] for k in ('epoch', *heads, 'val_images', 'inference_head') if k in r}
+                            for r in rows],
               'final': {k: v for k, v in summary['final'].items() if k in heads},
               'test_images': rows[-1]['val_images'], 'params_m': summary['params_m'],
               'minutes': minutes_of(rows), 'smoke': args.smoke,

@@ -34,13 +34,14 @@ from .losses import LABELS_TEACHER, DistillationLoss, LabelsTeacher
 from .methods import method_of, uses_mine
 from .mine import MIRegularizer
 from .schedule import schedule_seed, seeded_random_states
-from .students import STDStudent, check_model_name
+from .students import INFERENCE_HEADS, STDStudent, check_model_name
 from .task import STDTask
 from .teacher_input import InputContract
-from .teachers import FrozenTeacher, create_teacher, create_with_weights, load_weights, recorded_classes, recorded_contract, recorded_score
+from .teachers import (FrozenTeacher, create_teacher, create_with_weights, load_weights, recorded_classes,
+                       recorded_contract, recorded_head, recorded_score)
 
 __all__ = ['build_student', 'build_teachers', 'build_objective', 'resolve_norm', 'student_contract', 'teacher_line',
-           'refuse_labels_teacher_in_store', 'amp_dtype', 'load_student_checkpoint']
+           'refuse_labels_teacher_in_store', 'amp_dtype', 'load_student_checkpoint', 'auto_head']
 
 _logger = logging.getLogger(__name__)
 
@@ -103,11 +104,13 @@ def build_student(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool]
     method = method_of(cfg.method)
     if method.max_teachers == 1 and len(positions) != 1:  # (none's teachers are refused by build_objective)
         raise UserError(f'method {cfg.method} takes exactly one teacher, got {len(positions)}')
+    # auto: avg until the holdout images choose (train.py), or the head a checkpoint records (recorded_head)
+    head = 'avg' if cfg.inference_head == 'auto' else cfg.inference_head
     if method.student == 'std':
         return STDStudent(backbone, num_teachers=len(positions), token_positions=positions, tokens=cfg.tokens,
-                          token_depth=cfg.token_depth, inference_head=cfg.inference_head)
+                          token_depth=cfg.token_depth, inference_head=head)
     if method.student == 'deit':
-        return DeiTTokenStudent(backbone, inference_head=cfg.inference_head)
+        return DeiTTokenStudent(backbone, inference_head=head)
     return backbone
 
 
@@ -334,7 +337,7 @@ def build_objective(cfg: TrainConfig, num_classes: int, device: torch.device, mi
     if method.needs_teachers:
         distill_loss = DistillationLoss(base, alpha=cfg.alpha, tau=cfg.tau,
                                         distill=cfg.distill,
-                                        teacher_weighting=cfg.teacher_weighting)
+                                        teacher_weighting=cfg.teacher_weighting, cls_distill=cfg.cls_distill)
     mi = None
     if uses_mine(cfg.method, cfg.mine, cfg.tokens):
         mi = MIRegularizer(student, weight=cfg.mine_weight, hidden=cfg.mine_hidden).to(device)
@@ -383,4 +386,16 @@ def load_student_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False
     except RuntimeError as e:
         raise UserError(f'{path} does not fit {cfg.model} with method {cfg.method}: '
                         f'{whole_message(e)}') from None
+    if cfg.inference_head == 'auto' and hasattr(student, 'inference_head'):
+        student.inference_head = auto_head(path)
     return student, classes
+
+
+def auto_head(path: str) -> str:
+    """The head inference_head auto chose for the weights file `path` (on its run's holdout images,
+    recorded in its header). Raises UserError for a file that records no choice."""
+    head = recorded_head(path)
+    if head not in INFERENCE_HEADS:
+        raise UserError(f'{path} records no head chosen by inference_head auto (it was trained with another '
+                        f'inference_head): give inference_head=avg, cls or dist')
+    return head

@@ -105,6 +105,8 @@ class TrainConfig:
     download: bool = _f(False, 'let torchvision / Hugging Face download the dataset')
     train_samples: int = _f(0, 'train on a fixed random subset of this many images (0: all)')
     val_samples: int = _f(0, 'evaluate on a fixed random subset of this many images (0: all)')
+    holdout: int = _f(0, 'training images held out of training, on which inference_head auto chooses the head '
+                         '(taken from the images train_samples leaves unused when there are enough); 0: none')
     num_classes: Optional[int] = _f(None, 'class count; null: read from the dataset')
     class_map: Optional[str] = _f(None, "image folders: a text file naming the classes in index order, one a line "
                                         "(timm's class_map); null: the training split's folders in natural order "
@@ -158,8 +160,11 @@ class TrainConfig:
     teacher_weighting: str = _f('entropy', 'per-sample teacher weights (several teachers)', ('entropy', 'uniform'))
     tokens: str = _f('both', 'STD tokens per pair', ('both', 'spatial', 'channel'))
     token_depth: int = _f(1, 'token layers per pair (K)')
-    inference_head: str = _f('avg', 'prediction at evaluation: class head, distillation heads, or their mean',
-                             ('avg', 'cls', 'dist'))
+    inference_head: str = _f('avg', 'prediction at evaluation: class head, distillation heads, their mean, or '
+                                    'auto: the best of the three on the holdout images, chosen at each evaluation',
+                             ('avg', 'cls', 'dist', 'auto'))
+    cls_distill: bool = _f(False, 'std, deit: the class head also learns from the teachers (soft KD at tau, weight '
+                                  'alpha, as method kd) beside the distillation heads: a better class head alone')
     teacher_outputs: Optional[str] = _f(None, 'a teacher-output store (stdistill teacher-pass) to read the teachers\' '
                                               'outputs from, instead of running them')
     store_topk: int = _f(10, 'teacher-pass for soft distillation: logits stored per image and teacher (the rest '
@@ -201,7 +206,8 @@ class TrainConfig:
 _TEACHER_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 # Numeric keys with an inclusive lower bound, > 0, or in [0, 1]; checked when a config is built.
 _AT_LEAST = {'store_topk': 1, 'batch_size': 1, 'min_updates_per_epoch': 0, 'img_size': 1, 'epochs': 1, 'token_depth': 1, 'mine_hidden': 1,
-             'recount': 1, 'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'warmup_epochs': 0,
+             'recount': 1, 'log_interval': 1, 'workers': 0, 'train_samples': 0, 'val_samples': 0, 'holdout': 0,
+             'warmup_epochs': 0,
              'weight_decay': 0, 'mine_weight': 0, 'mine_warmup_epochs': 0, 'mixup': 0, 'cutmix': 0, 'warmup_lr': 0,
              'min_lr': 0, 'num_classes': 1}
 # sizes far past any use that would allocate without bound (token_depth 100000 hangs the build)
@@ -280,12 +286,13 @@ def schedule_problem(cfg: 'TrainConfig', lr: float) -> Optional[str]:
 def _check_method_keys(cfg: 'TrainConfig') -> None:
     """Refuse keys the run's method would ignore while config.yaml recorded them as used."""
     method = method_of(cfg.method)
+    _check_head_choice(cfg)
     if not method.needs_teachers:
         return  # no distillation: every distillation key is moot, and recipes keep theirs
     if not MIN_TAU <= cfg.tau <= MAX_TAU:
         raise UserError(f'config key tau must be from {MIN_TAU} to {MAX_TAU} (soft distillation scales by tau**2), '
                         f'got {cfg.tau}')
-    if cfg.distill == 'hard' and cfg.tau != 1.0:
+    if cfg.distill == 'hard' and cfg.tau != 1.0 and not cfg.cls_distill:
         raise UserError(f'tau {cfg.tau} applies to soft distillation, and this run distils hard labels '
                         f'(method {cfg.method}, distill hard): set distill=soft, or drop tau')
     if not method.token_positions:
@@ -293,6 +300,26 @@ def _check_method_keys(cfg: 'TrainConfig') -> None:
             if t['token_position'] != -1:
                 raise UserError(f'teachers.{i}.token_position is the block an STD token pair reads (method std); '
                                 f'method {cfg.method} distils the final output: drop it, or set method=std')
+
+
+def _check_head_choice(cfg: 'TrainConfig') -> None:
+    """inference_head auto needs holdout images and heads to choose among; holdout images serve
+    only that choice (held out of training for nothing otherwise); cls_distill needs a class head
+    beside distillation heads."""
+    heads = method_of(cfg.method).has_distillation_heads
+    if cfg.inference_head == 'auto' and not heads:
+        raise UserError(f'inference_head auto chooses among a student\'s heads, and method {cfg.method} trains its '
+                        f'class head alone: set inference_head=cls (and holdout=0), or method=std')
+    if cfg.inference_head == 'auto' and cfg.holdout == 0:
+        raise UserError('inference_head auto chooses the head on training images held out of training: set '
+                        'holdout to how many (e.g. holdout=2000; a tenth of a small training set)')
+    if cfg.holdout and cfg.inference_head != 'auto':
+        raise UserError(f'holdout {cfg.holdout}: the holdout images serve inference_head auto, and this run predicts '
+                        f'with {cfg.inference_head}: set inference_head=auto, or holdout=0')
+    if cfg.cls_distill and (not heads or method_of(cfg.method).distils_class_head):
+        raise UserError(f'cls_distill adds KD on the class head beside distillation heads (method std or deit); '
+                        f'method {cfg.method} has none: drop cls_distill'
+                        + (' (kd already distils into the class head)' if cfg.method == 'kd' else ''))
 
 
 def _utf8(text: str) -> bool:

@@ -20,4 +20,5 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False) ->
     student, classes = load_student_checkpoint(cfg, checkpoint, ema)
     student.to(device)
     loader = build_eval_loader(cfg, info, *resolve_norm(cfg), classes=classes)
-    return evaluate(student, loader, device, info, amp_dtype(cfg, device), cfg.inference_head)
+    # the student's own head: cfg's, or for inference_head auto the one its checkpoint records
+    return evaluate(student, loader, device, info, amp_dtype(cfg, device), getattr(student, 'inference_head', 'cls'))

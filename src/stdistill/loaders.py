@@ -234,6 +234,22 @@ def _fixed_subset(ds: Dataset, count: int, seed: int) -> Dataset:
     return Subset(ds, sorted(order[:count].tolist()))
 
 
+def split_holdout(ds: Dataset, train_samples: int, holdout: int, seed: int) -> Tuple[Dataset, Optional[Dataset]]:
+    """(training images, holdout images) of a training split: one random order of the split (from
+    `seed`); training takes its first `train_samples` (0: all but the holdout), the holdout its
+    last `holdout`. So with train_samples + holdout <= the split, the training images are those
+    of a run without a holdout. Raises UserError when the split cannot give both."""
+    if holdout <= 0:
+        return _fixed_subset(ds, train_samples, seed), None
+    size = len(ds)
+    train = train_samples if 0 < train_samples < size else size - holdout
+    if holdout >= size or train < 1 or train + holdout > size:
+        raise UserError(f'holdout {holdout} and train_samples {train_samples or "0 (all)"}: the training split has '
+                        f'{size} images, too few for both: lower holdout or train_samples')
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(ds, sorted(order[:train])), Subset(ds, sorted(order[size - holdout:]))
+
+
 class DataBundle(NamedTuple):
     train_loader: DataLoader
     val_loader: DataLoader
@@ -242,6 +258,7 @@ class DataBundle(NamedTuple):
     classes: Optional[List[str]]  # the run's class map (names in index order), when the data names them
     report: List[str]  # what setup found: images per class of each split, files left out
     batch_size: int  # per process: cfg.batch_size, or lower on a small training set (min_updates_per_epoch)
+    holdout_loader: Optional[DataLoader] = None  # training images held out (cfg.holdout), evaluation transform
 
 
 def _describe(ds: Dataset, split: str, classes: Optional[Sequence[str]]) -> List[str]:
@@ -317,12 +334,18 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
         raise UserError(f'num_classes is {cfg.num_classes} but the training data has {found} classes; '
                         f'fix num_classes (or leave it null to read it from the data)')
     data_seed = data_seed_of(cfg)
-    train_set = _fixed_subset(train_set, cfg.train_samples, data_seed)
+    train_set, held = split_holdout(train_set, cfg.train_samples, cfg.holdout, data_seed)
     val_set = _val_subset(cfg, val_set)
     # what the run trains on and scores, not what the folders hold
     # Fashion-MNIST has no validation split: its test set is evaluated, and said to be
     scored = f'{cfg.val_split} (Fashion-MNIST\'s test set)' if cfg.dataset == 'fashion-mnist' else cfg.val_split
     report = _describe(train_set, cfg.train_split, classes) + _describe(val_set, scored, classes)
+    holdout_loader = None
+    if held is not None:  # the same images, seen as evaluation sees them
+        held = Subset(open_dataset(cfg, cfg.train_split, val_tf, classes), held.indices)
+        holdout_loader = _val_loader(cfg, info, held, pin_memory)
+        report.append(f'holdout: {len(held)} images of {cfg.train_split}, not trained on, on which inference_head '
+                      f'auto chooses the head')
     if cfg.repeated_aug:
         sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True)
     else:
@@ -347,7 +370,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, mean: Tuple[float, ...], std: T
                         f'over {info.world_size} process(es)) gives no full batch of {cfg.batch_size}; '
                         f'lower batch_size{" or set repeated_aug=false" if cfg.repeated_aug else ""}')
     return DataBundle(train_loader, _val_loader(cfg, info, val_set, pin_memory), num_classes, generator,
-                      list(classes) if classes is not None else None, report, cfg.batch_size)
+                      list(classes) if classes is not None else None, report, cfg.batch_size, holdout_loader)
 
 
 def fit_batch_size(cfg: TrainConfig, images: int, mixup_active: bool) -> int:

@@ -1,6 +1,7 @@
 """Distillation losses (docs/method.md section 3).
 
     L = (1 - alpha) * base(class_logits, y) + alpha * sum_j w_j(x) * l_j
+        [+ alpha * sum_j w_j(x) * tau^2 * KL(p_teacher_j || p_class_head)   with cls_distill]
 
 l_j is the loss of teacher j's distillation head: hard, CE against the teacher's argmax
 (DeiT's hard distillation, the paper's choice), or soft, tau^2 * KL(p_teacher || p_student)
@@ -154,7 +155,12 @@ class DistillationLoss(nn.Module):
             tau: float = 1.0,
             distill: str = 'hard',
             teacher_weighting: str = 'entropy',
+            cls_distill: bool = False,
     ) -> None:
+        """alpha: weight of the distillation terms (1 - alpha on the labels); tau: soft temperature;
+        distill: the distillation heads' target, 'hard' or 'soft'; cls_distill: the class head also
+        learns each teacher's softened output (Hinton's KD at tau, weight alpha, confidence weighted)
+        beside the distillation heads, so that the class head alone carries the teachers' knowledge."""
         super().__init__()
         if distill not in DISTILL_MODES:
             raise UserError(f'distill must be one of {DISTILL_MODES}, got {distill!r}')
@@ -167,15 +173,19 @@ class DistillationLoss(nn.Module):
         self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
         self.alpha, self.tau = alpha, tau
         self.distill, self.teacher_weighting = distill, teacher_weighting
+        self.cls_distill = cls_distill
 
-    def per_sample(self, student_logits: torch.Tensor, teacher: TeacherTargets) -> torch.Tensor:
-        """l_j for every sample, (B,). Raises UserError for soft distillation from hard labels."""
+    def per_sample(self, student_logits: torch.Tensor, teacher: TeacherTargets,
+                   mode: Optional[str] = None) -> torch.Tensor:
+        """l_j for every sample, (B,), in `mode` ('hard' or 'soft'; None: self.distill). Raises
+        UserError for soft distillation from hard labels."""
+        mode = mode or self.distill
         if teacher.probs is not None:  # a labels teacher: its distribution is the target in both modes
-            if self.distill == 'hard':
+            if mode == 'hard':
                 return -(teacher.probs * F.log_softmax(student_logits, dim=-1)).sum(-1)
             log_p_s = F.log_softmax(student_logits / self.tau, dim=-1)
             return (self.tau ** 2) * (torch.xlogy(teacher.probs, teacher.probs) - teacher.probs * log_p_s).sum(-1)
-        if self.distill == 'hard':
+        if mode == 'hard':
             return F.cross_entropy(student_logits, teacher.labels, reduction='none')
         if teacher.logits is None:
             if teacher.topk_logits is None:
@@ -201,6 +211,11 @@ class DistillationLoss(nn.Module):
         dist = (weights * per_teacher).sum(1).mean()
         total = (1 - self.alpha) * base + self.alpha * dist
         terms = {'loss_cls': base.detach(), 'loss_dist': dist.detach()}
+        if self.cls_distill:  # KD on the class head too, with the same per-sample teacher weights
+            on_cls = torch.stack([self.per_sample(outputs.logits, t, 'soft') for t in teachers], dim=1)  # (B, M)
+            cls_kd = (weights * on_cls).sum(1).mean()
+            total = total + self.alpha * cls_kd
+            terms['loss_cls_kd'] = cls_kd.detach()
         for j in range(per_teacher.shape[1]):
             terms[f'loss_dist_{j}'] = per_teacher[:, j].mean().detach()
             terms[f'teacher_weight_{j}'] = weights[:, j].mean().detach()

@@ -129,8 +129,9 @@ def run_fingerprint(cfg: TrainConfig, train_set: Any, classes: Optional[Sequence
 
 
 def outputs_spec(cfg: TrainConfig) -> Dict[str, Any]:
-    """What a run's loss needs of the teachers: hard labels, or top-k soft outputs at cfg.tau."""
-    soft = cfg.distill == 'soft'
+    """What a run's loss needs of the teachers: hard labels, or top-k soft outputs at cfg.tau (soft
+    distillation, or cls_distill's KD on the class head)."""
+    soft = cfg.distill == 'soft' or cfg.cls_distill
     return {'kind': 'soft', 'topk': cfg.store_topk, 'tau': cfg.tau} if soft else {'kind': 'hard'}
 
 

@@ -14,7 +14,7 @@ checkpoint, `pretrained=True`) load unchanged.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import timm
 import torch
@@ -26,7 +26,7 @@ from .errors import UserError
 from .tokens import TokenPair
 
 __all__ = ['STDStudent', 'STDOutput', 'STDFeatures', 'INFERENCE_HEADS', 'create_student', 'check_input_size',
-           'resolve_positions', 'combine_heads']
+           'resolve_positions', 'combine_heads', 'choose_head', 'HEAD_PREFERENCE']
 
 INFERENCE_HEADS = ('avg', 'cls', 'dist')
 
@@ -53,6 +53,19 @@ def combine_heads(out: STDOutput, head: str = 'avg') -> torch.Tensor:
         return out.logits
     dist = torch.stack(out.dist_logits).mean(0)
     return dist if head == 'dist' else (out.logits + dist) / 2
+
+
+# ties go to the cheaper head: the class head alone costs only the plain backbone
+HEAD_PREFERENCE = ('cls', 'avg', 'dist')
+
+
+def choose_head(top1: Dict[str, float]) -> str:
+    """inference_head auto: the head of highest top-1 (percent, by head name: cls, avg, dist) on
+    the holdout images; on a tie the cheaper (HEAD_PREFERENCE). Never given the split it reports."""
+    missing = [h for h in INFERENCE_HEADS if h not in top1]
+    if missing:
+        raise ValueError(f'choose_head needs the top-1 of every head, missing {missing}')
+    return max(HEAD_PREFERENCE, key=lambda h: (top1[h], -HEAD_PREFERENCE.index(h)))
 
 
 def resolve_positions(positions: Sequence[int], depth: int) -> List[int]:

@@ -32,7 +32,7 @@ from .students import check_model_name
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
-           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_architecture', 'model_contract',
+           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_head', 'recorded_architecture', 'model_contract',
            'CLASSES_KEY', 'SCORE_KEY', 'ARCHITECTURE_KEY', 'TRAINING_ONLY_KWARGS', 'EMA_FILE']
 
 CLASSES_KEY = 'stdistill.classes'  # a checkpoint's class names, JSON, in its safetensors header
@@ -109,6 +109,14 @@ def recorded_score(path: str) -> Optional[Dict[str, float]]:
         return None if score is None else {k: float(score[k]) for k in ('top1', 'top1_cls', 'images', 'chance_top1')}
     except (TypeError, KeyError, ValueError) as e:
         raise UserError(f'cannot read the validation score recorded in {path}: {first_line(e)}') from None
+
+
+def recorded_head(path: str) -> Optional[str]:
+    """The head a stdistill checkpoint's weights predict with, as its run scored them (for
+    inference_head auto, the head chosen on the holdout images); None for a file that records none."""
+    score = _recorded_json(path, SCORE_KEY, 'validation score')
+    head = score.get('inference_head') if isinstance(score, dict) else None
+    return head if isinstance(head, str) else None
 
 
 def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:

@@ -49,6 +49,7 @@ from .log import setup_logging
 from .methods import method_of
 from .monitor import RunMonitor, write_plots
 from .store import TeacherStore, outputs_spec, run_fingerprint
+from .students import INFERENCE_HEADS, choose_head
 from .task import STDTask
 from .teacher_input import RECORD_KEY
 from .teachers import ARCHITECTURE_KEY, CLASSES_KEY, SCORE_KEY
@@ -248,6 +249,21 @@ def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
     return {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': row['epoch'], 'weights': 'student', **split}
 
 
+def choose_on_holdout(student: nn.Module, ema: Optional[ModelEmaV3], loader, device: torch.device, info: DistInfo,
+                      autocast_dtype: Optional[torch.dtype]) -> Dict[str, Any]:
+    """inference_head auto, after an epoch: every head's top-1 on the holdout images, and the best
+    (students.choose_head), which the student (and its EMA) then predicts with. Returns the log
+    row's fields: inference_head, holdout_images, holdout_top1_<head>."""
+    held = evaluate(student, loader, device, info, autocast_dtype, 'avg')
+    scores = {h: held[f'top1_{h}'] for h in INFERENCE_HEADS}
+    head = choose_head(scores)
+    for model in (student, ema.module if ema is not None else None):
+        if model is not None:
+            model.inference_head = head
+    return {'inference_head': head, 'holdout_images': held['images'],
+            **{f'holdout_top1_{h}': v for h, v in scores.items()}}
+
+
 def _no_update_message(epoch: int, metrics: Dict[str, Any]) -> str:
     return (f'epoch {epoch + 1} made no update: {metrics["skipped_steps"]} step(s) had a non-finite loss and '
             f'{metrics["skipped_batches"]} batch(es) too few readable images ({metrics["skipped_images"]} unreadable '
@@ -438,11 +454,15 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
             if metrics['updates'] == 0:
                 raise UserError(_no_update_message(epoch, metrics))
             row = {'epoch': epoch, **metrics, 'dropped_last_images': dropped_last}
+            head = cfg.inference_head
+            if data.holdout_loader is not None:  # inference_head auto: chosen on the holdout, then validated
+                row.update(choose_on_holdout(student, ema, data.holdout_loader, device, info, autocast_dtype))
+                head = row['inference_head']
             row.update({f'val_{k}': v for k, v in
-                        evaluate(student, data.val_loader, device, info, autocast_dtype, cfg.inference_head).items()})
+                        evaluate(student, data.val_loader, device, info, autocast_dtype, head).items()})
             if ema is not None:
                 row.update({f'ema_{k}': v for k, v in
-                            evaluate(ema.module, data.val_loader, device, info, autocast_dtype, cfg.inference_head).items()
+                            evaluate(ema.module, data.val_loader, device, info, autocast_dtype, head).items()
                             if k in ('top1', 'top5')})
             if epoch == start_epoch and changes:
                 row['config_changes'] = changes
@@ -461,6 +481,7 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
                 # the weights' own validation score travels with them: a teacher made of them is checked
                 scored = dict(record, **{SCORE_KEY: json.dumps({
                     'top1': row['val_top1'], 'top1_cls': row.get('val_top1_cls', row['val_top1']),
+                    'inference_head': head if method_of(cfg.method).has_distillation_heads else 'cls',
                     'images': row['val_images'], 'chance_top1': row['val_chance_top1']})})
                 if improved:
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
