@@ -99,6 +99,8 @@ DEPLOY_ROWS = {
                       dict(STD, inference_head='auto', holdout=HOLDOUT, teachers=['cnn'])),
     'std_cls_distill': ('STD both + KD on the class head (cls_distill)',
                         dict(STD, cls_distill=True, inference_head='auto', holdout=HOLDOUT, teachers=['cnn'])),
+    # trained by `stdistill fold` from the same seed's std_both_auto run (its teacher: that student)
+    'fold': ('STD both, folded into the plain student (stdistill fold)', dict(teachers=['cnn'], fold_of='std_both_auto')),
 }
 DEPLOY_REGIME = 'deit'
 # config keys added after the study's first records: left out of a config's digest at their defaults,
@@ -524,14 +526,17 @@ def make_store(values: Dict[str, Any], folder: str) -> str:
 
     store = dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, teacher_outputs=None,
                  mine=False, mine_warmup_epochs=0, inference_head='cls', holdout=0, cls_distill=False)
-    try:
-        teacher_pass(config_from_dict(store), folder)
-    except UserError as e:  # a store made for other settings (e.g. retrained teachers): made again
-        if 'made for other settings' not in str(e):  # not a lock held by another process, a full disk
-            raise
-        shutil.rmtree(folder)
-        teacher_pass(config_from_dict(store), folder)
-    return folder
+    while True:
+        try:
+            teacher_pass(config_from_dict(store), folder)
+            return folder
+        except UserError as e:
+            if 'in use by another stdistill process' in str(e):
+                time.sleep(10)  # two processes side by side (a row each) share a seed's store: wait for it
+            elif 'made for other settings' in str(e):  # e.g. retrained teachers: made again
+                shutil.rmtree(folder)
+            else:  # a full disk, say
+                raise
 
 
 def disagreement(values: Dict[str, Any], store_folder: str, shuffled: bool = False) -> Dict[str, Any]:
@@ -609,6 +614,8 @@ def run_values(run: Run, found: Dict[str, Dict[str, Any]], args
     digest, so that a run of another config (retrained teachers included) never resumes or
     reuses the folder of the old one."""
     label, overrides = ALL_ROWS[run.row]
+    if 'fold_of' in overrides:
+        return fold_values(run, found, args)
     recipe = {k: v for k, v in dataclasses.asdict(load_config(os.path.join(ROOT, REGIMES[run.regime]))).items()
               if k not in ('teachers', 'output')}
     size = SMOKE if args.smoke else SIZES[run.size]
@@ -619,6 +626,49 @@ def run_values(run: Run, found: Dict[str, Dict[str, Any]], args
     digest, config = config_digest(values, control)  # output is not part of it
     values['output'] += f'-{digest[:12]}'
     return values, control, digest, config
+
+
+def fold_values(run: Run, found: Dict[str, Dict[str, Any]], args
+                ) -> Tuple[Dict[str, Any], Optional[str], str, Dict[str, Any]]:
+    """A fold row's config (stdistill.fold.fold_config of its source run's folder; None until that
+    run has finished), control (None), digest and config as recorded: the fold is identified by its
+    source run's config digest, so a fresh clone's --report checks it without any run folder."""
+    from stdistill.fold import fold_config
+
+    source = Run(ALL_ROWS[run.row][1]['fold_of'], run.regime, run.size, run.seed)
+    source_values, _, source_digest, _ = run_values(source, found, args)
+    config = {'fold_of': {'row': source.row, 'config_digest': source_digest}, 'fold_overrides': []}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    output = os.path.join(args.output, 'runs', run.regime, run.size, run.row, f'seed{run.seed}-{digest[:12]}')
+    values = None
+    if os.path.isfile(os.path.join(source_values['output'], 'summary.json')):
+        cfg = fold_config(source_values['output'], [f'output={output}', 'progress=false', f'workers={args.workers}',
+                                                    f'device={args.device}',
+                                                    f'teacher_outputs={store_folder(run, source.row, args)}'])
+        values = dataclasses.asdict(cfg)
+    return values, None, digest, config
+
+
+def train_fold(run: Run, values: Optional[Dict[str, Any]], found, args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Train a fold row: its source run first (reused when its folder holds it finished, trained
+    again when only its record is left, as on a fresh clone), then the fold's teacher pass into its
+    store (completed when interrupted), then the fold (resumed when interrupted). Returns train()'s
+    summary and the fold's config values."""
+    from stdistill.teacher_pass import teacher_pass
+
+    source = Run(ALL_ROWS[run.row][1]['fold_of'], run.regime, run.size, run.seed)
+    if values is None:
+        print(f'== source of the fold: {run.regime} {run.size} {source.row} seed {run.seed}', flush=True)
+        source_values, control, _, _ = run_values(source, found, args)
+        teacher = store_teacher(source)
+        if teacher and not args.online:
+            source_values['teacher_outputs'] = make_store(source_values, store_folder(source, teacher, args))
+        train_with_control(source_values, control)
+        values = fold_values(run, found, args)[0]
+    store = values['teacher_outputs']
+    print(f'== teacher pass of the fold: {values["teachers"][0]["checkpoint"]} -> {store}', flush=True)
+    teacher_pass(config_from_dict(dict(values, teacher_outputs=None)), store)
+    return train_run(values), values
 
 
 def store_teacher(run: Run) -> Optional[str]:
@@ -645,15 +695,19 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
                             f'with --rerun-changed, or restore the row')
     if args.report:
         return None
-    teacher = store_teacher(run)
+    fold_of = ALL_ROWS[run.row][1].get('fold_of')
+    teacher = None if fold_of else store_teacher(run)
     if teacher and not args.online:
         store = store_folder(run, teacher, args)
         print(f'== teacher pass {teacher} {run.regime} {run.size} seed {run.seed}', flush=True)
         make_store(values, store)
         values['teacher_outputs'] = store
     print(f'== {run.regime} {run.size} {run.row} seed {run.seed}', flush=True)
-    summary = train_with_control(values, control)
-    rows = epochs_of(values['output'])
+    if fold_of:
+        summary, values = train_fold(run, values, found, args)
+    else:
+        summary = train_with_control(values, control)
+    rows = epochs_of(summary['output'])
     heads = ('val_top1', 'val_top1_cls', 'val_top1_dist', 'val_top1_avg', 'holdout_top1_cls', 'holdout_top1_dist',
              'holdout_top1_avg')
     teachers_of = []
@@ -661,6 +715,8 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
         source = found.get('cnn' if name == 'shuffled' else name)  # labels and random: no weights file
         teachers_of.append({'name': name, **({'top1': source['top1'], 'weights_sha256': source['weights_sha256']}
                                              if source else {})})
+    if fold_of:  # the fold's own teacher: the source run's student, with the head it chose
+        teachers_of = [{'name': fold_of, 'via': teachers_of}]
     record = {'row': run.row, 'label': ALL_ROWS[run.row][0], 'regime': run.regime, 'size': run.size,
               'train_samples': values['train_samples'], 'epochs': values['epochs'], 'seed': run.seed,
               'config_digest': digest, 'config': config, 'teachers': teachers_of, 'control': control,

@@ -87,6 +87,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold(args: argparse.Namespace) -> int:
+    from .fold import fold
+    summary = fold(args.run, args.overrides, args.which)
+    if summary['final'] is not None and int(os.environ.get('RANK', 0)) == 0:
+        best, output = summary['best'], summary['output']
+        _logger.info(f'done: the plain student folded from {args.run}, best top-1 '
+                     f'{format_top1(best["top1"], best["images"])} (epoch {best["epoch"] + 1}), run folder {output}; '
+                     f'export it with {command("stdistill", "export", *positionals(output, output + "_export"))}')
+    return 0
+
+
 def _teacher_pass(args: argparse.Namespace) -> int:
     from .teacher_pass import teacher_pass
     summary = teacher_pass(load_config(args.config, args.overrides), args.output, shard_steps=args.shard_steps)
@@ -276,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
                          'was made with')
     tp.add_argument('overrides', nargs='*', metavar='key=value')
     tp.set_defaults(func=_teacher_pass)
+
+    fo = sub.add_parser('fold', help='train the plain backbone of a token run from that run\'s student (its chosen '
+                                     'head): a tokenless student timm loads alone',
+                        description='A second stage: the run\'s backbone without tokens (method kd) learns from the '
+                                    'run\'s student, through a teacher-output store in the new run folder '
+                                    '(default RUN_fold). key=value overrides the run\'s config.')
+    fo.add_argument('run', help='a run folder of method std (or deit)')
+    fo.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of the run to fold')
+    fo.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. epochs=10 output=runs/folded')
+    fo.set_defaults(func=_fold)
 
     ev = sub.add_parser('eval', help='top-1/top-5 of a trained student on its validation split')
     ev.add_argument('target', help='a run folder (evaluates its best/ checkpoint) or a checkpoint folder')

@@ -27,7 +27,7 @@ from .errors import UserError
 from .hints import command
 from .methods import METHOD_NAMES, method_of
 
-__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
+__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'apply_overrides', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
            'config_changes', 'first_difference', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS', 'with_absolute_paths']
 
 METHODS = METHOD_NAMES  # the table of what each needs: methods.py
@@ -484,6 +484,14 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError(f'{path} must be a YAML mapping of config keys')
         values = loaded or {}
+    return config_from_dict(apply_overrides(values, overrides))
+
+
+def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """A copy of the config values `values` with 'key=value' overrides applied (values parsed as
+    YAML; a dotted key reaches into teachers and model_kwargs). Raises UserError naming the key."""
+    if isinstance(overrides, str):
+        raise UserError(f'overrides must be a list of key=value strings, e.g. [{overrides!r}], got a string')
     values = copy.deepcopy(values)
     for text in overrides:
         key, value = parse_override(text)
@@ -493,7 +501,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
         if '.' in key and top not in values:
             values[top] = dataclasses.asdict(TrainConfig())[top]
         _set_dotted(values, key, value)
-    return config_from_dict(values)
+    return values
 
 
 # What `train --resume RUN key=value` may change. The schedule is rebuilt for the new values and

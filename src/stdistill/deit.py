@@ -18,9 +18,10 @@ from timm.layers import trunc_normal_
 from timm.models.mlp_mixer import MixerBlock, MlpMixer, ResBlock, SpatialGatingBlock
 
 from .errors import UserError
-from .students import INFERENCE_HEADS, STDOutput, check_input_size, combine_heads, register_wrapper
+from .students import (INFERENCE_HEADS, STDOutput, check_input_size, combine_heads, create_token_student,
+                       TOKEN_STUDENTS, register_wrapper, token_model_cfg, token_student_cfg)
 
-__all__ = ['DeiTTokenStudent', 'grow_linear', 'grow_token_mixing']
+__all__ = ['DeiTTokenStudent', 'grow_linear', 'grow_token_mixing', 'deit_model_name', 'DEIT_BASES', 'DEIT_MODELS']
 
 
 def grow_linear(linear: nn.Linear, extra_in: int, extra_out: int) -> nn.Linear:
@@ -68,7 +69,7 @@ class DeiTTokenStudent(nn.Module):
         self.inference_head = inference_head
         self.in_chans = backbone.in_chans
         self.img_size = tuple(backbone.stem.img_size)
-        self.pretrained_cfg = dict(getattr(backbone, 'pretrained_cfg', {}) or {})
+        self.pretrained_cfg = token_model_cfg(backbone, deit_model_name)
         self.dist_token = nn.Parameter(trunc_normal_(torch.zeros(1, 1, backbone.embed_dim), std=.02))
         self.head_dist = nn.Linear(backbone.embed_dim, self.num_classes)
         trunc_normal_(self.head_dist.weight, std=.02)
@@ -102,6 +103,12 @@ class DeiTTokenStudent(nn.Module):
         return (out.logits, out.dist_logits[0]) if self.distilled_training else out
 
 
+def deit_model_name(base: str) -> str:
+    """The registered name of the DeiT-token student on timm's `base` model: deit_<base>."""
+    return f'deit_{base}'
+
+
+# the paper's names, and deit_<base> for every isotropic vision MLP (CycleMLP is not one)
 DEIT_BASES = {
     'deit_mixer_s16_224': 'mixer_s16_224',
     'deit_mixer_b16_224': 'mixer_b16_224',
@@ -109,14 +116,18 @@ DEIT_BASES = {
     'deit_resmlp_b24_224': 'resmlp_b24_224',
     'deit_gmlp_s16_224': 'gmlp_s16_224',
 }
+DEIT_MODELS = {**{deit_model_name(b): b for b in timm.list_models(['mixer_*', 'resmlp_*', 'gmlp_*'])}, **DEIT_BASES}
 
 
 def _create_deit(name: str, pretrained: bool, inference_head: str = 'avg', **kwargs: Any) -> DeiTTokenStudent:
     # The base weights load before the token mixing grows; the extra position starts small.
-    return DeiTTokenStudent(timm.create_model(DEIT_BASES[name], pretrained=pretrained, **kwargs),
-                            inference_head=inference_head)
+    return create_token_student(name, DEIT_MODELS[name], DeiTTokenStudent, pretrained,
+                                token_args={'inference_head': inference_head}, **kwargs)
 
 
-for _name, _base in DEIT_BASES.items():
+TOKEN_STUDENTS.update(DEIT_MODELS)
+default_cfgs: dict = {}
+for _name, _base in DEIT_MODELS.items():
     globals()[_name] = register_wrapper(
-        _name, _create_deit, f'DeiT-style distillation token on timm `{_base}`.', __name__)
+        _name, _create_deit, f'DeiT-style distillation token on timm `{_base}`: takes inference_head (avg, cls, '
+        f'dist) and any argument of the backbone.', __name__, token_student_cfg(_name, _base))

@@ -14,9 +14,9 @@ import torch
 from timm.models import get_pretrained_cfg_value
 from torch.utils.flop_counter import FlopCounterMode
 
-from .deit import DEIT_BASES
+from .deit import DEIT_MODELS
 from .errors import UserError, first_line
-from .students import STUDENT_BASES, check_model_name, create_student
+from .students import STD_MODELS, check_model_name, create_student
 
 __all__ = ['Profile', 'profile_model', 'count_macs', 'PaperRow', 'PAPER_ROWS', 'paper_comparison']
 
@@ -49,12 +49,12 @@ def profile_model(name: str, img_size: int = 224, in_chans: int = 3, num_teacher
                   **kwargs: Any) -> Profile:
     """Params and MACs of a registered model at an input size (and, for STD students, teacher count)."""
     check_model_name(name)
-    if name in STUDENT_BASES:
+    if name in STD_MODELS:
         kwargs['num_teachers'] = 1 if num_teachers is None else num_teachers
     elif num_teachers is not None:
         raise UserError(f'--num-teachers applies to STD students (std_*), not {name}')
     try:
-        fixed = name in STUDENT_BASES or name in DEIT_BASES or get_pretrained_cfg_value(name, 'fixed_input_size')
+        fixed = name in STD_MODELS or name in DEIT_MODELS or get_pretrained_cfg_value(name, 'fixed_input_size')
     except RuntimeError:  # registered without a pretrained cfg: assume it takes any size
         fixed = False
     if fixed:

@@ -26,7 +26,9 @@ from .errors import UserError
 from .tokens import TokenPair
 
 __all__ = ['STDStudent', 'STDOutput', 'STDFeatures', 'INFERENCE_HEADS', 'create_student', 'check_input_size',
-           'resolve_positions', 'combine_heads', 'choose_head', 'HEAD_PREFERENCE']
+           'resolve_positions', 'combine_heads', 'choose_head', 'HEAD_PREFERENCE', 'STD_MODELS', 'STUDENT_BASES',
+           'std_model_name', 'create_token_student', 'token_student_cfg', 'token_model_cfg', 'register_wrapper',
+           'STD_ARGS', 'BACKBONE_FAMILIES', 'TOKEN_STUDENTS', 'token_student_base']
 
 INFERENCE_HEADS = ('avg', 'cls', 'dist')
 
@@ -126,7 +128,7 @@ class STDStudent(nn.Module):
         self.img_size = _input_size(backbone)
         self.in_chans = backbone.in_chans
         self.num_features = self.head_hidden_size = backbone.num_features
-        self.pretrained_cfg = dict(getattr(backbone, 'pretrained_cfg', {}) or {})
+        self.pretrained_cfg = token_model_cfg(backbone, std_model_name)
         self.token_pairs = nn.ModuleList(
             TokenPair(token_dims(backbone, pos), self.num_classes, depth=token_depth, tokens=tokens)
             for pos in self.token_positions)
@@ -180,8 +182,9 @@ class STDStudent(nn.Module):
         return combine_heads(self.forward_head(self.forward_features(x)), self.inference_head)
 
 
-# --- construction ---------------------------------------------------------------------------
+# --- construction: the token students as timm models ----------------------------------------
 
+# The paper's students by the paper's names; every supported backbone also has std_<its name>.
 STUDENT_BASES = {
     'std_mixer_s16_224': 'mixer_s16_224',
     'std_mixer_b16_224': 'mixer_b16_224',
@@ -191,31 +194,129 @@ STUDENT_BASES = {
     'std_cyclemlp_b2': 'cyclemlp_b2',
     'std_gmlp_s16_224': 'gmlp_s16_224',
 }
+# the backbones a token pair can read (backbones.py): timm's vision MLPs, CycleMLP and the small ones
+BACKBONE_FAMILIES = ('mixer_*', 'resmlp_*', 'gmlp_*', 'cyclemlp_*')
+STD_ARGS = ('num_teachers', 'token_positions', 'tokens', 'token_depth', 'inference_head')
+_WEIGHT_SOURCES = ('file', 'url', 'hf_hub_id', 'state_dict')
 
-_STD_ARGS = ('num_teachers', 'token_positions', 'tokens', 'token_depth', 'inference_head')
+
+def token_student_cfg(name: str, base: str) -> dict:
+    """The pretrained cfg of the token student `name` on `base`: the base's preprocessing (input
+    size, mean/std, crop, interpolation), its layer names under `backbone.`, and no weights of its
+    own (a file, an export folder or a hub id is given when the model is created)."""
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(base).to_dict()
+    cfg.update({key: None for key in _WEIGHT_SOURCES}, architecture=name, tag=None, custom_load=False,
+               first_conv=f'backbone.{cfg["first_conv"]}' if cfg.get('first_conv') else None,
+               classifier=f'backbone.{cfg["classifier"]}' if cfg.get('classifier') else None)
+    return cfg
+
+
+def token_model_cfg(backbone: nn.Module, name_of: Callable[[str], str]) -> dict:
+    """A token student's pretrained cfg from its backbone's: the preprocessing and weights source
+    as they are, the architecture its registered name (name_of(base)), layer names under `backbone.`."""
+    cfg = dict(getattr(backbone, 'pretrained_cfg', {}) or {})
+    base = cfg.get('architecture')
+    if base:
+        cfg['architecture'] = name_of(base)
+    for key in ('first_conv', 'classifier'):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = f'backbone.{cfg[key]}'
+    return cfg
+
+
+def _given_weights(pretrained_cfg: Any, overlay: Optional[dict]) -> bool:
+    """Whether create_model was given weights of the whole student: a local-dir or hub export's
+    cfg, or an overlay naming a file, url or hub id."""
+    cfg = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, 'to_dict') else pretrained_cfg
+    return any(isinstance(c, dict) and any(c.get(k) for k in _WEIGHT_SOURCES) for c in (cfg, overlay))
+
+
+def _student_weights(state: dict, model: nn.Module) -> dict:
+    """timm's pretrained filter for a token student: a whole student's state dict as it is; a
+    backbone's (timm's release of the base model, say) under `backbone.`, the token layers keeping
+    their initialisation."""
+    if any(k.startswith('backbone.') for k in state):
+        return state
+    state = {f'backbone.{k}': v for k, v in state.items()}
+    state.update({k: v for k, v in model.state_dict().items() if not k.startswith('backbone.')})
+    return state
+
+
+def create_token_student(name: str, base: str, wrap: Callable[..., nn.Module], pretrained: bool,
+                         pretrained_cfg: Any = None, pretrained_cfg_overlay: Optional[dict] = None,
+                         cache_dir: Any = None, token_args: Optional[dict] = None, **kwargs: Any) -> nn.Module:
+    """A registered token student: wrap(backbone, **token_args) around timm's `base` model.
+
+    pretrained=True with a cfg that names weights (an export through `local-dir:` or `hf-hub:`,
+    or `pretrained_cfg_overlay=dict(file=...)`) loads the whole student from them, through timm's
+    load_pretrained (a backbone-only file loads into the backbone). Without one, the backbone
+    takes timm's released weights for `base`, and the tokens start from their initialisation.
+    """
+    from timm.models import load_pretrained, resolve_pretrained_cfg
+    whole = pretrained and _given_weights(pretrained_cfg, pretrained_cfg_overlay)
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    cfg = cfg.to_dict()
+    if whole:  # the export's class count and channels, unless the call says otherwise
+        kwargs.setdefault('num_classes', cfg.get('num_classes', 1000))
+        kwargs.setdefault('in_chans', (cfg.get('input_size') or (3,))[0])
+    backbone = timm.create_model(base, pretrained=pretrained and not whole, cache_dir=cache_dir, **kwargs)
+    model = wrap(backbone, **(token_args or {}))
+    if not whole and pretrained:  # the backbone's own cfg: where its weights came from
+        cfg.update({k: backbone.pretrained_cfg.get(k) for k in _WEIGHT_SOURCES})
+    model.pretrained_cfg = cfg
+    if whole:
+        load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                        filter_fn=_student_weights, cache_dir=cache_dir)
+    return model
 
 
 def _create_std(name: str, pretrained: bool, **kwargs: Any) -> STDStudent:
-    std_args = {k: kwargs.pop(k) for k in _STD_ARGS if k in kwargs}
-    # `pretrained` (and any pretrained_cfg overlay, e.g. a local file) applies to the backbone:
-    # the token pairs have no released weights.
-    backbone = timm.create_model(STUDENT_BASES[name], pretrained=pretrained, **kwargs)
-    return STDStudent(backbone, **std_args)
+    token_args = {k: kwargs.pop(k) for k in STD_ARGS if k in kwargs}
+    return create_token_student(name, STD_MODELS[name], STDStudent, pretrained, token_args=token_args, **kwargs)
 
 
-def register_wrapper(name: str, create: Callable[..., nn.Module], doc: str, module: str) -> Callable:
-    """Register `name` with timm as a model function calling create(name, pretrained, **kwargs)."""
+def register_wrapper(name: str, create: Callable[..., nn.Module], doc: str, module: str,
+                     cfg: Optional[dict] = None) -> Callable:
+    """Register `name` with timm as a model function calling create(name, pretrained, **kwargs),
+    with `cfg` as its default pretrained cfg (timm reads it from the module's default_cfgs)."""
+    import sys
+
     def fn(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return create(name, pretrained, **kwargs)
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__, fn.__module__ = doc, module
+    if cfg is not None:
+        mod = sys.modules[module]
+        if not hasattr(mod, 'default_cfgs'):
+            mod.default_cfgs = {}
+        mod.default_cfgs[name] = cfg
     return register_model(fn)
 
 
-for _name, _base in STUDENT_BASES.items():
+def std_model_name(base: str) -> str:
+    """The registered name of the STD student on timm's `base` model: std_<base>."""
+    return f'std_{base}'
+
+
+# every token student this package registers (std_*, and deit_* from deit.py), by name: its base model
+TOKEN_STUDENTS: Dict[str, str] = {}
+
+
+def token_student_base(name: str) -> Optional[str]:
+    """The base model of a registered token student name (std_*, deit_*; a tag after '.' ignored),
+    None for any other model."""
+    return TOKEN_STUDENTS.get(name.split('.')[0])
+
+
+STD_MODELS = {**{std_model_name(b): b for b in timm.list_models(list(BACKBONE_FAMILIES))}, **STUDENT_BASES}
+TOKEN_STUDENTS.update(STD_MODELS)
+default_cfgs: dict = {}
+for _name, _base in STD_MODELS.items():
     globals()[_name] = register_wrapper(
         _name, _create_std, f'STD student on timm `{_base}`: takes num_teachers, token_positions, tokens, '
-        f'token_depth, inference_head, and any argument of the backbone.', __name__)
+        f'token_depth, inference_head (avg, cls, dist), and any argument of the backbone.', __name__,
+        token_student_cfg(_name, _base))
 
 
 def check_model_name(name: str) -> None:

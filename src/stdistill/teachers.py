@@ -28,7 +28,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 from .errors import UserError, first_line, whole_message
-from .students import check_model_name
+from .students import STDOutput, check_model_name, combine_heads, token_student_base
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
@@ -141,9 +141,14 @@ def _recorded_kwargs(checkpoint: str, model_name: str, kwargs: Dict[str, Any]) -
     arch = recorded_architecture(checkpoint)
     if arch is None:
         return kwargs
-    if arch['model'] != model_name.split('.')[0]:
-        raise UserError(f'checkpoint {checkpoint} holds a {arch["model"]}, not a {model_name}: set the teacher\'s '
+    base = token_student_base(model_name) or model_name.split('.')[0]
+    if arch['model'] != base:
+        raise UserError(f'checkpoint {checkpoint} holds a {arch["model"]}, not a {base}: set the teacher\'s '
                         f'model to {arch["model"]}')
+    token_args = {}
+    if token_student_base(model_name):  # the token keys are checked against the record by themselves
+        token_args = _recorded_token_args(checkpoint, arch, model_name, kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in token_args}
     recorded = arch['model_kwargs']
     for key in sorted(set(recorded) | set(kwargs)):
         if key in TRAINING_ONLY_KWARGS or key not in kwargs or kwargs[key] == recorded.get(key):
@@ -151,7 +156,32 @@ def _recorded_kwargs(checkpoint: str, model_name: str, kwargs: Dict[str, Any]) -
         trained = f'with model_kwargs.{key}={recorded[key]!r}' if key in recorded else f'without model_kwargs.{key}'
         raise UserError(f'checkpoint {checkpoint} was trained {trained}, and the teacher entry gives '
                         f'kwargs.{key}={kwargs[key]!r}: remove it (a teacher is built as it was trained)')
-    return {**recorded, **kwargs}
+    return {**recorded, **kwargs, **token_args}
+
+
+def _recorded_token_args(checkpoint: str, arch: Dict[str, Any], model_name: str, kwargs: Dict[str, Any]
+                         ) -> Dict[str, Any]:
+    """A token student as a teacher (std_*, deit_*), built as its checkpoint records it: its token
+    pairs (count, blocks, kind, depth), and by default the head its run predicted with (for
+    inference_head auto, the one chosen on the holdout images). A kwarg that contradicts the record
+    is refused: tokens at another block load the same weights and are another model."""
+    method = 'deit' if model_name.startswith('deit_') else 'std'
+    if arch.get('method') != method:
+        raise UserError(f'checkpoint {checkpoint} holds a student trained with method {arch.get("method")}, not a '
+                        f'{model_name} ({method}): name the teacher after its method')
+    recorded = {}
+    if method == 'std':
+        positions = [t['token_position'] for t in arch.get('teachers', [])]
+        recorded = dict(num_teachers=len(positions), token_positions=positions, tokens=arch.get('tokens', 'both'),
+                        token_depth=arch.get('token_depth', 1))
+    for key, value in recorded.items():
+        given = kwargs.get(key)
+        if given is not None and (list(given) if key == 'token_positions' else given) != value:
+            raise UserError(f'checkpoint {checkpoint} was trained with {key}={value!r}, and the teacher entry gives '
+                            f'kwargs.{key}={given!r}: remove it (a teacher is built as it was trained)')
+    head = recorded_head(checkpoint)
+    given = {k: v for k, v in kwargs.items() if k in (*recorded, 'inference_head')}
+    return {**recorded, 'inference_head': head if head in ('avg', 'cls', 'dist') else 'avg', **given}
 
 
 def check_num_classes(teacher_classes: int, student_classes: int, teacher_name: str) -> None:
@@ -267,7 +297,18 @@ class FrozenTeacher(nn.Module):
             return self.model(x).float()
         features = self.model.forward_features(x)
         with fp32_region(x.device.type):
-            return self.model.forward_head(features.float()).float()
+            out = self.model.forward_head(_as_fp32(features))
+            if isinstance(out, STDOutput):  # a token student: the head it predicts with
+                out = combine_heads(out, self.model.inference_head)
+            return out.float()
+
+
+def _as_fp32(features: Any) -> Any:
+    """Features as fp32: a tensor, or a token student's STDFeatures (a named tuple of them)."""
+    if isinstance(features, torch.Tensor):
+        return features.float()
+    return type(features)(*(_as_fp32(f) for f in features)) if isinstance(features, tuple) else \
+        [_as_fp32(f) for f in features]
 
 
 def _cfg_value(model_name: str, key: str, default: Any) -> Any:
@@ -307,9 +348,12 @@ def create_with_weights(model_name: str, pretrained: bool, role: str = 'model', 
                         f'false') from None
 
 
-def _backbone_of_std_student(state: Dict[str, Any]) -> Dict[str, Any]:
+def _backbone_of_std_student(state: Dict[str, Any], model_name: str) -> Dict[str, Any]:
     """An STD student's checkpoint (backbone.* and token_pairs.*) as its plain timm backbone, whose
-    class head is then the teacher; any other state dict unchanged."""
+    class head is then the teacher, unless the teacher is the token student itself (std_*); any
+    other state dict unchanged."""
+    if token_student_base(model_name):
+        return state
     if state and all(k.startswith(('backbone.', 'token_pairs.')) for k in state):
         return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     return state
@@ -350,7 +394,7 @@ def create_teacher(
     check_model_name(model_name)
     state, recorded = None, {}
     if checkpoint is not None:
-        state = _backbone_of_std_student(load_weights(checkpoint, use_ema))
+        state = _backbone_of_std_student(load_weights(checkpoint, use_ema), model_name)
         recorded = recorded_contract(checkpoint)
         kwargs = _recorded_kwargs(checkpoint, model_name, kwargs)
         weight = state.get(f'{_cfg_value(model_name, "classifier", "head")}.weight')

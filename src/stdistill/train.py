@@ -500,7 +500,7 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
             monitor.close()
     digests = gather_objects(weights_digest(student), info)
     summary = {
-        'epochs_done': len(history), 'epochs': cfg.epochs, 'batch_size': cfg.batch_size, 'best': best,
+        'output': cfg.output, 'epochs_done': len(history), 'epochs': cfg.epochs, 'batch_size': cfg.batch_size, 'best': best,
         'final': history[-1] if history else None,
         'params_m': sum(p.numel() for p in student.parameters()) / 1e6,
         'num_updates': num_updates,
