@@ -3,10 +3,11 @@
     python3 examples/predict_with_timm.py exported/digits_timm a.png b.png
 
 The folder is what `stdistill export` writes for a student of one of timm's architectures
-with the class head (`config.json` + `model.safetensors`). What timm alone cannot load (a
-token-head export, a student stdistill registers) is said in one line, exit status 2. timm rebuilds the model from
-`config.json`, and its data config (input size, interpolation, crop, mean/std) gives the
-preprocessing the run evaluated with.
+with the class head, or for a run folded into its plain backbone (`stdistill fold`):
+`config.json` + `model.safetensors`. What timm alone cannot load (a token-head export, std_* or
+deit_*, or a small student stdistill registers: they need `import stdistill` first) is said in
+one line, exit status 2. timm rebuilds the model from `config.json`, and its data config (input
+size, interpolation, crop, mean/std) gives the preprocessing the run evaluated with.
 """
 import argparse
 import json
@@ -49,15 +50,13 @@ def what_timm_cannot_load(folder: str):
     if not os.path.isdir(folder):
         return f'{folder} is not a folder'
     if not os.path.isfile(os.path.join(folder, 'config.json')):
-        if os.path.isfile(os.path.join(folder, 'stdistill.json')):  # the token heads need STD's code
-            return (f'{folder} is an export with STD\'s token heads, which only stdistill runs: predict with '
-                    f'`stdistill predict {folder} IMAGE...`, or export the class head for timm (--head cls)')
         return f'{folder} holds no config.json: give a folder written by `stdistill export --head cls`'
     with open(os.path.join(folder, 'config.json')) as f:
         arch = json.load(f).get('architecture', '')
-    if not timm.models.is_model(arch):  # e.g. mixer_t4_32, one of the small students stdistill registers
-        return (f'{folder} holds a {arch}, which timm knows only once stdistill is imported (a student it '
-                f'registers): `import stdistill` before timm.create_model, or train one of timm\'s architectures')
+    if not timm.models.is_model(arch):  # std_*, deit_*, or a small student (mixer_t4_32) stdistill registers
+        return (f'{folder} holds a {arch}, which timm knows only once stdistill is imported (a model it '
+                f'registers): `import stdistill` before timm.create_model, or export a student of one of timm\'s '
+                f'architectures with --head cls (or its fold)')
     return None
 
 

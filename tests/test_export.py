@@ -71,8 +71,13 @@ def test_predict_agrees_with_eval_on_every_validation_image(std_run, folder, cap
 def test_token_student_exports_with_its_heads_and_onnx_matches_on_real_images(std_run, folder, tmp_path, capsys):
     out = tmp_path / 'exported'
     assert main(['export', str(std_run), str(out), '--onnx']) == 0
-    assert sorted(os.listdir(out)) == ['model.onnx', 'model.safetensors', 'stdistill.json']
+    assert sorted(os.listdir(out)) == ['config.json', 'model.onnx', 'model.safetensors']
     assert 'ONNX matches PyTorch within' in capsys.readouterr().out
+    config = json.loads((out / 'config.json').read_text())  # what timm rebuilds the token student from
+    assert config['architecture'] == 'std_mixer_t4_28' and config['label_names'] == ['bag', 'top', 'trouser']
+    assert config['model_args'] == {'embed_dim': 16, 'num_blocks': 2, 'img_size': 28, 'inference_head': 'avg',
+                                    'num_teachers': 1, 'token_positions': [1], 'tokens': 'both', 'token_depth': 1,
+                                    'in_chans': 1, 'num_classes': 3}
     run, exported = load_run_student(str(std_run)), load_exported(str(out))
     assert run.classes == exported.classes == ['bag', 'top', 'trouser']
     # real validation images through the run's own evaluation transform
@@ -172,17 +177,27 @@ def test_export_refuses_what_would_go_wrong(folder, tmp_path, capsys, case):
     shutil.rmtree(run)
 
 
-@pytest.mark.parametrize('damage', ['empty stdistill.json', 'class list cut', 'weights cut', 'head size edited'])
+@pytest.mark.parametrize('damage', ['empty config.json', 'class list cut', 'token args edited', 'weights cut',
+                                    'head size edited', 'an export before 0.2'])
 def test_damaged_exports_are_refused_in_one_line(std_run, folder, tmp_path, capsys, damage):
-    token = damage in ('empty stdistill.json', 'class list cut')
+    token = damage in ('empty config.json', 'class list cut', 'token args edited', 'an export before 0.2')
     out = tmp_path / 'exp'
     assert main(['export', str(std_run), str(out)] + ([] if token else ['--head', 'cls'])) == 0
-    if damage == 'empty stdistill.json':
-        (out / 'stdistill.json').write_text('{}')
+    words = [str(out)]
+    if damage == 'empty config.json':
+        (out / 'config.json').write_text('{}')
     elif damage == 'class list cut':
-        doc = json.loads((out / 'stdistill.json').read_text())
-        doc['classes'] = doc['classes'][:2]
-        (out / 'stdistill.json').write_text(json.dumps(doc))
+        doc = json.loads((out / 'config.json').read_text())
+        doc['label_names'] = doc['label_names'][:2]
+        (out / 'config.json').write_text(json.dumps(doc))
+    elif damage == 'token args edited':  # another token count does not fit the weights
+        doc = json.loads((out / 'config.json').read_text())
+        doc['model_args'].update(num_teachers=2, token_positions=[1, 1])
+        (out / 'config.json').write_text(json.dumps(doc))
+    elif damage == 'an export before 0.2':  # token exports were stdistill.json + weights
+        os.remove(out / 'config.json')
+        (out / 'stdistill.json').write_text('{}')
+        words.append('export the run again')
     elif damage == 'weights cut':
         weights = out / 'model.safetensors'
         weights.write_bytes(weights.read_bytes()[:100])
@@ -192,7 +207,7 @@ def test_damaged_exports_are_refused_in_one_line(std_run, folder, tmp_path, caps
         (out / 'config.json').write_text(json.dumps(doc))
     capsys.readouterr()
     assert main(['predict', str(out), _images(folder)[0]]) == 2
-    one_error_line(capsys, str(out))
+    one_error_line(capsys, *words)
 
 
 def test_a_best_checkpoint_kept_for_its_ema_says_so_without_ema(tmp_path):
@@ -255,14 +270,14 @@ def test_an_ema_export_of_another_head_names_the_command_that_scores_it(std_run,
 
 
 def test_predict_with_timm_example_says_what_timm_alone_cannot_load(std_run, folder, tmp_path):
-    """examples/predict_with_timm.py, which users copy: a token-head export and a student stdistill
-    registers (mixer_t4_28) are one line and exit 2, not a traceback (issue 28, case 6)."""
+    """examples/predict_with_timm.py, which users copy: a token-head export (std_mixer_t4_28) and a
+    student stdistill registers (mixer_t4_28) are one line and exit 2, not a traceback (issue 28, case 6)."""
     example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples',
                            'predict_with_timm.py')
     assert main(['export', str(std_run), str(tmp_path / 'tokens')]) == 0
     assert main(['export', str(std_run), str(tmp_path / 'cls'), '--head', 'cls']) == 0
     image = _images(folder)[0]
-    for target, words in ((tmp_path / 'tokens', 'token heads, which only stdistill runs'),
+    for target, words in ((tmp_path / 'tokens', 'std_mixer_t4_28, which timm knows only once stdistill is imported'),
                           (tmp_path / 'cls', 'mixer_t4_28, which timm knows only once stdistill is imported'),
                           (tmp_path / 'nowhere', 'is not a folder')):
         done = subprocess.run([sys.executable, example, str(target), image], capture_output=True, text=True,

@@ -84,6 +84,7 @@ def _train(args: argparse.Namespace) -> int:
         if chance:
             again = f' {train_longer(cfg.output, summary)}' if is_at_chance(chance) else ''
             _logger.warning(f'{chance}.{again}')
+        _logger.info(_heads_text(cfg.output, 'best', False, summary['head'], f'{cfg.output.rstrip("/")}_export'))
     return 0
 
 
@@ -95,6 +96,7 @@ def _fold(args: argparse.Namespace) -> int:
         _logger.info(f'done: the plain student folded from {args.run}, best top-1 '
                      f'{format_top1(best["top1"], best["images"])} (epoch {best["epoch"] + 1}), run folder {output}; '
                      f'export it with {command("stdistill", "export", *positionals(output, output + "_export"))}')
+        _logger.info(_heads_text(output, 'best', False, 'cls', f'{output}_export'))
     return 0
 
 
@@ -152,12 +154,8 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() may be called in a longer-lived process
     folder = done['folder']
-    if done['kind'] == 'timm':
-        imports = 'import stdistill, timm' if timm_needs_stdistill(done['architecture']) else 'import timm'
-        how = code(f"{imports}; model = timm.create_model({'local-dir:' + folder!r}, pretrained=True).eval()")
-    else:
-        how = code(f"import stdistill.export; model = stdistill.export.load_exported({folder!r}).model") + \
-            ' (token heads)'
+    imports = 'import stdistill, timm' if timm_needs_stdistill(done['architecture']) else 'import timm'
+    how = code(f"{imports}; model = timm.create_model({'local-dir:' + folder!r}, pretrained=True).eval()")
     onnx = f"; ONNX matches PyTorch within {done['onnx_max_diff']:.1e}" if done['onnx_max_diff'] is not None else ''
     _logger.info(f"exported {args.run}/{args.which}{' (EMA weights)' if args.ema else ''} to {folder}: "
                  f"{', '.join(done['files'])}; load it with {how}{onnx}")
@@ -166,10 +164,31 @@ def _export(args: argparse.Namespace) -> int:
             _logger.warning(line[len('stdistill: warning: '):])
         else:
             _logger.info(line)
+    _logger.info(_heads_text(args.run, args.which, args.ema, done['head'], folder))
     hint = ema_hint(args.run, args.which, args.ema)
     if hint:
         print(hint, file=sys.stderr)
     return 0
+
+
+def _heads_text(run: str, which: str, ema: bool, chosen: str, output: str) -> str:
+    """The head table of a run's checkpoint (heads.py), with what it means and, for a token student,
+    the export of its best other head (into `output`_HEAD) and the fold, as commands to run."""
+    from .heads import format_head_table, head_table
+    rows = head_table(run, which, ema)
+    if len(rows) == 1:
+        return f'{run}/{which} is a plain student, with one head:\n{format_head_table(rows, chosen)}'
+    others = [r for r in rows if r.head != chosen and r.top1 is not None]
+    best = max(others, key=lambda r: r.top1, default=None)
+    export = ''
+    if best is not None:
+        again = command('stdistill', 'export', '--which', which, *(['--ema'] if ema else []), '--head', best.head,
+                        *positionals(run, f'{output.rstrip("/")}_{best.head}'))
+        export = f'export the {best.head} head with {again}; '
+    return (f'what each head of {run}/{which} scores and costs (validation top-1 of these weights'
+            f'{"; the EMA is scored with the run head alone" if ema else ""}; CPU latency on this machine, against '
+            f'the plain backbone): {export}a tokenless student taught by this one: '
+            f'{command("stdistill", "fold", *positionals(run))}\n' + format_head_table(rows, chosen))
 
 
 # points: an exported head this far below the run's reported top-1 (beyond the split's noise) is flagged
@@ -192,14 +211,14 @@ def _shipped_lines(args: argparse.Namespace, shipped) -> List[str]:
     low, _ = wilson_interval(shipped.headline_top1, shipped.images)
     gap = shipped.headline_top1 - shipped.top1
     if gap > max(FAR_BELOW, shipped.headline_top1 - low):
-        fix = (command('stdistill', 'export', '--which', args.which, *(['--ema'] if args.ema else []), '--head',
-                       shipped.headline_head,
-                       *positionals(args.run, f'{args.output.rstrip("/")}_{shipped.headline_head}'))
-               if shipped.headline_head != 'cls' else None)
+        fix = command('stdistill', 'export', '--which', args.which, *(['--ema'] if args.ema else []), '--head',
+                      shipped.headline_head,
+                      *positionals(args.run, f'{args.output.rstrip("/")}_{shipped.headline_head}'))
+        fold = (f', or, for a model without tokens, fold the run into its plain backbone, '
+                f'{command("stdistill", "fold", *positionals(args.run))}' if shipped.headline_head != 'cls' else '')
         lines.append(f'stdistill: warning: the exported {shipped.head} head scores {gap:.2f} points below the run\'s '
-                     f'{shipped.headline_top1:.2f}: '
-                     + (f'export the {shipped.headline_head} head with the tokens, {fix}, or ' if fix else '')
-                     + 'train with inference_head=cls, which keeps the checkpoint whose class head is best')
+                     f'{shipped.headline_top1:.2f}: export the {shipped.headline_head} head, {fix}{fold} (the table '
+                     f'below says what each head costs)')
     chance = chance_note({'val_top1': shipped.top1, 'val_images': shipped.images,
                           'val_chance_top1': shipped.chance_top1})
     if chance:
@@ -312,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of the run')
     ex.add_argument('--ema', action='store_true', help='the EMA weights (runs with model_ema)')
     ex.add_argument('--onnx', action='store_true', help='also model.onnx, checked against PyTorch with onnxruntime')
-    ex.add_argument('--head', choices=('avg', 'cls', 'dist'), default=None,
-                    help='inference head of a token student (default: the run\'s); cls gives a plain timm model')
+    ex.add_argument('--head', choices=('cls', 'dist', 'avg', 'auto'), default=None,
+                    help='inference head of a token student (default: the run\'s; auto: the head its holdout chose); cls of an STD student gives the plain backbone')
     ex.set_defaults(func=_export)
 
     pr = sub.add_parser('predict', help='top-k classes of images, with the model\'s own preprocessing')

@@ -1,18 +1,23 @@
-"""A trained student out of its run folder: a timm model folder, and optionally ONNX.
+"""A trained student out of its run folder: a folder timm loads, and optionally ONNX.
 
-    stdistill export runs/my_std exported/            # best/ checkpoint; --ema, --which last, --onnx
+    stdistill export runs/my_std exported/            # best/ checkpoint; --head, --ema, --which last, --onnx
 
-With inference head `cls` (or a run without tokens), the folder is what timm's
-`save_for_hf` writes: `config.json` (architecture, its arguments, class count and names,
-mean/std, input size, crop and interpolation) and `model.safetensors`, the backbone alone.
-timm loads it with `timm.create_model('local-dir:exported/')`, and needs no stdistill when the
-architecture is timm's own (`mixer_s16_224`, `resmlp_24_224`, ...; the small students this
-package registers, `mixer_t4_32` and the like, need `import stdistill` to be known by name).
+The folder is what timm's `save_for_hf` writes: `config.json` (architecture, its arguments,
+class count and names, mean/std, input size, crop and interpolation) and `model.safetensors`.
+timm loads it with `timm.create_model('local-dir:exported/', pretrained=True)`, and it predicts
+with the head it was exported with:
 
-With the token heads (`avg` or `dist`), the prediction needs STD's tokens, so the folder holds
-the whole student (`model.safetensors`) and `stdistill.json`, the run's model keys, and
-`stdistill predict` / `load_exported` rebuild it. `--onnx` adds `model.onnx`, the model as it
-predicts (for token heads, with those heads), checked against PyTorch under onnxruntime.
+- `cls` of an STD student: the backbone and its class head alone, the plain model: timm loads it
+  without stdistill when the architecture is timm's own (`mixer_s16_224`, ...; the small students
+  this package registers, `mixer_t4_28` and the like, need `import stdistill`);
+- `dist` or `avg` (and DeiT-token students, any head): the whole student, registered with timm as
+  `std_<backbone>` (`deit_<backbone>`) by `import stdistill`, its token configuration and head in
+  config.json's `model_args`;
+- `auto`: the head inference_head auto chose on the run's holdout images, recorded in the checkpoint.
+
+What each head costs and scores (validation top-1, params, GMACs, CPU latency against the plain
+backbone) is `head_table()`, printed by export and at the end of training. `--onnx` adds
+`model.onnx`, the model as it predicts, checked against PyTorch under onnxruntime.
 """
 from __future__ import annotations
 
@@ -27,22 +32,20 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from .builders import build_student, load_student_checkpoint, resolve_norm
+from .builders import load_student_checkpoint, resolve_norm
 from .checkpoint import MODEL_FILE, checkpoint_entry, readable_as_umask, verify_checkpoint
 from .config import TrainConfig, config_from_dict, load_config
 from .disk import WriteRefused, write_failure
 from .errors import UserError, first_line
 from .locks import lock_folder
 from .methods import method_of
-from .teachers import load_weights, recorded_contract
+from .teachers import TRAINING_ONLY_KWARGS, recorded_contract
 
 __all__ = ['LoadedStudent', 'load_run_student', 'export_run', 'load_exported', 'export_onnx', 'ema_hint',
-           'timm_needs_stdistill', 'shipped_top1', 'ShippedTop1', 'STDISTILL_JSON']
+           'timm_needs_stdistill', 'shipped_top1', 'run_config', 'recorded_metrics', 'ShippedTop1', 'STDISTILL_JSON', 'EXPORT_HEADS', 'token_model_args']
 
-STDISTILL_JSON = 'stdistill.json'
-# the run keys that rebuild a student with its token pairs
-_MODEL_KEYS = ('model', 'model_kwargs', 'method', 'teachers', 'tokens', 'token_depth', 'inference_head', 'img_size',
-               'in_chans', 'num_classes', 'mean', 'std', 'interpolation', 'crop_pct', 'dataset')
+STDISTILL_JSON = 'stdistill.json'  # what token exports of stdistill before 0.2 held instead of config.json
+EXPORT_HEADS = ('cls', 'dist', 'avg', 'auto')
 
 
 class LoadedStudent(NamedTuple):
@@ -51,19 +54,8 @@ class LoadedStudent(NamedTuple):
     cfg: TrainConfig          # the run's config: preprocessing (img_size, mean/std, crop_pct, interpolation)
 
 
-class _Predictor(nn.Module):
-    """A token student as it predicts: the inference head's logits only (ONNX exports one output)."""
-
-    def __init__(self, student: nn.Module, head: str) -> None:
-        super().__init__()
-        self.student, self.head = student, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .students import combine_heads
-        return combine_heads(self.student.forward_head(self.student.forward_features(x)), self.head)
-
-
-def _run_config(run: str) -> TrainConfig:
+def run_config(run: str) -> TrainConfig:
+    """The config of the run folder `run` (its config.yaml); UserError for a folder that is no run."""
     path = os.path.join(run, 'config.yaml')
     if not os.path.isfile(path):
         raise UserError(f'{run} is not a run folder (no config.yaml)')
@@ -76,8 +68,14 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
 
     Raises UserError (one line) for a missing or damaged checkpoint, or missing EMA weights.
     """
-    cfg = _run_config(run)
+    cfg = run_config(run)
     if head is not None:
+        if head not in EXPORT_HEADS:
+            raise UserError(f'head must be one of {", ".join(EXPORT_HEADS)}, got {head!r}')
+        if head == 'auto' and cfg.inference_head != 'auto':  # the choice is made in training, on the holdout
+            raise UserError(f'--head auto: {run} was trained with inference_head {cfg.inference_head}, so no head was '
+                            f'chosen on holdout images: give --head avg, cls or dist (or train with '
+                            f'inference_head=auto holdout=N)')
         cfg = dataclasses.replace(cfg, inference_head=head)
     folder = os.path.join(run, which)
     if not os.path.isdir(folder):
@@ -95,10 +93,12 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     tokens = hasattr(student, 'token_pairs') or hasattr(student, 'head_dist')
     if head is not None and head != 'cls' and not tokens:
         raise UserError(f'--head {head}: the run\'s student has no distillation tokens, only its class head')
+    # an STD student's class head needs no token: its backbone alone is that model (a DeiT token
+    # student's blocks mix the token in, so it stays whole); a token head, the student predicting with it
+    model = student.backbone if tokens and student.inference_head == 'cls' and hasattr(student, 'token_pairs') \
+        else student
     if tokens:
-        model = student.backbone if cfg.inference_head == 'cls' else _Predictor(student, cfg.inference_head)
-    else:
-        model = student
+        cfg = dataclasses.replace(cfg, inference_head=student.inference_head)  # auto: the head it chose
     return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)
 
 
@@ -151,17 +151,19 @@ def shipped_top1(run: str, which: str = 'best', ema: bool = False, head: Optiona
     None when the checkpoint records no metrics."""
     try:
         row = recorded_metrics(os.path.join(run, which))
-        cfg = _run_config(run)
+        cfg = run_config(run)
         headline = float(row['ema_top1'] if ema else row['val_top1'])
         images = int(row['val_images'])
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
         return None
-    shipped_head = (head or cfg.inference_head) if tokens else 'cls'
-    if shipped_head == cfg.inference_head or not tokens:
+    run_head = row.get('inference_head', 'avg') if cfg.inference_head == 'auto' else cfg.inference_head
+    shipped_head = (head or run_head) if tokens else 'cls'
+    shipped_head = run_head if shipped_head == 'auto' else shipped_head
+    if shipped_head == run_head or not tokens:
         top1 = headline
     else:  # each head's top-1 is recorded for the student's weights, not for their EMA
         top1 = None if ema else row.get(f'val_top1_{shipped_head}')
-    return ShippedTop1(shipped_head, top1, cfg.inference_head if tokens else 'cls', headline, images,
+    return ShippedTop1(shipped_head, top1, run_head if tokens else 'cls', headline, images,
                        row.get('val_chance_top1'))
 
 
@@ -198,7 +200,8 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
                head: Optional[str] = None) -> Dict[str, Any]:
     """Export a run's student to `output` (a new folder, written whole or not at all); head='cls'
     exports a token student's backbone and class head alone, a timm model. Returns what was
-    written ({'folder', 'kind': 'timm' | 'stdistill', 'architecture', 'files', 'onnx_max_diff'})."""
+    written ({'folder', 'architecture', 'head', 'files', 'onnx_max_diff', 'top1'}). head: cls, dist,
+    avg, or auto (the head the run chose on its holdout images), None: the run's inference_head."""
     if not output:
         raise UserError('give the export a folder')
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
@@ -228,19 +231,8 @@ def _export(run: str, output: str, which: str, ema: bool, onnx: bool, head: Opti
         mean, std = resolve_norm(cfg)
         data = {'mean': tuple(mean), 'std': tuple(std), 'crop_pct': cfg.crop_pct,
                 'interpolation': cfg.interpolation, 'input_size': (cfg.in_chans, cfg.img_size, cfg.img_size)}
-        if isinstance(loaded.model, _Predictor):  # token heads: the whole student, rebuilt by stdistill
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in loaded.model.student.state_dict().items()},
-                      os.path.join(tmp, MODEL_FILE))
-            keys = {k: getattr(cfg, k) for k in _MODEL_KEYS}
-            keys.update(num_classes=len(loaded.classes), mean=list(data['mean']), std=list(data['std']))
-            with open(os.path.join(tmp, STDISTILL_JSON), 'w') as f:
-                json.dump({'config': keys, 'classes': loaded.classes}, f, indent=1)
-            kind = 'stdistill'
-        else:
-            save_for_hf(loaded.model, tmp, safe_serialization=True, model_config={'label_names': loaded.classes},
-                        data_config=data)
-            kind = 'timm'
+        save_for_hf(loaded.model, tmp, safe_serialization=True, model_config={'label_names': loaded.classes},
+                    model_args=token_model_args(loaded.model, cfg), data_config=data)
         diff = export_onnx(loaded.model, cfg, os.path.join(tmp, 'model.onnx')) if onnx else None
         for name in os.listdir(tmp):  # mkdtemp's 0700 and safetensors' 0600 would hide it from other users
             readable_as_umask(os.path.join(tmp, name))
@@ -259,14 +251,28 @@ def _export(run: str, output: str, which: str, ema: bool, onnx: bool, head: Opti
         raise
     arch = (getattr(loaded.model, 'pretrained_cfg', None) or {}).get('architecture', cfg.model)
     tokens = method_of(cfg.method).has_distillation_heads
-    return {'folder': output, 'kind': kind, 'architecture': arch, 'files': sorted(os.listdir(output)),
-            'onnx_max_diff': diff, 'top1': shipped_top1(run, which, ema, head, tokens)}
+    return {'folder': output, 'architecture': arch, 'head': cfg.inference_head if tokens else 'cls',
+            'files': sorted(os.listdir(output)), 'onnx_max_diff': diff,
+            'top1': shipped_top1(run, which, ema, cfg.inference_head if tokens else None, tokens)}
+
+
+def token_model_args(model: nn.Module, cfg: TrainConfig) -> Optional[Dict[str, Any]]:
+    """What timm needs, beside its class count and channels, to rebuild `model` from config.json: for
+    a token student (std_*, deit_*) its token configuration and head, with the size it was built
+    for and the backbone's arguments (model_kwargs); None for a plain model (timm records its own)."""
+    if not hasattr(model, 'inference_head'):
+        return None
+    args = {k: v for k, v in cfg.model_kwargs.items() if k not in TRAINING_ONLY_KWARGS}
+    args.update(img_size=cfg.img_size, inference_head=model.inference_head)
+    if hasattr(model, 'token_pairs'):
+        args.update(num_teachers=model.num_teachers, token_positions=list(model.token_positions), tokens=cfg.tokens,
+                    token_depth=cfg.token_depth)
+    return json.loads(json.dumps(args))  # as config.json holds it (tuples as lists)
 
 
 def load_exported(folder: str) -> LoadedStudent:
-    """An exported folder, ready to predict: timm's kind through `timm.create_model('local-dir:...')`,
-    the token kind rebuilt from its stdistill.json. Raises UserError (one line naming the
-    folder) for a folder of neither kind, or a damaged or edited one."""
+    """An exported folder, ready to predict, through `timm.create_model('local-dir:...')`. Raises
+    UserError (one line naming the folder) for a folder that is no export, or a damaged or edited one."""
     if not os.path.isdir(folder):
         raise UserError(f'folder not found: {folder}')
     try:
@@ -292,15 +298,9 @@ def _load_exported(folder: str) -> LoadedStudent:
     import timm
     from safetensors.torch import load_file
 
-    if os.path.isfile(os.path.join(folder, STDISTILL_JSON)):
-        with open(os.path.join(folder, STDISTILL_JSON)) as f:
-            doc = json.load(f)
-        cfg = config_from_dict(doc['config'])
-        if len(doc['classes']) != cfg.num_classes:
-            raise UserError(f'{folder} names {len(doc["classes"])} classes but its model predicts {cfg.num_classes}')
-        student = build_student(cfg, cfg.num_classes, pretrained=False)
-        student.load_state_dict(load_weights(os.path.join(folder, MODEL_FILE)))
-        return LoadedStudent(_Predictor(student.eval(), cfg.inference_head).eval(), doc['classes'], cfg)
+    if os.path.isfile(os.path.join(folder, STDISTILL_JSON)) and not os.path.isfile(os.path.join(folder, 'config.json')):
+        raise UserError(f'{folder} is a token-head export of stdistill before 0.2 (stdistill.json), which this version '
+                        f'does not read: export the run again (its token students are timm models now)')
     if not os.path.isfile(os.path.join(folder, 'config.json')):
         raise UserError(f'{folder} is neither a run folder nor an exported one (no config.json)')
     with open(os.path.join(folder, 'config.json')) as f:
@@ -308,7 +308,8 @@ def _load_exported(folder: str) -> LoadedStudent:
     model = timm.create_model(f'local-dir:{os.path.abspath(folder)}', pretrained=True).eval()
     pcfg = model.pretrained_cfg
     # timm re-initialises a classifier whose size config.json changed: the weights file decides
-    key = f'{pcfg.get("classifier", "head")}.weight'
+    classifier = pcfg.get('classifier') or 'head'
+    key = f'{classifier[0] if isinstance(classifier, (list, tuple)) else classifier}.weight'
     head = load_file(os.path.join(folder, 'model.safetensors')).get(key)
     loaded_head = model.state_dict()[key]
     if head is not None and not (head.shape == loaded_head.shape and torch.equal(head, loaded_head)):

@@ -216,6 +216,7 @@ def token_model_cfg(backbone: nn.Module, name_of: Callable[[str], str]) -> dict:
     """A token student's pretrained cfg from its backbone's: the preprocessing and weights source
     as they are, the architecture its registered name (name_of(base)), layer names under `backbone.`."""
     cfg = dict(getattr(backbone, 'pretrained_cfg', {}) or {})
+    cfg.pop('tag', None)  # the base model's weights tag names none of the student's
     base = cfg.get('architecture')
     if base:
         cfg['architecture'] = name_of(base)
@@ -253,10 +254,18 @@ def create_token_student(name: str, base: str, wrap: Callable[..., nn.Module], p
     load_pretrained (a backbone-only file loads into the backbone). Without one, the backbone
     takes timm's released weights for `base`, and the tokens start from their initialisation.
     """
-    from timm.models import load_pretrained, resolve_pretrained_cfg
+    from timm.models import load_pretrained, load_state_dict, resolve_pretrained_cfg
     whole = pretrained and _given_weights(pretrained_cfg, pretrained_cfg_overlay)
     cfg = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
     cfg = cfg.to_dict()
+    overlay = pretrained_cfg_overlay if isinstance(pretrained_cfg_overlay, dict) else {}
+    if whole and overlay.get('file') and 'num_classes' not in overlay:
+        # a file alone: its class count from its classifier (an export's, or a backbone's), else timm
+        # would take the cfg's count and start the heads again from random
+        state = load_state_dict(overlay['file'])
+        head = state.get(f'{cfg["classifier"]}.weight', state.get(f'{cfg["classifier"].split(".", 1)[-1]}.weight'))
+        if head is not None:
+            cfg['num_classes'] = int(head.shape[0])
     if whole:  # the export's class count and channels, unless the call says otherwise
         kwargs.setdefault('num_classes', cfg.get('num_classes', 1000))
         kwargs.setdefault('in_chans', (cfg.get('input_size') or (3,))[0])
@@ -265,9 +274,13 @@ def create_token_student(name: str, base: str, wrap: Callable[..., nn.Module], p
     if not whole and pretrained:  # the backbone's own cfg: where its weights came from
         cfg.update({k: backbone.pretrained_cfg.get(k) for k in _WEIGHT_SOURCES})
     model.pretrained_cfg = cfg
-    if whole:
-        load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
-                        filter_fn=_student_weights, cache_dir=cache_dir)
+    if whole:  # every head is a classifier: another class count starts them all again (fine-tuning)
+        heads = [n[:-len('.weight')] for n, p in model.named_parameters()
+                 if n.endswith('.weight') and p.ndim == 2 and p.shape[0] == model.num_classes
+                 and (n.startswith('token_pairs.') and n.endswith('.head.weight') or n == 'head_dist.weight')]
+        load_pretrained(model, pretrained_cfg=dict(cfg, classifier=(cfg['classifier'], *heads)),
+                        num_classes=model.num_classes, in_chans=model.in_chans, filter_fn=_student_weights,
+                        cache_dir=cache_dir)
     return model
 
 

@@ -244,6 +244,8 @@ def _check_classes(run: str, classes: Optional[List[str]], trained_count: Option
 def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
     """The epoch's best top-1, of the student's weights or (with model_ema) of their EMA."""
     split = {'images': row['val_images'], 'chance_top1': row['val_chance_top1']}  # what a top-1 is judged by
+    if 'inference_head' in row:  # inference_head auto: the head the epoch chose, which this top-1 is of
+        split['inference_head'] = row['inference_head']
     if ema and row['ema_top1'] > row['val_top1']:
         return {'top1': row['ema_top1'], 'top5': row['ema_top5'], 'epoch': row['epoch'], 'weights': 'ema', **split}
     return {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': row['epoch'], 'weights': 'student', **split}
@@ -506,6 +508,9 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
         'num_updates': num_updates,
         **{key: sum(row.get(key, 0) for row in history)
            for key in ('skipped_steps', 'skipped_batches', 'skipped_images', 'unpaired_images', 'dropped_last_images')},
+        # the head best/ predicts with (inference_head auto: its epoch's choice on the holdout)
+        'head': (best.get('inference_head') or getattr(student, 'inference_head', 'cls'))
+        if method_of(cfg.method).has_distillation_heads else 'cls',
         'world_size': info.world_size, 'weights_sha256_per_rank': digests, 'teacher_inputs': teacher_inputs,
         'teacher_outputs': cfg.teacher_outputs,
         'data': data.report, 'config_changes': changelog,
