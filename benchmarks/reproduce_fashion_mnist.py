@@ -637,14 +637,16 @@ def fold_values(run: Run, found: Dict[str, Dict[str, Any]], args
 
     source = Run(ALL_ROWS[run.row][1]['fold_of'], run.regime, run.size, run.seed)
     source_values, _, source_digest, _ = run_values(source, found, args)
-    config = {'fold_of': {'row': source.row, 'config_digest': source_digest}, 'fold_overrides': []}
+    # the source's last epoch, as every record's result: its best/ is chosen on the test images
+    config = {'fold_of': {'row': source.row, 'config_digest': source_digest, 'checkpoint': 'last'}, 'fold_overrides': []}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     output = os.path.join(args.output, 'runs', run.regime, run.size, run.row, f'seed{run.seed}-{digest[:12]}')
     values = None
     if os.path.isfile(os.path.join(source_values['output'], 'summary.json')):
         cfg = fold_config(source_values['output'], [f'output={output}', 'progress=false', f'workers={args.workers}',
                                                     f'device={args.device}',
-                                                    f'teacher_outputs={store_folder(run, source.row, args)}'])
+                                                    f'teacher_outputs={store_folder(run, source.row, args)}'],
+                          which='last')
         values = dataclasses.asdict(cfg)
     return values, None, digest, config
 
@@ -849,6 +851,129 @@ def _verdict(diffs: List[float]) -> str:
     return 'not reproduced (seeds disagree)'
 
 
+# two-sided 95% quantiles of Student's t by degrees of freedom (n seeds - 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _interval(diffs: List[float]) -> Optional[Tuple[float, float, float]]:
+    """(mean, low, high): the 95% confidence interval of the mean paired difference (t over seeds);
+    None under 2 seeds."""
+    if len(diffs) < 2 or len(diffs) - 1 not in T95:
+        return None
+    mean = statistics.mean(diffs)
+    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def _ci_verdict(diffs: List[float], margin: float = 0.0) -> str:
+    """Decided by the 95% interval of the paired differences against `margin`: above it, below it,
+    or not decided (the interval holds it)."""
+    ci = _interval(diffs)
+    if ci is None:
+        return 'not testable (under 2 seeds)'
+    if ci[1] > margin:
+        return 'yes' if margin == 0 else f'yes (above {margin:+g})'
+    if ci[2] < margin:
+        return 'no' if margin == 0 else f'no (below {margin:+g})'
+    return 'not decided'
+
+
+def _ci_text(diffs: List[float]) -> str:
+    ci = _interval(diffs)
+    return 'n/a' if ci is None else f'{ci[0]:+.2f} ({ci[1]:+.2f} to {ci[2]:+.2f})'
+
+
+def deploy_section(records: List[Dict[str, Any]]) -> List[str]:
+    """RESULTS.md's "What you deploy": each model a user can take away from the deit regime's runs
+    (12,000 x 4), what it costs at inference, and the paired comparisons the choice rests on."""
+    regime, size = DEPLOY_REGIME, '12k'
+    if not any(r['row'] in DEPLOY_ROWS and r['regime'] == regime for r in records):
+        return []
+    from stdistill.profiling import profile_model
+    model = load_config(os.path.join(ROOT, REGIMES[regime])).model
+    plain = profile_model(model, img_size=28, in_chans=1)
+    tokens = profile_model(f'std_{model}', img_size=28, in_chans=1, num_teachers=1, num_classes=10)
+    cost = {False: f'{plain.params / 1e6:.3f}M, {plain.macs / 1e6:.1f}M', True: f'{tokens.params / 1e6:.3f}M, '
+            f'{tokens.macs / 1e6:.1f}M'}
+    auto = 'val_top1'  # an auto row's reported top-1: the head it chose on the holdout images
+    rows_spec = [  # label, row, head, has tokens at inference, timm loads it alone
+        ('plain student (no distillation)', 'none', 'val_top1', False),
+        ('soft KD (timm LogitDistillationTask)', 'kd', 'val_top1', False),
+        ('STD both, averaged heads (avg, the paper\'s)', 'std_both_auto', 'val_top1_avg', True),
+        ('STD both, distillation heads (dist)', 'std_both_auto', 'val_top1_dist', True),
+        ('STD both, head chosen on the holdout (auto)', 'std_both_auto', auto, True),
+        ('STD both, class head alone (cls)', 'std_both_auto', 'val_top1_cls', False),
+        ('STD + cls_distill, head chosen on the holdout (auto)', 'std_cls_distill', auto, True),
+        ('STD + cls_distill, class head alone (cls)', 'std_cls_distill', 'val_top1_cls', False),
+        ('STD both folded into the plain student (stdistill fold)', 'fold', 'val_top1', False),
+    ]
+    values = {(row, head): _by_seed(records, row, regime, size, head) for _, row, head, _ in rows_spec}
+    out = [f'### What you deploy ({regime} regime, 12,000 images x 4 epochs)', '']
+    rows = []
+    for label, row, head, with_tokens in rows_spec:
+        v = values[(row, head)]
+        chosen = ''
+        if head == auto and ALL_ROWS[row][1].get('inference_head') == 'auto':
+            picks = [r['per_epoch'][-1].get('inference_head') for r in records
+                     if r['row'] == row and r['regime'] == regime and r['size'] == size]
+            chosen = ', '.join(f'{h} x{picks.count(h)}' for h in sorted(set(picks), key=str))
+        rows.append([label, f'{_stats(v.values())} ({len(v)})' if v else 'not run', cost[with_tokens],
+                     'one pair (tokens)' if with_tokens else 'none (the plain backbone)', chosen,
+                     ', '.join(f'{v[s]:.2f}' for s in sorted(v))])
+    out += _table(['model you take away', 'test top-1 (%), seeds', 'params, MACs (1 image)', 'token layers at inference',
+                   'head chosen', 'per seed'], rows)
+    out += ['', f'Params and MACs of the model at inference ({model}, 28x28, one teacher\'s token pair for the '
+            f'token heads; torch.utils.flop_counter). A model without token layers exports as the plain backbone, '
+            f'which timm loads alone when it is one of timm\'s architectures (Mixer-S/16, say; {model} is registered '
+            f'by stdistill); a token model exports as std_{model}, which timm loads after `import stdistill`. '
+            f'The auto rows choose the head on {HOLDOUT:,} '
+            f'training images the run never trained on (drawn from the 48,000 that train_samples leaves out), '
+            f'at the last epoch; the test split is never used to choose.', '']
+    comparisons = [  # claim, a, b, margin
+        ('the fold beats soft KD', ('fold', 'val_top1'), ('kd', 'val_top1'), 0.0),
+        ('the fold is within 1 point of the token model (auto)', ('fold', 'val_top1'), ('std_both_auto', auto), -1.0),
+        ('the fold beats the plain student', ('fold', 'val_top1'), ('none', 'val_top1'), 0.0),
+        ('cls_distill\'s class head beats soft KD', ('std_cls_distill', 'val_top1_cls'), ('kd', 'val_top1'), 0.0),
+        ('cls_distill\'s class head is within 1 point of the token model (auto)', ('std_cls_distill', 'val_top1_cls'),
+         ('std_both_auto', auto), -1.0),
+        ('cls_distill\'s class head beats STD\'s class head', ('std_cls_distill', 'val_top1_cls'),
+         ('std_both_auto', 'val_top1_cls'), 0.0),
+        ('cls_distill keeps the token model (auto vs auto)', ('std_cls_distill', auto), ('std_both_auto', auto), -1.0),
+        ('auto beats avg (the same runs)', ('std_both_auto', auto), ('std_both_auto', 'val_top1_avg'), 0.0),
+        ('auto is never worse than avg (every seed, both variants)', None, None, None),
+    ]
+    rows = []
+    for claim, a, b, margin in comparisons:
+        if a is None:
+            diffs = [d for row in ('std_both_auto', 'std_cls_distill')
+                     for d in _paired(values.get((row, auto)) or _by_seed(records, row, regime, size, auto),
+                                      _by_seed(records, row, regime, size, 'val_top1_avg'))]
+            worse = sum(d < 0 for d in diffs)
+            rows.append([claim, 'auto minus avg, per run', ', '.join(f'{d:+.2f}' for d in diffs) or 'no runs', '',
+                         f'{"yes" if diffs and not worse else "no"} ({worse} of {len(diffs)} runs worse)'
+                         if diffs else 'not testable'])
+            continue
+        va = values.get(a) or _by_seed(records, a[0], regime, size, a[1])
+        vb = values.get(b) or _by_seed(records, b[0], regime, size, b[1])
+        diffs = _paired(va, vb)
+        rows.append([claim, f'{_label(a)} minus {_label(b)}', ', '.join(f'{d:+.2f}' for d in diffs) or 'no runs',
+                     _ci_text(diffs), _ci_verdict(diffs, margin)])
+    out += _table(['question', 'paired difference', 'per seed', 'mean (95% CI)', 'answer'], rows)
+    out += ['', f'Each answer is decided by the 95% confidence interval of the paired per-seed differences (t with '
+            f'n - 1 degrees of freedom): "yes" when it lies above the margin (0, or -1 point for "within 1 point"), '
+            f'"no" when below, "not decided" when it holds it. {len(comparisons) - 1} intervals, no correction for '
+            f'their number; with 3 seeds an interval is wide.', '']
+    return out
+
+
+def _label(key: Tuple[str, str]) -> str:
+    row, head = key
+    names = {'val_top1': '', 'val_top1_cls': ' (cls)', 'val_top1_dist': ' (dist)', 'val_top1_avg': ' (avg)'}
+    short = {'fold': 'fold', 'kd': 'soft KD', 'none': 'plain', 'std_both_auto': 'STD', 'std_cls_distill': 'cls_distill'}
+    suffix = names[head] if not (row in DEPLOY_ROWS and row != 'fold' and head == 'val_top1') else ' (auto)'
+    return short.get(row, row) + suffix
+
+
 def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
@@ -1006,6 +1131,8 @@ def report(results: str, smoke: bool = False, selection: Optional[argparse.Names
     out += _table(['claim', 'regime', 'control', 'paired differences', 'verdict'], rows)
     out += ['', 'Reproduced: every seed\'s paired difference above 0; not reproduced: any at or below 0 (the '
             'opposite: every one below 0); not testable: under 2 seeds.', '']
+
+    out += deploy_section(records)
 
     out += ['### The plain student\'s curve (test top-1 after each epoch: is 4 epochs long enough?)', '']
     rows = []

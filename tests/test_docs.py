@@ -79,7 +79,7 @@ LAYERS = {  # docs/python-api.md, "What is in the package"
     2: 'backbones cyclemlp tokens students deit mine',
     3: 'teacher_input teachers losses task architecture checkpoint profiling catalog',
     4: 'loaders builders engine store monitor train teacher_pass',
-    5: 'evaluation export predict quickstart cli __main__',
+    5: 'evaluation export heads fold predict quickstart cli __main__',
 }
 
 

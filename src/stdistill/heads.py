@@ -43,7 +43,7 @@ class HeadRow(NamedTuple):
     needs_stdistill: bool          # timm knows the architecture only after `import stdistill`
 
 
-def latency_ratios(models: List[nn.Module], input_size: tuple, batch: int = 32, budget_s: float = 1.0) -> List[float]:
+def latency_ratios(models: List[nn.Module], input_size: tuple, batch: int = 32, budget_s: float = 2.0) -> List[float]:
     """CPU time of one forward pass of a (batch, *input_size) batch through each model, as a
     multiple of the first's: each model's fastest pass over rounds that time every model in turn
     (the fastest, as timeit reports: what other work on the machine adds is never negative). fp32,
@@ -56,7 +56,7 @@ def latency_ratios(models: List[nn.Module], input_size: tuple, batch: int = 32, 
         one = time.perf_counter()
         for model in models:
             model(x)
-        rounds = max(5, min(50, int(budget_s / max(time.perf_counter() - one, 1e-6))))
+        rounds = max(20, min(200, int(budget_s / max(time.perf_counter() - one, 1e-6))))
         for r in range(rounds):  # every other round backwards: no model always runs first
             for i in (range(len(models)) if r % 2 == 0 else reversed(range(len(models)))):
                 start = time.perf_counter()
