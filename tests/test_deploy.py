@@ -251,3 +251,31 @@ def test_fold_refuses_what_has_nothing_to_fold(folder, tmp_path, capsys):
     one_error_line(capsys, 'already the plain backbone')
     assert main(['fold', str(tmp_path / 'nowhere')]) == 2
     one_error_line(capsys, 'not a run folder')
+
+
+def test_the_export_pages_python_blocks_run_as_written(tmp_path):
+    """docs/export.md's Python blocks, each in a fresh process, as written, in a folder holding the
+    `exported/` they name: a dist export of a std_mixer_t4_32 student (RGB 32x32, real images)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, os.path.join(root, 'examples', 'make_fashion_folder.py'), str(tmp_path / 'data'),
+                    '--train', '60', '--val', '30'], check=True, capture_output=True, timeout=300)
+    run = tmp_path / 'run'
+    assert main(['train', '--config', os.path.join(root, 'recipes', 'folder', 'std.yaml'), f'data_dir={tmp_path / "data"}',
+                 'epochs=1', 'teachers=[{model: resnet10t, pretrained: false}]', 'mine=false', 'workers=0',
+                 'progress=false', 'model_kwargs={embed_dim: 16, num_blocks: 2}', f'output={run}']) == 0
+    with open(os.path.join(root, 'docs', 'export.md')) as f:
+        blocks = re.findall(r'```python\n(.*?)```', f.read(), re.S)
+    assert len(blocks) == 2 and all("'exported/" in b or "'local-dir:exported/" in b for b in blocks)
+    # the export's labels and preprocessing reach timm's transform, whichever way it is loaded
+    check = ("\nassert model.num_classes == 3 and model.pretrained_cfg['label_names'] == ['bag', 'boot', 'shirt']"
+             "\nassert 'mean=tensor([0.5000, 0.5000, 0.5000])' in str(transform) and 'Resize(size=32' in str(transform)"
+             "\nimport torch\nprint(model(torch.zeros(1, 3, 32, 32)).tolist())\n")
+    for head in ('dist', 'cls'):  # a token student, and the plain backbone (timm's default cfg has 10 classes)
+        assert main(['export', str(run), str(tmp_path / head / 'exported'), '--head', head]) == 0
+        outputs = []
+        for block in blocks:
+            done = subprocess.run([sys.executable, '-c', block + check], cwd=tmp_path / head, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            outputs.append(done.stdout)
+        assert outputs[0] == outputs[1]  # the folder and the file give the same model

@@ -108,7 +108,7 @@ def test_two_trains_into_one_folder_one_is_refused_and_the_other_reports_its_own
     winner = next(r for r in results if r[0] == 0)
     loser = next(r for r in results if r[0] == 2)
     refused(loser[0], loser[2], f'{run} is in use by another stdistill process', 'pid ', 'stdistill train')
-    reported = winner[1].strip().splitlines()[-1]
+    reported = next(line for line in winner[1].splitlines() if line.startswith('done: '))  # the head table follows
     assert reported.startswith('done: 2/2 epochs, best top-1 ')
     assert len((run / 'log.jsonl').read_text().splitlines()) == 2  # one run's epochs, not two runs'
     code, out = run_main(capsys, 'eval', run)
@@ -164,7 +164,7 @@ def test_a_killed_process_claim_does_not_block_the_next_run(digits, tmp_path):
     assert (tmp_path / '.killed.lock').exists()  # the dead process's lock file is left behind ...
     done = cli('train', '--resume', run)  # ... and does not block
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1].startswith('done: 3/3 epochs')
+    assert any(line.startswith('done: 3/3 epochs') for line in done.stdout.splitlines())
     assert not (tmp_path / '.killed.lock').exists()
 
 

@@ -84,7 +84,9 @@ def _train(args: argparse.Namespace) -> int:
         if chance:
             again = f' {train_longer(cfg.output, summary)}' if is_at_chance(chance) else ''
             _logger.warning(f'{chance}.{again}')
-        _logger.info(_heads_text(cfg.output, 'best', False, summary['head'], f'{cfg.output.rstrip("/")}_export'))
+        if os.path.isdir(os.path.join(cfg.output, 'best')):  # what each head of the run's best/ scores and costs
+            _logger.info(_heads_text(cfg.output, 'best', False, summary.get('head', 'cls'),
+                                     f'{cfg.output.rstrip("/")}_export'))
     return 0
 
 
@@ -164,31 +166,33 @@ def _export(args: argparse.Namespace) -> int:
             _logger.warning(line[len('stdistill: warning: '):])
         else:
             _logger.info(line)
-    _logger.info(_heads_text(args.run, args.which, args.ema, done['head'], folder))
+    _logger.info(_heads_text(args.run, args.which, args.ema, done['head'], folder, args.onnx))
     hint = ema_hint(args.run, args.which, args.ema)
     if hint:
         print(hint, file=sys.stderr)
     return 0
 
 
-def _heads_text(run: str, which: str, ema: bool, chosen: str, output: str) -> str:
+def _heads_text(run: str, which: str, ema: bool, chosen: str, output: str, onnx: bool = False) -> str:
     """The head table of a run's checkpoint (heads.py), with what it means and, for a token student,
     the export of its best other head (into `output`_HEAD) and the fold, as commands to run."""
-    from .heads import format_head_table, head_table
+    from .heads import busy_note, format_head_table, head_table
     rows = head_table(run, which, ema)
+    busy = busy_note()
     if len(rows) == 1:
-        return f'{run}/{which} is a plain student, with one head:\n{format_head_table(rows, chosen)}'
+        return (f'{run}/{which} has one head (a model without tokens){busy}:\n' + format_head_table(rows, chosen))
     others = [r for r in rows if r.head != chosen and r.top1 is not None]
     best = max(others, key=lambda r: r.top1, default=None)
     export = ''
     if best is not None:
-        again = command('stdistill', 'export', '--which', which, *(['--ema'] if ema else []), '--head', best.head,
-                        *positionals(run, f'{output.rstrip("/")}_{best.head}'))
+        again = command('stdistill', 'export', '--which', which, *(['--ema'] if ema else []), *(['--onnx'] if onnx else []),
+                        '--head', best.head, *positionals(run, f'{output.rstrip("/")}_{best.head}'))
         export = f'export the {best.head} head with {again}; '
+    fold = command('stdistill', 'fold', *(['--which', which] if which != 'best' else []), *positionals(run))
     return (f'what each head of {run}/{which} scores and costs (validation top-1 of these weights'
             f'{"; the EMA is scored with the run head alone" if ema else ""}; CPU latency on this machine, against '
-            f'the plain backbone): {export}a tokenless student taught by this one: '
-            f'{command("stdistill", "fold", *positionals(run))}\n' + format_head_table(rows, chosen))
+            f'the plain backbone{busy}): {export}a tokenless student taught by this one: {fold}\n'
+            + format_head_table(rows, chosen))
 
 
 # points: an exported head this far below the run's reported top-1 (beyond the split's noise) is flagged
@@ -308,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.set_defaults(func=_teacher_pass)
 
     fo = sub.add_parser('fold', help='train the plain backbone of a token run from that run\'s student (its chosen '
-                                     'head): a tokenless student timm loads alone',
+                                     'head): a student without tokens, at the plain backbone\'s cost',
                         description='A second stage: the run\'s backbone without tokens (method kd) learns from the '
                                     'run\'s student, through a teacher-output store in the new run folder '
                                     '(default RUN_fold). key=value overrides the run\'s config.')

@@ -28,7 +28,7 @@ from .methods import method_of
 from .profiling import count_macs
 from .teachers import TRAINING_ONLY_KWARGS
 
-__all__ = ['HeadRow', 'head_table', 'format_head_table', 'latency_ratios']
+__all__ = ['HeadRow', 'head_table', 'format_head_table', 'latency_ratios', 'busy_note']
 
 
 class HeadRow(NamedTuple):
@@ -63,6 +63,16 @@ def latency_ratios(models: List[nn.Module], input_size: tuple, batch: int = 32, 
                 models[i](x)
                 times[i].append(time.perf_counter() - start)
     return [min(t) / min(times[0]) for t in times]
+
+
+def busy_note() -> str:
+    """'' on a machine with CPUs to spare; else a note that the latency column is unreliable now
+    (the 1-minute load average is at or above the CPU count: other work takes the cores)."""
+    try:
+        load, cpus = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform
+        return ''
+    return f'; the machine is busy (load {load:.1f} on {cpus} CPUs): latency unreliable' if load >= cpus else ''
 
 
 def _plain_backbone(cfg, num_classes: int) -> nn.Module:

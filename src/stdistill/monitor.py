@@ -75,6 +75,9 @@ class RunMonitor:
         top1s = ('val_top1', 'ema_top1')  # with their interval on a small split
         summary = ' '.join(f'{k} {format_top1(row[k], row["val_images"]) if k in top1s else f"{row[k]:.4g}"}'
                            for k in ('loss', 'val_top1', 'val_top5', 'ema_top1', 'mi_estimate') if k in row)
+        if 'inference_head' in row:  # inference_head auto: the head chosen on the holdout, and its score there
+            summary += (f' head {row["inference_head"]} (holdout top-1 '
+                        f'{row["holdout_top1_" + row["inference_head"]]:.2f} on {row["holdout_images"]} images)')
         _logger.info(f'epoch {row["epoch"] + 1}/{self.epochs}: {summary}')  # counted from 1, as the bar
 
     def close(self) -> None:

@@ -217,6 +217,8 @@ def token_model_cfg(backbone: nn.Module, name_of: Callable[[str], str]) -> dict:
     as they are, the architecture its registered name (name_of(base)), layer names under `backbone.`."""
     cfg = dict(getattr(backbone, 'pretrained_cfg', {}) or {})
     cfg.pop('tag', None)  # the base model's weights tag names none of the student's
+    # the size the token layers are built for (a Mixer-S/16 at 64 px is not the cfg's 224)
+    cfg['input_size'] = (backbone.in_chans, *_input_size(backbone))
     base = cfg.get('architecture')
     if base:
         cfg['architecture'] = name_of(base)
@@ -275,9 +277,8 @@ def create_token_student(name: str, base: str, wrap: Callable[..., nn.Module], p
         cfg.update({k: backbone.pretrained_cfg.get(k) for k in _WEIGHT_SOURCES})
     model.pretrained_cfg = cfg
     if whole:  # every head is a classifier: another class count starts them all again (fine-tuning)
-        heads = [n[:-len('.weight')] for n, p in model.named_parameters()
-                 if n.endswith('.weight') and p.ndim == 2 and p.shape[0] == model.num_classes
-                 and (n.startswith('token_pairs.') and n.endswith('.head.weight') or n == 'head_dist.weight')]
+        heads = [n[:-len('.weight')] for n, _ in model.named_parameters()
+                 if n.startswith('token_pairs.') and n.endswith('.head.weight') or n == 'head_dist.weight']
         load_pretrained(model, pretrained_cfg=dict(cfg, classifier=(cfg['classifier'], *heads)),
                         num_classes=model.num_classes, in_chans=model.in_chans, filter_fn=_student_weights,
                         cache_dir=cache_dir)

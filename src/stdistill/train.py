@@ -246,7 +246,8 @@ def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
     split = {'images': row['val_images'], 'chance_top1': row['val_chance_top1']}  # what a top-1 is judged by
     if 'inference_head' in row:  # inference_head auto: the head the epoch chose, which this top-1 is of
         split['inference_head'] = row['inference_head']
-    if ema and row['ema_top1'] > row['val_top1']:
+    # (inference_head auto scores the student's weights on the holdout, not their EMA: no pick by validation)
+    if ema and 'inference_head' not in row and row['ema_top1'] > row['val_top1']:
         return {'top1': row['ema_top1'], 'top5': row['ema_top5'], 'epoch': row['epoch'], 'weights': 'ema', **split}
     return {'top1': row['val_top1'], 'top5': row['val_top5'], 'epoch': row['epoch'], 'weights': 'student', **split}
 
@@ -471,7 +472,11 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
             row['epoch_s'] = time.perf_counter() - start
             history.append(row)
             candidate = _best_of(row, ema is not None)
-            improved = candidate['top1'] > best['top1']
+            # inference_head auto: best/ is the epoch whose chosen head scores best on the holdout too,
+            # so that neither the head nor the epoch shipped is chosen on the split reported
+            if 'inference_head' in row:
+                candidate['holdout_top1'] = row[f'holdout_top1_{row["inference_head"]}']
+            improved = candidate.get('holdout_top1', candidate['top1']) > best.get('holdout_top1', best['top1'])
             if improved:
                 best = candidate
             rng = gather_objects(rng_state(device), info)  # every process's own states, by rank
