@@ -251,6 +251,54 @@ def test_fold_refuses_what_has_nothing_to_fold(folder, tmp_path, capsys):
     one_error_line(capsys, 'already the plain backbone')
     assert main(['fold', str(tmp_path / 'nowhere')]) == 2
     one_error_line(capsys, 'not a run folder')
+    assert main(['export', str(run), str(tmp_path / 'x'), '--head', 'auto']) == 2  # nothing to choose among
+    one_error_line(capsys, 'no distillation tokens')
+
+
+@pytest.mark.parametrize('overrides, words', [
+    (['method=std'], ['method is what the fold is']),
+    (['teachers=[{model: resnet10t, pretrained: false}]'], ['teachers is what the fold is']),
+    (['inference_head=avg'], ['inference_head is what the fold is']),
+    (['output=RUN/best'], ['is inside the run']),
+])
+def test_fold_refuses_overrides_that_would_make_it_something_else(auto_run, tmp_path, capsys, overrides, words):
+    capsys.readouterr()
+    assert main(['fold', str(auto_run), *[o.replace('RUN', str(auto_run)) for o in overrides]]) == 2
+    one_error_line(capsys, *words)
+    assert not any(n in os.listdir(auto_run / 'best') for n in ('config.yaml', 'log.jsonl', 'teacher_outputs'))
+
+
+def test_an_auto_run_is_scored_with_any_head_and_auto_needs_a_choice(auto_run, folder, tmp_path, capsys):
+    """eval of an auto run with another head needs no holdout=0; auto on a run that chose nothing is
+    refused; too small a holdout is said at setup."""
+    metrics = _best_metrics(auto_run)
+    capsys.readouterr()
+    assert main(['eval', str(auto_run), 'inference_head=dist']) == 0
+    assert f'top-1 {metrics["val_top1_dist"]:.2f}' in capsys.readouterr().out
+    avg_run = _train(folder, tmp_path / 'avg', 'epochs=1')
+    capsys.readouterr()
+    assert main(['eval', str(avg_run), 'inference_head=auto']) == 2
+    one_error_line(capsys, 'records no head chosen by inference_head auto')
+    _train(folder, tmp_path / 'few', 'epochs=1', 'inference_head=auto', 'holdout=5')
+    assert 'holdout 5: inference_head auto chooses among heads whose top-1 on so few images' in capsys.readouterr().err
+
+
+def test_a_deit_token_student_exports_every_head_as_a_timm_model(folder, tmp_path, capsys):
+    run = tmp_path / 'deit'
+    assert main(['train', *PLAIN, 'method=deit', 'teachers=[{model: resnet10t, pretrained: false}]', 'epochs=1',
+                 f'data_dir={folder}', f'output={run}']) == 0
+    import timm
+    from stdistill.export import load_exported
+    batch = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for head in HEADS:
+        out = tmp_path / head
+        assert main(['export', str(run), str(out), '--head', head]) == 0
+        config = json.loads((out / 'config.json').read_text())
+        assert config['architecture'] == 'deit_mixer_t4_28' and config['model_args']['inference_head'] == head
+        with torch.no_grad():
+            assert torch.equal(timm.create_model(f'local-dir:{out}', pretrained=True).eval()(batch),
+                               load_run_student(str(run), head=head).model(batch))
+            assert torch.equal(load_exported(str(out)).model(batch), load_run_student(str(run), head=head).model(batch))
 
 
 def test_the_export_pages_python_blocks_run_as_written(tmp_path):
@@ -279,3 +327,15 @@ def test_the_export_pages_python_blocks_run_as_written(tmp_path):
             assert done.returncode == 0, done.stderr
             outputs.append(done.stdout)
         assert outputs[0] == outputs[1]  # the folder and the file give the same model
+
+
+def test_a_student_built_at_another_size_than_its_cfg_folds_and_exports_at_that_size(folder, tmp_path, capsys):
+    """A Mixer-S/16 trained at 64 px (its cfg says 224): as the fold's teacher it sees 64 px inputs,
+    and its token export records 64 px (the new-user trial's case; the README's Mixer-S/16 walk)."""
+    run = tmp_path / 's16'
+    assert main(['train', *PLAIN, *STD, 'model=mixer_s16_224', 'img_size=64', 'epochs=1',
+                 "model_kwargs={mlp_ratio: [0.25, 0.25]}", f'data_dir={folder}', f'output={run}']) == 0
+    assert main(['fold', str(run), 'epochs=1']) == 0
+    assert main(['export', str(run), str(tmp_path / 'exp'), '--head', 'dist']) == 0
+    config = json.loads((tmp_path / 'exp' / 'config.json').read_text())
+    assert config['pretrained_cfg']['input_size'] == [1, 64, 64] and config['model_args']['img_size'] == 64

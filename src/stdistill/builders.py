@@ -38,7 +38,7 @@ from .students import INFERENCE_HEADS, STDStudent, check_model_name
 from .task import STDTask
 from .teacher_input import InputContract
 from .teachers import (FrozenTeacher, create_teacher, create_with_weights, load_weights, recorded_classes,
-                       recorded_contract, recorded_head, recorded_score)
+                       recorded_auto, recorded_contract, recorded_head, recorded_score)
 
 __all__ = ['build_student', 'build_teachers', 'build_objective', 'resolve_norm', 'student_contract', 'teacher_line',
            'refuse_labels_teacher_in_store', 'amp_dtype', 'load_student_checkpoint', 'auto_head']
@@ -246,7 +246,7 @@ def build_teachers(cfg: TrainConfig, num_classes: int, device: torch.device,
                             f'{type(e).__name__}: {first_line(e)}') from None
         teachers.append(teacher.to(device).adapt_to(student, label=f'teachers.{i}'))
         if spec['checkpoint'] is not None and not spec['use_ema']:
-            _warn_chance_teacher(spec['checkpoint'], i)
+            _warn_chance_teacher(spec['checkpoint'], i, getattr(teacher.model, 'inference_head', 'cls'))
     return teachers
 
 
@@ -274,10 +274,13 @@ def _check_teacher_checkpoint(path: str, i: int) -> None:
     raise UserError(f'{key}: the teacher checkpoint {path} does not exist: {how}')
 
 
-def _warn_chance_teacher(path: str, i: int) -> None:
-    """Say so when a teacher's checkpoint records a validation top-1 at chance: it teaches noise."""
+def _warn_chance_teacher(path: str, i: int, head: str = 'cls') -> None:
+    """Say so when a teacher's checkpoint records a validation top-1 at chance, for the head the
+    teacher predicts with (a plain model built from a token student's checkpoint: its class head;
+    the token student itself: its recorded head): it teaches noise."""
     score = recorded_score(path)
-    note = score and chance_note({'val_top1': score['top1_cls'], 'val_images': score['images'],
+    top1 = score and (score['top1_cls'] if head == 'cls' or recorded_head(path) != head else score['top1'])
+    note = score and chance_note({'val_top1': top1, 'val_images': score['images'],
                                   'val_chance_top1': score['chance_top1']})
     if not is_at_chance(note):  # a split too small to tell says nothing of the teacher
         return
@@ -395,7 +398,7 @@ def auto_head(path: str) -> str:
     """The head inference_head auto chose for the weights file `path` (on its run's holdout images,
     recorded in its header). Raises UserError for a file that records no choice."""
     head = recorded_head(path)
-    if head not in INFERENCE_HEADS:
+    if head not in INFERENCE_HEADS or not recorded_auto(path):
         raise UserError(f'{path} records no head chosen by inference_head auto (it was trained with another '
                         f'inference_head): give inference_head=avg, cls or dist')
     return head

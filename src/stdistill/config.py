@@ -27,7 +27,7 @@ from .errors import UserError
 from .hints import command
 from .methods import METHOD_NAMES, method_of
 
-__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'apply_overrides', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
+__all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'apply_overrides', 'check_holdout', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
            'config_changes', 'first_difference', 'METHODS', 'SCHEDULE_KEYS', 'RUNTIME_KEYS', 'with_absolute_paths']
 
 METHODS = METHOD_NAMES  # the table of what each needs: methods.py
@@ -303,23 +303,36 @@ def _check_method_keys(cfg: 'TrainConfig') -> None:
 
 
 def _check_head_choice(cfg: 'TrainConfig') -> None:
-    """inference_head auto needs holdout images and heads to choose among; holdout images serve
-    only that choice (held out of training for nothing otherwise); cls_distill needs a class head
-    beside distillation heads."""
+    """inference_head auto needs heads to choose among, and cls_distill a class head beside
+    distillation heads. (That auto trains with holdout images, and they with auto, is a training
+    rule, train.check_holdout: eval and export of an auto run may ask for another head.)"""
     heads = method_of(cfg.method).has_distillation_heads
     if cfg.inference_head == 'auto' and not heads:
         raise UserError(f'inference_head auto chooses among a student\'s heads, and method {cfg.method} trains its '
                         f'class head alone: set inference_head=cls (and holdout=0), or method=std')
+    if cfg.cls_distill and (not heads or method_of(cfg.method).distils_class_head):
+        raise UserError(f'cls_distill adds KD on the class head beside distillation heads (method std or deit); '
+                        f'method {cfg.method} has none: drop cls_distill'
+                        + (' (kd already distils into the class head)' if cfg.method == 'kd' else ''))
+
+
+# fewer holdout images than this choose a head on noise: said, not refused (a small dataset may have no more)
+FEW_HOLDOUT = 100
+
+
+def check_holdout(cfg: 'TrainConfig') -> Optional[str]:
+    """For a training run: a UserError when inference_head auto has no holdout images to choose on, or
+    holdout images would be held out for no choice; a warning (returned) when they are few."""
     if cfg.inference_head == 'auto' and cfg.holdout == 0:
         raise UserError('inference_head auto chooses the head on training images held out of training: set '
                         'holdout to how many (e.g. holdout=2000; a tenth of a small training set)')
     if cfg.holdout and cfg.inference_head != 'auto':
         raise UserError(f'holdout {cfg.holdout}: the holdout images serve inference_head auto, and this run predicts '
                         f'with {cfg.inference_head}: set inference_head=auto, or holdout=0')
-    if cfg.cls_distill and (not heads or method_of(cfg.method).distils_class_head):
-        raise UserError(f'cls_distill adds KD on the class head beside distillation heads (method std or deit); '
-                        f'method {cfg.method} has none: drop cls_distill'
-                        + (' (kd already distils into the class head)' if cfg.method == 'kd' else ''))
+    if 0 < cfg.holdout < FEW_HOLDOUT:
+        return (f'holdout {cfg.holdout}: inference_head auto chooses among heads whose top-1 on so few images '
+                f'differs by chance (ties go to the cheapest, cls); give it {FEW_HOLDOUT} or more if the data allows')
+    return None
 
 
 def _utf8(text: str) -> bool:

@@ -65,6 +65,7 @@ class DeiTTokenStudent(nn.Module):
         for block in backbone.blocks:
             grow_token_mixing(block)
         self.num_classes = backbone.num_classes
+        self.num_features = self.head_hidden_size = backbone.num_features  # what timm's save_for_hf records
         self.num_teachers = 1
         self.inference_head = inference_head
         self.in_chans = backbone.in_chans

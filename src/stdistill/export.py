@@ -69,6 +69,8 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     Raises UserError (one line) for a missing or damaged checkpoint, or missing EMA weights.
     """
     cfg = run_config(run)
+    if head is not None and head != 'cls' and not method_of(cfg.method).has_distillation_heads:
+        raise UserError(f'--head {head}: the run\'s student has no distillation tokens, only its class head')
     if head is not None:
         if head not in EXPORT_HEADS:
             raise UserError(f'head must be one of {", ".join(EXPORT_HEADS)}, got {head!r}')
@@ -206,8 +208,8 @@ def export_run(run: str, output: str, which: str = 'best', ema: bool = False, on
         raise UserError('give the export a folder')
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
         raise UserError(f'{output} exists and is not an empty folder: export to a new folder')
-    inside = os.path.relpath(os.path.abspath(output), os.path.abspath(run)).split(os.sep)[0]
-    if inside in ('best', 'last', 'previous', 'last.old'):
+    inside = os.path.relpath(os.path.realpath(output), os.path.realpath(run)).split(os.sep)[0]  # links resolved
+    if inside in ('best', 'last', 'previous', 'last.old', 'best.old'):
         raise UserError(f'{output} is inside the run\'s {inside}/ checkpoint, which training replaces: export elsewhere')
     with lock_folder(output, 'the export'):  # a second export into the same folder is refused, not raced
         if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):

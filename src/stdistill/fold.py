@@ -34,6 +34,9 @@ from .train import train
 __all__ = ['fold_config', 'fold', 'STORE_FOLDER']
 
 STORE_FOLDER = 'teacher_outputs'  # the store, inside the fold's run folder
+# what makes the fold a fold: refused as overrides
+FOLD_KEYS = ('method', 'teachers', 'distill', 'inference_head', 'holdout', 'cls_distill', 'model', 'model_kwargs',
+             'mine', 'tokens', 'token_depth')
 
 
 def fold_config(run: str, overrides: Sequence[str] = (), which: str = 'best') -> TrainConfig:
@@ -54,13 +57,22 @@ def fold_config(run: str, overrides: Sequence[str] = (), which: str = 'best') ->
     if not os.path.isfile(checkpoint):
         raise UserError(f'{run} has no {which}/ checkpoint to fold: train it first (or give --which last)')
     verify_checkpoint(os.path.join(run, which))
+    fixed = sorted({o.split('=', 1)[0].split('.')[0] for o in overrides} & set(FOLD_KEYS))
+    if fixed:
+        raise UserError(f'{fixed[0]} is what the fold is (the plain backbone taught by {run}\'s student): drop it; '
+                        f'train another recipe with stdistill train for anything else')
     name = (std_model_name if method.student == 'std' else deit_model_name)(cfg.model.split('.')[0])
     values = dataclasses.asdict(cfg)
+    soft = cfg.distill == 'soft' or cfg.cls_distill  # the run's own temperature, where it used one
     values.update(method='kd', teachers=[{'model': name, 'checkpoint': os.path.abspath(checkpoint)}],
-                  distill='soft', tau=cfg.tau if cfg.distill == 'soft' else 1.0, inference_head='cls', holdout=0,
+                  distill='soft', tau=cfg.tau if soft else 1.0, inference_head='cls', holdout=0,
                   cls_distill=False, mine=False, mine_warmup_epochs=0, teacher_outputs=None,
                   output=f'{os.path.normpath(run)}_fold')
-    return config_from_dict(apply_overrides(values, overrides))
+    folded = config_from_dict(apply_overrides(values, overrides))
+    inside = os.path.relpath(os.path.realpath(folded.output), os.path.realpath(run)).split(os.sep)[0]
+    if inside != '..' and not os.path.isabs(inside):
+        raise UserError(f'output {folded.output} is inside the run {run}: give the fold a folder of its own')
+    return folded
 
 
 def fold(run: str, overrides: Sequence[str] = (), which: str = 'best') -> Dict[str, Any]:

@@ -275,6 +275,7 @@ def create_token_student(name: str, base: str, wrap: Callable[..., nn.Module], p
     model = wrap(backbone, **(token_args or {}))
     if not whole and pretrained:  # the backbone's own cfg: where its weights came from
         cfg.update({k: backbone.pretrained_cfg.get(k) for k in _WEIGHT_SOURCES})
+    cfg['input_size'] = (model.in_chans, *model.img_size)  # the size built for, not the base cfg's
     model.pretrained_cfg = cfg
     if whole:  # every head is a classifier: another class count starts them all again (fine-tuning)
         heads = [n[:-len('.weight')] for n, _ in model.named_parameters()

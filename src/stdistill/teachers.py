@@ -32,7 +32,8 @@ from .students import STDOutput, check_model_name, combine_heads, token_student_
 from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
-           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_head', 'recorded_architecture', 'model_contract',
+           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_head', 'recorded_auto',
+           'recorded_architecture', 'model_contract',
            'CLASSES_KEY', 'SCORE_KEY', 'ARCHITECTURE_KEY', 'TRAINING_ONLY_KWARGS', 'EMA_FILE']
 
 CLASSES_KEY = 'stdistill.classes'  # a checkpoint's class names, JSON, in its safetensors header
@@ -117,6 +118,12 @@ def recorded_head(path: str) -> Optional[str]:
     score = _recorded_json(path, SCORE_KEY, 'validation score')
     head = score.get('inference_head') if isinstance(score, dict) else None
     return head if isinstance(head, str) else None
+
+
+def recorded_auto(path: str) -> bool:
+    """Whether a stdistill checkpoint's head was chosen on holdout images (inference_head auto)."""
+    score = _recorded_json(path, SCORE_KEY, 'validation score')
+    return isinstance(score, dict) and score.get('chosen_on') == 'holdout'
 
 
 def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:

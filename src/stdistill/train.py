@@ -35,8 +35,8 @@ from .builders import (amp_dtype, build_objective, build_student, build_teachers
                        refuse_labels_teacher_in_store, resolve_norm, student_contract, teacher_line)
 from .checkpoint import (RESUMABLE, checkpoint_entry, file_sha256, load_checkpoint, newest_valid_checkpoint,
                          remove_stale_temporaries, rng_state, rng_state_fits, save_checkpoint, set_rng_state)
-from .config import (SCHEDULE_KEYS, TrainConfig, config_from_dict, load_config, resume_changes, save_config,
-                     schedule_problem, with_absolute_paths)
+from .config import (SCHEDULE_KEYS, TrainConfig, check_holdout, config_from_dict, load_config, resume_changes,
+                     save_config, schedule_problem, with_absolute_paths)
 from .distributed import DistInfo, gather_objects, init_distributed, resolve_device, weights_digest
 from .disk import WriteRefused, write_atomic, writing
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -305,6 +305,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistInfo,
          device: torch.device) -> Dict[str, Any]:
     """train(), once its run folder is claimed."""
+    few = check_holdout(cfg)  # refused here; a warning once the data has given the holdout
     _check_run_folder(cfg, resume)
     changes, folder = {}, None
     if resume:
@@ -329,6 +330,8 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
                       student_input.std, pin_memory=device.type == 'cuda')
     if resume:
         _check_classes(cfg.output, data.classes, cfg.num_classes, data.num_classes)
+    if few and info.is_main:
+        _logger.warning(few)
     # config.yaml keeps the batch_size asked for; a small training set may have lowered it (said in the report)
     requested_batch, cfg = cfg.batch_size, dataclasses.replace(cfg, batch_size=data.batch_size)
     mixup = build_mixup(cfg, data.num_classes)
@@ -489,6 +492,7 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
                 scored = dict(record, **{SCORE_KEY: json.dumps({
                     'top1': row['val_top1'], 'top1_cls': row.get('val_top1_cls', row['val_top1']),
                     'inference_head': head if method_of(cfg.method).has_distillation_heads else 'cls',
+                    **({'chosen_on': 'holdout'} if 'inference_head' in row else {}),
                     'images': row['val_images'], 'chance_top1': row['val_chance_top1']})})
                 if improved:
                     save_checkpoint(os.path.join(cfg.output, 'best'), student, {'epoch': epoch, 'metrics': row},
