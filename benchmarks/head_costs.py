@@ -19,13 +19,13 @@ import platform
 import timm
 import torch
 
-import stdistill  # noqa: F401 (registers std_*)
+import stdistill  # noqa: F401  (registers std_*)
 from stdistill.heads import latency_ratios
 from stdistill.profiling import count_macs
 
-# name, img_size, in_chans, batch
-STUDENTS = [('mixer_t4_28', 28, 1, 32), ('mixer_t4_32', 32, 3, 32), ('mixer_s16_224', 224, 3, 8),
-            ('resmlp_24_224', 224, 3, 8), ('cyclemlp_b1', 224, 3, 8)]
+# name, img_size, in_chans
+STUDENTS = [('mixer_t4_28', 28, 1), ('mixer_t4_32', 32, 3), ('mixer_s16_224', 224, 3), ('resmlp_24_224', 224, 3),
+            ('cyclemlp_b1', 224, 3)]
 QUICK = STUDENTS[:2]
 
 
@@ -41,14 +41,14 @@ class HeadView(torch.nn.Module):
         return self.student(x)
 
 
-def measure(name: str, img_size: int, in_chans: int, batch: int, budget_s: float) -> list:
+def measure(name: str, img_size: int, in_chans: int, budget_s: float) -> list:
     plain = timm.create_model(name, img_size=img_size, in_chans=in_chans, num_classes=10).eval()
     student = timm.create_model(f'std_{name}', img_size=img_size, in_chans=in_chans, num_classes=10,
                                 num_teachers=1).eval()
     student.backbone.load_state_dict(plain.state_dict())  # the same backbone: only the tokens differ
     heads = {'dist': HeadView(student, 'dist'), 'avg': HeadView(student, 'avg')}
     size = (in_chans, img_size, img_size)
-    ratios = latency_ratios([plain, *heads.values()], size, batch=batch, budget_s=budget_s)
+    ratios = latency_ratios([plain, *heads.values()], size, budget_s=budget_s)
     rows = [(name, 'cls (plain backbone)', sum(p.numel() for p in plain.parameters()), count_macs(plain, size), 1.0)]
     params = sum(p.numel() for p in student.parameters())
     for (head, model), ratio in zip(heads.items(), ratios[1:]):
@@ -65,8 +65,8 @@ def main() -> None:
     print(f'CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} '
           f'threads, torch {torch.__version__}, timm {timm.__version__}')
     print(f'{"student":<16}{"head":<22}{"params":>10}{"MACs":>12}{"params x":>10}{"MACs x":>8}{"latency x":>11}')
-    for name, size, chans, batch in (QUICK if args.quick else STUDENTS):
-        rows = measure(name, size, chans, batch, args.budget)
+    for name, size, chans in (QUICK if args.quick else STUDENTS):
+        rows = measure(name, size, chans, args.budget)
         base_params, base_macs = rows[0][2], rows[0][3]
         for student, head, params, macs, ratio in rows:
             print(f'{student:<16}{head:<22}{params / 1e6:>9.2f}M{macs / 1e9:>11.3f}G{params / base_params:>10.3f}'

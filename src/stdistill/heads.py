@@ -43,21 +43,26 @@ class HeadRow(NamedTuple):
     needs_stdistill: bool          # timm knows the architecture only after `import stdistill`
 
 
-def latency_ratios(models: List[nn.Module], input_size: tuple, batch: int = 32, budget_s: float = 2.0) -> List[float]:
-    """CPU time of one forward pass of a (batch, *input_size) batch through each model, as a
-    multiple of the first's: each model's fastest pass over rounds that time every model in turn
-    (the fastest, as timeit reports: what other work on the machine adds is never negative). fp32,
-    inference mode; about budget_s seconds."""
-    x = torch.zeros(batch, *input_size)
-    times: List[List[float]] = [[] for _ in models]
+def latency_ratios(models: List[nn.Module], input_size: tuple, budget_s: float = 0.5) -> List[float]:
+    """CPU time of one forward pass through each model, as a multiple of the first's: each model's
+    fastest pass over rounds that time every model in turn, every other round in reverse order
+    (the fastest, as timeit reports: what other work on the machine adds is never negative). The
+    batch grows from 1 to 32 images while a round stays under about 10 ms (small models, whose
+    single image is too short to time), the rounds from 3 to 200 while they fit in budget_s
+    seconds (an ImageNet-size model takes a few seconds in all). fp32, inference mode."""
     with torch.inference_mode():
+        one = torch.zeros(1, *input_size)
         for model in models:  # warm-up: first calls allocate
-            model(x)
-        one = time.perf_counter()
+            model(one)
+        start = time.perf_counter()
         for model in models:
-            model(x)
-        rounds = max(20, min(200, int(budget_s / max(time.perf_counter() - one, 1e-6))))
-        for r in range(rounds):  # every other round backwards: no model always runs first
+            model(one)
+        single = max(time.perf_counter() - start, 1e-6)  # one image through every model
+        batch = max(1, min(32, int(0.01 / single)))
+        x = torch.zeros(batch, *input_size)
+        rounds = max(3, min(200, int(budget_s / (single * batch))))
+        times: List[List[float]] = [[] for _ in models]
+        for r in range(rounds):
             for i in (range(len(models)) if r % 2 == 0 else reversed(range(len(models)))):
                 start = time.perf_counter()
                 models[i](x)
