@@ -59,8 +59,9 @@ def test_your_own_data_section_runs_as_written(tmp_path):
     assert summaries['std_s16']['teacher_inputs'] == [
         'teachers.0 (resnet18) sees 3 channel(s), 32x32, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) '
         '(adapted from the student batch)']
-    assert sorted(os.listdir(tmp_path / 'exported' / 'digits')) == ['model.onnx', 'model.safetensors',
-                                                                     'stdistill.json']
+    assert sorted(os.listdir(tmp_path / 'exported' / 'digits')) == ['config.json', 'model.onnx', 'model.safetensors']
+    token = json.loads((tmp_path / 'exported' / 'digits' / 'config.json').read_text())  # the avg head: a timm model
+    assert token['architecture'] == 'std_mixer_t4_32' and token['model_args']['inference_head'] == 'avg'
     assert sorted(os.listdir(tmp_path / 'exported' / 'digits_timm')) == ['config.json', 'model.safetensors']
     config = json.loads((tmp_path / 'exported' / 'digits_timm' / 'config.json').read_text())
     assert config['architecture'] == 'mixer_s16_224' and config['pretrained_cfg']['input_size'] == [3, 64, 64]
