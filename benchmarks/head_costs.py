@@ -20,25 +20,13 @@ import timm
 import torch
 
 import stdistill  # noqa: F401  (registers std_*)
-from stdistill.heads import latency_ratios
+from stdistill.heads import HeadView, latency_ratios
 from stdistill.profiling import count_macs
 
 # name, img_size, in_chans
 STUDENTS = [('mixer_t4_28', 28, 1), ('mixer_t4_32', 32, 3), ('mixer_s16_224', 224, 3), ('resmlp_24_224', 224, 3),
             ('cyclemlp_b1', 224, 3)]
 QUICK = STUDENTS[:2]
-
-
-class HeadView(torch.nn.Module):
-    """The student predicting with one head (as its export with --head does)."""
-
-    def __init__(self, student: torch.nn.Module, head: str) -> None:
-        super().__init__()
-        self.student, self.head = student, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.student.inference_head = self.head
-        return self.student(x)
 
 
 def measure(name: str, img_size: int, in_chans: int, budget_s: float) -> list:

@@ -38,7 +38,7 @@ from .students import INFERENCE_HEADS, STDStudent, check_model_name
 from .task import STDTask
 from .teacher_input import InputContract
 from .teachers import (FrozenTeacher, create_teacher, create_with_weights, load_weights, recorded_classes,
-                       recorded_auto, recorded_contract, recorded_head, recorded_score)
+                       recorded_contract, recorded_head, recorded_score)
 
 __all__ = ['build_student', 'build_teachers', 'build_objective', 'resolve_norm', 'student_contract', 'teacher_line',
            'refuse_labels_teacher_in_store', 'amp_dtype', 'load_student_checkpoint', 'auto_head']
@@ -397,8 +397,8 @@ def load_student_checkpoint(cfg: TrainConfig, checkpoint: str, ema: bool = False
 def auto_head(path: str) -> str:
     """The head inference_head auto chose for the weights file `path` (on its run's holdout images,
     recorded in its header). Raises UserError for a file that records no choice."""
-    head = recorded_head(path)
-    if head not in INFERENCE_HEADS or not recorded_auto(path):
+    head = recorded_head(path, chosen_on_holdout=True)
+    if head not in INFERENCE_HEADS:
         raise UserError(f'{path} records no head chosen by inference_head auto (it was trained with another '
                         f'inference_head): give inference_head=avg, cls or dist')
     return head

@@ -92,13 +92,10 @@ def load_run_student(run: str, which: str = 'best', ema: bool = False, head: Opt
     student, classes = load_student_checkpoint(cfg, path, ema)  # the file: verified above
     num_classes = len(classes) if classes else cfg.num_classes
     student.eval()
-    tokens = hasattr(student, 'token_pairs') or hasattr(student, 'head_dist')
-    if head is not None and head != 'cls' and not tokens:
-        raise UserError(f'--head {head}: the run\'s student has no distillation tokens, only its class head')
+    tokens = hasattr(student, 'inference_head')  # an STD or DeiT-token student (refused above for a head otherwise)
     # an STD student's class head needs no token: its backbone alone is that model (a DeiT token
     # student's blocks mix the token in, so it stays whole); a token head, the student predicting with it
-    model = student.backbone if tokens and student.inference_head == 'cls' and hasattr(student, 'token_pairs') \
-        else student
+    model = student.backbone if hasattr(student, 'token_pairs') and student.inference_head == 'cls' else student
     if tokens:
         cfg = dataclasses.replace(cfg, inference_head=student.inference_head)  # auto: the head it chose
     return LoadedStudent(model.eval(), classes or [str(i) for i in range(num_classes)], cfg)

@@ -28,7 +28,7 @@ from .methods import method_of
 from .profiling import count_macs
 from .teachers import TRAINING_ONLY_KWARGS
 
-__all__ = ['HeadRow', 'head_table', 'format_head_table', 'latency_ratios', 'busy_note']
+__all__ = ['HeadRow', 'HeadView', 'head_table', 'format_head_table', 'latency_ratios', 'busy_note']
 
 
 class HeadRow(NamedTuple):
@@ -105,13 +105,13 @@ def head_table(run: str, which: str = 'best', ema: bool = False) -> List[HeadRow
     else:
         student, heads = loaded.model, ['cls', 'dist', 'avg']
         # an STD student's class head is its backbone alone; a DeiT token student's needs the token
-        models = [student.backbone if h == 'cls' and hasattr(student, 'token_pairs') else _HeadView(student, h)
+        models = [student.backbone if h == 'cls' and hasattr(student, 'token_pairs') else HeadView(student, h)
                   for h in heads]
     # the plain backbone: an STD student's own (its cls model), else the run's model built without tokens
     plain = models[0] if not tokens or hasattr(loaded.model, 'token_pairs') else \
         _plain_backbone(cfg, len(loaded.classes))
-    ratios = latency_ratios([plain, *models[plain is models[0]:]], size)
-    ratios = ratios if plain is models[0] else ratios[1:]
+    timed = models if plain is models[0] else [plain, *models]
+    ratios = latency_ratios(timed, size)[len(timed) - len(models):]
     out = []
     for head, m, ratio in zip(heads, models, ratios):
         # each head is scored for the student's weights; their EMA, for the run's head alone
@@ -123,7 +123,7 @@ def head_table(run: str, which: str = 'best', ema: bool = False) -> List[HeadRow
     return out
 
 
-class _HeadView(nn.Module):
+class HeadView(nn.Module):
     """A token student predicting with one head, sharing the student's weights (no copy)."""
 
     def __init__(self, student: nn.Module, head: str) -> None:

@@ -34,6 +34,7 @@ from .losses import DistillationLoss, LabelsTeacher, TeacherTargets
 from .methods import METHODS, method_of
 from .mine import MIRegularizer
 from .students import STDOutput, combine_heads
+from .teacher_input import to_float  # also stdistill.task.to_float, as before it moved there
 from .teachers import FrozenTeacher
 
 __all__ = ['STDTask', 'STDTrainable', 'adapt_teacher', 'run_teachers', 'to_float', 'METHODS_WITH_TEACHERS']
@@ -49,17 +50,6 @@ def run_teachers(teachers: List[nn.Module], images: torch.Tensor, targets: Optio
     one place teachers run: STDTask's step and `stdistill teacher-pass`, whose store replays it."""
     with torch.no_grad():
         return [t(targets) if isinstance(t, LabelsTeacher) else t(images) for t in teachers]
-
-
-def to_float(obj: Any) -> Any:
-    """Floating tensors in `obj` (a tensor, or tuples / named tuples / lists of them) as fp32."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, tuple) and hasattr(obj, '_fields'):
-        return type(obj)(*(to_float(o) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_float(o) for o in obj)
-    return obj
 
 
 class _TimmTeacher(nn.Module):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .config import MAX_IMG_SIZE, MIN_STD, RESIZE_INTERPOLATIONS
 from .errors import UserError
 
-__all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY', 'autocast_enabled', 'fp32_region']
+__all__ = ['InputContract', 'TeacherInput', 'RECORD_KEY', 'autocast_enabled', 'fp32_region', 'to_float']
 
 # safetensors metadata key under which stdistill checkpoints record their input contract
 RECORD_KEY = 'stdistill.input'
@@ -47,6 +47,17 @@ def autocast_enabled(device_type: str) -> bool:
 def fp32_region(device_type: str) -> contextlib.AbstractContextManager:
     """A region where autocast is off (a no-op for device types autocast does not know)."""
     return torch.autocast(device_type, enabled=False) if autocast_enabled(device_type) else contextlib.nullcontext()
+
+
+def to_float(obj: Any) -> Any:
+    """Floating tensors in `obj` (a tensor, or tuples / named tuples / lists of them) as fp32."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, tuple) and hasattr(obj, '_fields'):
+        return type(obj)(*(to_float(o) for o in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_float(o) for o in obj)
+    return obj
 
 
 @dataclass(frozen=True)

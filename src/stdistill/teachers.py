@@ -29,10 +29,10 @@ from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 from .errors import UserError, first_line, whole_message
 from .students import STDOutput, check_model_name, combine_heads, token_student_base
-from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region
+from .teacher_input import RECORD_KEY, InputContract, TeacherInput, autocast_enabled, fp32_region, to_float
 
 __all__ = ['FrozenTeacher', 'create_teacher', 'create_with_weights', 'load_weights', 'check_num_classes',
-           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_head', 'recorded_auto',
+           'recorded_contract', 'recorded_classes', 'recorded_score', 'recorded_head',
            'recorded_architecture', 'model_contract',
            'CLASSES_KEY', 'SCORE_KEY', 'ARCHITECTURE_KEY', 'TRAINING_ONLY_KWARGS', 'EMA_FILE']
 
@@ -112,18 +112,15 @@ def recorded_score(path: str) -> Optional[Dict[str, float]]:
         raise UserError(f'cannot read the validation score recorded in {path}: {first_line(e)}') from None
 
 
-def recorded_head(path: str) -> Optional[str]:
-    """The head a stdistill checkpoint's weights predict with, as its run scored them (for
-    inference_head auto, the head chosen on the holdout images); None for a file that records none."""
+def recorded_head(path: str, chosen_on_holdout: bool = False) -> Optional[str]:
+    """The head a stdistill checkpoint's weights predict with, as its run scored them; None for a
+    file that records none. chosen_on_holdout: only a head that inference_head auto chose on the
+    run's holdout images (None for any other)."""
     score = _recorded_json(path, SCORE_KEY, 'validation score')
-    head = score.get('inference_head') if isinstance(score, dict) else None
+    if not isinstance(score, dict) or (chosen_on_holdout and score.get('chosen_on') != 'holdout'):
+        return None
+    head = score.get('inference_head')
     return head if isinstance(head, str) else None
-
-
-def recorded_auto(path: str) -> bool:
-    """Whether a stdistill checkpoint's head was chosen on holdout images (inference_head auto)."""
-    score = _recorded_json(path, SCORE_KEY, 'validation score')
-    return isinstance(score, dict) and score.get('chosen_on') == 'holdout'
 
 
 def recorded_architecture(path: str) -> Optional[Dict[str, Any]]:
@@ -304,18 +301,10 @@ class FrozenTeacher(nn.Module):
             return self.model(x).float()
         features = self.model.forward_features(x)
         with fp32_region(x.device.type):
-            out = self.model.forward_head(_as_fp32(features))
+            out = self.model.forward_head(to_float(features))
             if isinstance(out, STDOutput):  # a token student: the head it predicts with
                 out = combine_heads(out, self.model.inference_head)
             return out.float()
-
-
-def _as_fp32(features: Any) -> Any:
-    """Features as fp32: a tensor, or a token student's STDFeatures (a named tuple of them)."""
-    if isinstance(features, torch.Tensor):
-        return features.float()
-    return type(features)(*(_as_fp32(f) for f in features)) if isinstance(features, tuple) else \
-        [_as_fp32(f) for f in features]
 
 
 def _cfg_value(model_name: str, key: str, default: Any) -> Any:

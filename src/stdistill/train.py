@@ -244,8 +244,8 @@ def _check_classes(run: str, classes: Optional[List[str]], trained_count: Option
 def _best_of(row: Dict[str, Any], ema: bool) -> Dict[str, Any]:
     """The epoch's best top-1, of the student's weights or (with model_ema) of their EMA."""
     split = {'images': row['val_images'], 'chance_top1': row['val_chance_top1']}  # what a top-1 is judged by
-    if 'inference_head' in row:  # inference_head auto: the head the epoch chose, which this top-1 is of
-        split['inference_head'] = row['inference_head']
+    if 'inference_head' in row:  # inference_head auto: the epoch's head (this top-1's) and its holdout top-1
+        split.update(inference_head=row['inference_head'], holdout_top1=row[f'holdout_top1_{row["inference_head"]}'])
     # (inference_head auto scores the student's weights on the holdout, not their EMA: no pick by validation)
     if ema and 'inference_head' not in row and row['ema_top1'] > row['val_top1']:
         return {'top1': row['ema_top1'], 'top5': row['ema_top5'], 'epoch': row['epoch'], 'weights': 'ema', **split}
@@ -477,8 +477,6 @@ def _run(cfg: TrainConfig, resume: bool, stop_after: Optional[int], info: DistIn
             candidate = _best_of(row, ema is not None)
             # inference_head auto: best/ is the epoch whose chosen head scores best on the holdout too,
             # so that neither the head nor the epoch shipped is chosen on the split reported
-            if 'inference_head' in row:
-                candidate['holdout_top1'] = row[f'holdout_top1_{row["inference_head"]}']
             improved = candidate.get('holdout_top1', candidate['top1']) > best.get('holdout_top1', best['top1'])
             if improved:
                 best = candidate
