@@ -83,8 +83,8 @@ def _kill(record: str, what: Dict[str, Any]) -> None:
 
 def child(args: argparse.Namespace) -> int:
     """One training process: arm the kill of --plan (if any), then run `stdistill train`."""
-    import stdistill.train
-    from stdistill.cli import main
+    import stdistill.training.train
+    from stdistill.apps.cli import main
 
     plan = json.loads(args.plan) if args.plan else None
     state = {'phase': 'setup', 'count': {p: 0 for p in PHASES}, 'timings': {p: [] for p in PHASES}}
@@ -95,7 +95,7 @@ def child(args: argparse.Namespace) -> int:
                        'epoch_on_disk': _epoch_on_disk(args.run)})
 
     def traced(phase: str, function):
-        """Wrap a function of stdistill.train: track the phase, time it, arm a timed kill."""
+        """Wrap a function of stdistill.training.train: track the phase, time it, arm a timed kill."""
         def wrapper(*a, **kw):
             state['phase'] = phase
             state['count'][phase] += 1
@@ -140,10 +140,10 @@ def child(args: argparse.Namespace) -> int:
             return folder, rejected
         return find
 
-    stdistill.train.train_one_epoch = traced('step', stdistill.train.train_one_epoch)
-    stdistill.train.evaluate = traced('eval', stdistill.train.evaluate)
-    stdistill.train.save_checkpoint = checkpoint_writer(stdistill.train.save_checkpoint)
-    stdistill.train.newest_valid_checkpoint = resumed_from(stdistill.train.newest_valid_checkpoint)
+    stdistill.training.train.train_one_epoch = traced('step', stdistill.training.train.train_one_epoch)
+    stdistill.training.train.evaluate = traced('eval', stdistill.training.train.evaluate)
+    stdistill.training.train.save_checkpoint = checkpoint_writer(stdistill.training.train.save_checkpoint)
+    stdistill.training.train.newest_valid_checkpoint = resumed_from(stdistill.training.train.newest_valid_checkpoint)
     argv = ['train', '--resume', args.run] if args.resume else ['train', *RUN, f'epochs={args.epochs}', f'output={args.run}']
     code = main(argv)
     if args.timings:
@@ -154,7 +154,7 @@ def child(args: argparse.Namespace) -> int:
 
 def _arm_write_point(point: str, kill: Callable[[str], None]) -> None:
     """Make the next write of a checkpoint die at `point` (wrapping what save_checkpoint calls)."""
-    import stdistill.checkpoint as ck
+    import stdistill.training.checkpoint as ck
     save_file, replace, calls = ck.save_file, os.replace, {'save': 0, 'replace': 0}
 
     def save(tensors, path, metadata=None):
@@ -180,7 +180,7 @@ def _arm_write_point(point: str, kill: Callable[[str], None]) -> None:
 
 def _epoch_on_disk(run: str, folder: Optional[str] = None) -> Optional[int]:
     """The epoch of a checkpoint folder (default: the newest valid one of `run`), None if none."""
-    from stdistill.checkpoint import newest_valid_checkpoint, verify_checkpoint
+    from stdistill.training.checkpoint import newest_valid_checkpoint, verify_checkpoint
     try:
         return verify_checkpoint(folder or newest_valid_checkpoint(run)[0])['epoch']
     except ValueError:

@@ -6,7 +6,7 @@
 For each student (one teacher's token pair at the last block, random weights: costs do not
 depend on them): params and MACs of the model each head's export holds, and the CPU time of a
 batch through it as a multiple of the plain backbone's, all timed in the same rounds
-(stdistill.heads.latency_ratios: the fastest pass of each, every other round in reverse order).
+(stdistill.apps.heads.latency_ratios: the fastest pass of each, every other round in reverse order).
 The class head of an STD student is its plain backbone: its ratio is 1 by construction. Ratios
 are measured in this run, on this machine; run it on an idle one.
 """
@@ -20,8 +20,8 @@ import timm
 import torch
 
 import stdistill  # noqa: F401  (registers std_*)
-from stdistill.heads import HeadView, latency_ratios
-from stdistill.profiling import count_macs
+from stdistill.apps.heads import HeadView, latency_ratios
+from stdistill.apps.profiling import count_macs
 
 # name, img_size, in_chans
 STUDENTS = [('mixer_t4_28', 28, 1), ('mixer_t4_32', 32, 3), ('mixer_s16_224', 224, 3), ('resmlp_24_224', 224, 3),

@@ -58,12 +58,12 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import yaml
 
-from stdistill.checkpoint import file_sha256
+from stdistill.training.checkpoint import file_sha256
 from stdistill.config import config_from_dict, first_difference, load_config
-from stdistill.disk import save_figure, write_atomic, writing
-from stdistill.errors import UserError, first_line
-from stdistill.quickstart import RECIPES, clear_run
-from stdistill.teachers import recorded_architecture, recorded_contract
+from stdistill.utils.disk import save_figure, write_atomic, write_json, writing
+from stdistill.utils.errors import UserError, first_line
+from stdistill.apps.quickstart import RECIPES, clear_run
+from stdistill.method.teachers import recorded_architecture, recorded_contract
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results', 'fashion_mnist')
@@ -180,8 +180,8 @@ def config_change(record: Dict[str, Any], config: Dict[str, Any]) -> str:
 
 def first_change(old: Any, new: Any) -> str:
     """The first key where two configs differ, as 'key: old -> new'."""
-    key, a, b = first_difference('config', old, new)
-    return f'{key.partition(".")[2] or key}: {json.dumps(a)} -> {json.dumps(b)}'
+    key, a, b = first_difference('', old, new)
+    return f'{key or "config"}: {json.dumps(a)} -> {json.dumps(b)}'
 
 
 
@@ -255,12 +255,6 @@ def read_record(path: str, kind: str, results: str) -> Dict[str, Any]:
         raise UserError(f'{rel} is a damaged {kind} record ({fault}): restore it (git checkout -- {rel}), or '
                         f'delete it and run the study again to remake it')
     return doc
-
-
-def write_json(path: str, doc: Dict[str, Any]) -> None:
-    """Whole or not at all (stdistill.disk.write_atomic)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomic(path, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True) + '\n'))
 
 
 def commit(paths: List[str], message: str) -> None:
@@ -351,7 +345,7 @@ def same_config(cfg) -> bool:
 def train_run(values: Dict[str, Any], stop_after: Optional[int] = None) -> Dict[str, Any]:
     """Train the config `values`: a finished identical run is reused, an interrupted identical one
     resumed from its last epoch, anything else started afresh; return its summary."""
-    from stdistill.train import train
+    from stdistill.training.train import train
 
     cfg = config_from_dict(values)
     summary_path = os.path.join(cfg.output, 'summary.json')
@@ -447,7 +441,8 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
                              label=f'{TEACHER[0]} after 1 epoch', top1=first['val_top1'], minutes=minutes_of([first]),
                              weights_sha256=file_sha256(epoch1))
     for name, doc in out.items():
-        write_json(records[name], doc)
+        os.makedirs(os.path.dirname(records[name]), exist_ok=True)
+    write_json(records[name], doc, sort_keys=True)
     if args.commit:
         commit([folder], f'Study record: teachers {TEACHER[0]} ({out["cnn"]["top1"]:.2f}) and after 1 epoch '
                          f'({out["cnn_epoch1"]["top1"]:.2f})')
@@ -492,9 +487,9 @@ def derangement(images):
 
 
 def shuffled_teachers(teachers, images, targets=None):
-    """stdistill.task.run_teachers with each network teacher's outputs handed to other images of
+    """stdistill.method.task.run_teachers with each network teacher's outputs handed to other images of
     the batch (derangement): the teacher's marginals, on the wrong images."""
-    from stdistill.losses import LabelsTeacher
+    from stdistill.method.losses import LabelsTeacher
 
     outputs = ORIGINAL_RUN_TEACHERS(teachers, images, targets)
     source = derangement(images)
@@ -508,7 +503,7 @@ def train_with_control(values: Dict[str, Any], control: Optional[str]) -> Dict[s
     global ORIGINAL_RUN_TEACHERS
     if control != 'shuffled':
         return train_run(values)
-    import stdistill.task as task
+    import stdistill.method.task as task
     ORIGINAL_RUN_TEACHERS = task.run_teachers
     task.run_teachers = shuffled_teachers
     try:
@@ -522,7 +517,7 @@ def train_with_control(values: Dict[str, Any], control: Optional[str]) -> Dict[s
 def make_store(values: Dict[str, Any], folder: str) -> str:
     """The teacher-output store of a run's one teacher (soft top-10 at tau 1: exact for 10
     classes, serving soft and hard rows), made, completed, or found whole."""
-    from stdistill.teacher_pass import teacher_pass
+    from stdistill.apps.teacher_pass import teacher_pass
 
     store = dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, teacher_outputs=None,
                  mine=False, mine_warmup_epochs=0, inference_head='cls', holdout=0, cls_distill=False)
@@ -547,11 +542,11 @@ def disagreement(values: Dict[str, Any], store_folder: str, shuffled: bool = Fal
     loss trains towards (label smoothing included). shuffled: the outputs as the shuffled
     teacher hands them out (derangement)."""
     import torch
-    from stdistill.builders import student_contract
-    from stdistill.distributed import DistInfo
-    from stdistill.engine import prepare_batch
-    from stdistill.loaders import build_data, build_mixup, data_seed_of
-    from stdistill.store import TeacherStore, outputs_spec, run_fingerprint
+    from stdistill.training.builders import student_contract
+    from stdistill.utils.distributed import DistInfo
+    from stdistill.training.engine import prepare_batch
+    from stdistill.data.loaders import build_data, build_mixup, data_seed_of
+    from stdistill.training.store import TeacherStore, outputs_spec, run_fingerprint
 
     cfg = config_from_dict(dict(values, method='kd', distill='soft', tau=1.0, store_topk=10, mine=False,
                                 teacher_outputs=store_folder, inference_head='cls', holdout=0, cls_distill=False))
@@ -630,10 +625,10 @@ def run_values(run: Run, found: Dict[str, Dict[str, Any]], args
 
 def fold_values(run: Run, found: Dict[str, Dict[str, Any]], args
                 ) -> Tuple[Dict[str, Any], Optional[str], str, Dict[str, Any]]:
-    """A fold row's config (stdistill.fold.fold_config of its source run's folder; None until that
+    """A fold row's config (stdistill.apps.fold.fold_config of its source run's folder; None until that
     run has finished), control (None), digest and config as recorded: the fold is identified by its
     source run's config digest, so a fresh clone's --report checks it without any run folder."""
-    from stdistill.fold import fold_config
+    from stdistill.apps.fold import fold_config
 
     source = Run(ALL_ROWS[run.row][1]['fold_of'], run.regime, run.size, run.seed)
     source_values, _, source_digest, _ = run_values(source, found, args)
@@ -656,7 +651,7 @@ def train_fold(run: Run, values: Optional[Dict[str, Any]], found, args) -> Tuple
     again when only its record is left, as on a fresh clone), then the fold's teacher pass into its
     store (completed when interrupted), then the fold (resumed when interrupted). Returns train()'s
     summary and the fold's config values."""
-    from stdistill.teacher_pass import teacher_pass
+    from stdistill.apps.teacher_pass import teacher_pass
 
     source = Run(ALL_ROWS[run.row][1]['fold_of'], run.regime, run.size, run.seed)
     if values is None:
@@ -728,7 +723,8 @@ def do_run(run: Run, found: Dict[str, Dict[str, Any]], args) -> Optional[Dict[st
               'test_images': rows[-1]['val_images'], 'params_m': summary['params_m'],
               'minutes': minutes_of(rows), 'smoke': args.smoke,
               'machine': machine(), 'date': datetime.date.today().isoformat()}
-    write_json(path, record)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json(path, record, sort_keys=True)
     print(f'   top-1 {record["final"]["val_top1"]:.2f} in {record["minutes"]:.1f} min -> {os.path.relpath(path, ROOT)}',
           flush=True)
     if args.commit:
@@ -760,7 +756,8 @@ def measure(run: Run, found: Dict[str, Dict[str, Any]], args) -> None:
     record = dict(doc, regime=run.regime, size=run.size, teacher=teacher, seed=run.seed, config_digest=digest,
                   config=config, smoke=args.smoke, minutes=round((time.perf_counter() - began) / 60, 2),
                   date=datetime.date.today().isoformat())
-    write_json(path, record)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json(path, record, sort_keys=True)
     print(f'   {teacher} vs labels on {doc["views"]} views of {run.regime}: {doc["disagree_pct"]:.1f}% differ, '
           f'KL {doc["kl_label_teacher"]:.3f}', flush=True)
     if args.commit:
@@ -889,7 +886,7 @@ def deploy_section(records: List[Dict[str, Any]]) -> List[str]:
     regime, size = DEPLOY_REGIME, '12k'
     if not any(r['row'] in DEPLOY_ROWS and r['regime'] == regime for r in records):
         return []
-    from stdistill.profiling import profile_model
+    from stdistill.apps.profiling import profile_model
     model = load_config(os.path.join(ROOT, REGIMES[regime])).model
     plain = profile_model(model, img_size=28, in_chans=1)
     tokens = profile_model(f'std_{model}', img_size=28, in_chans=1, num_teachers=1, num_classes=10)

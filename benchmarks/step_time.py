@@ -54,9 +54,9 @@ from timm.scheduler import create_scheduler_v2
 from timm.task import DistillationTeacher, LogitDistillationTask, TokenDistillationTask, TrainingTask
 from timm.utils import ModelEmaV3
 
-from stdistill.builders import build_objective
+from stdistill.training.builders import build_objective
 from stdistill.config import TrainConfig, load_config
-from stdistill.engine import STDTask, train_step
+from stdistill.training.engine import STDTask, train_step
 
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'recipes', 'imagenet')
 MODELS = {'mixer_s16': 'Mixer-S16', 'cyclemlp_b1': 'CycleMLP-B1'}

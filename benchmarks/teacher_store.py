@@ -46,10 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_time import DTYPES, build, device_name, sync  # noqa: E402  (a sibling script)
 
 from stdistill.config import load_config  # noqa: E402
-from stdistill.data import FashionMNIST  # noqa: E402
-from stdistill.engine import train_step  # noqa: E402
-from stdistill.store import StoreWriter, TeacherStore  # noqa: E402
-from stdistill.teacher_pass import teacher_pass  # noqa: E402
+from stdistill.data.fashion_mnist import FashionMNIST  # noqa: E402
+from stdistill.training.engine import train_step  # noqa: E402
+from stdistill.training.store import StoreWriter, TeacherStore  # noqa: E402
+from stdistill.apps.teacher_pass import teacher_pass  # noqa: E402
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'recipes', 'imagenet', 'mixer_s16_std.yaml')
 

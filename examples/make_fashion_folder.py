@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from stdistill.data import FashionMNIST
+from stdistill.data.fashion_mnist import FashionMNIST
 
 # short folder names of Fashion-MNIST's ten classes, in its label order
 NAMES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')

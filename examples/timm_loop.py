@@ -4,7 +4,7 @@
     python3 examples/timm_loop.py --teacher labels --epochs 1 --train-samples 2000     # no teacher file
 
 timm 1.0.31 trains through tasks (`timm.task`): its train.py builds a `TrainingTask` and runs
-`result = task(input, target); result['loss'].backward()`. `stdistill.task.STDTask` is such a
+`result = task(input, target); result['loss'].backward()`. `stdistill.method.task.STDTask` is such a
 task, so STD drops into an existing timm script in place of `LogitDistillationTask`: build the
 student with its token pairs (`STDStudent`), the teachers, the loss and MINE, wrap them in the
 task, and keep the rest of the script. `train_one_epoch` below is the loop of timm's train.py,
@@ -29,13 +29,13 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import dispatch_clip_grad
 
 import stdistill  # noqa: F401  (registers mixer_t4_28 and the other small students with timm)
-from stdistill.data import FashionMNIST
-from stdistill.losses import DistillationLoss, LabelsTeacher
-from stdistill.mine import MIRegularizer
-from stdistill.students import STDStudent, create_student
-from stdistill.task import STDTask
-from stdistill.teacher_input import InputContract
-from stdistill.teachers import create_teacher
+from stdistill.data.fashion_mnist import FashionMNIST
+from stdistill.method.losses import DistillationLoss, LabelsTeacher
+from stdistill.method.mine import MIRegularizer
+from stdistill.models.students import STDStudent, create_student
+from stdistill.method.task import STDTask
+from stdistill.method.teacher_input import InputContract
+from stdistill.method.teachers import create_teacher
 
 MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST's
 

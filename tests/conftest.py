@@ -1,3 +1,4 @@
+import os
 from functools import partial
 
 import pytest
@@ -8,11 +9,15 @@ from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock
 
 import stdistill  # noqa: F401  (registers the models)
 from stdistill import STDStudent
-from stdistill.log import setup_logging
+from stdistill.utils.log import setup_logging
 
 # tests that call train() in this process read what the command line prints (pytest's own root
 # handlers would otherwise take the records: a program's logging configuration is left alone)
 setup_logging(force=True)
+
+if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n 2: a worker a core, and one thread in the commands it runs
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
 
 # Tiny backbones of each student family: the same block types as the paper's models, a few
 # thousand parameters, so every test runs in well under a second. (timm's registered mixer

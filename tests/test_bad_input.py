@@ -1,7 +1,7 @@
 """Bad input, case by case: one line on stderr naming what to fix, exit status 2, no traceback,
 and no checkpoint (whole, partial, or a temporary folder) left behind.
 
-The matrix runs `stdistill.cli.main` in this process (seconds per case); a few cases that
+The matrix runs `stdistill.apps.cli.main` in this process (seconds per case); a few cases that
 involve data-loader worker processes also run through the real command line.
 """
 import gzip
@@ -16,8 +16,8 @@ import timm
 from PIL import Image
 from safetensors.torch import save_file
 
-from stdistill.cli import main
-from stdistill.data import DEBIAN_FASHION_MNIST, FashionMNIST
+from stdistill.apps.cli import main
+from stdistill.data.fashion_mnist import DEBIAN_FASHION_MNIST, FashionMNIST
 from test_teachers import _Payload
 from test_train import TINY
 
@@ -207,7 +207,7 @@ def _kill_holders():
 
 def _case_folder_in_use(tmp, run):
     """Another live process writes the output folder (as a second `stdistill train` would)."""
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from stdistill.locks import lock_folder; '
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; from stdistill.utils.locks import lock_folder; '
                                'lock_folder(sys.argv[1], "the run"); print("held", flush=True); time.sleep(300)',
                                str(tmp / 'out')], stdout=subprocess.PIPE, text=True)
     _HOLDERS.append(holder)
@@ -473,6 +473,6 @@ def test_truncated_gzip_names_the_file(tmp_path):
     with gzip.open(path, 'wb') as f:
         f.write(data)
     path.write_bytes(path.read_bytes()[:200])
-    from stdistill.data import read_idx
+    from stdistill.data.fashion_mnist import read_idx
     with pytest.raises(ValueError, match='cannot read .*t10k-labels.*delete it and fetch it again'):
         read_idx(str(path))

@@ -137,8 +137,8 @@ def test_study_refuses_a_record_of_another_config(study, tmp_path):
 def test_reproduction_resumes_an_interrupted_run(tmp_path, capsys):
     """A run stopped after an epoch (the long budget's case) continues from it, not from scratch."""
     reproduce = _load('reproduce_fashion_mnist')
-    from stdistill.quickstart import RECIPES
-    from stdistill.train import train
+    from stdistill.apps.quickstart import RECIPES
+    from stdistill.training.train import train
     from stdistill.config import config_from_dict
     values = dict(RECIPES['plain'], train_samples=64, val_samples=64, batch_size=16, epochs=2, workers=0, progress=False,
                   model_kwargs={'embed_dim': 16, 'num_blocks': 2}, output=str(tmp_path / 'run'))
@@ -160,7 +160,7 @@ def test_study_commits_only_where_git_keeps_the_records(tmp_path):
     repository; the study's own folder is kept (a .gitignore line 'runs/' once kept every run
     record out of the commits)."""
     reproduce = _load('reproduce_fashion_mnist')
-    from stdistill.errors import UserError
+    from stdistill.utils.errors import UserError
     reproduce.check_committable(reproduce.RESULTS)
     with pytest.raises(UserError, match=r"--commit: git ignores runs/x/runs/light/12k/none/seed0.json \(rule "
                                         r"\.gitignore:\d+:runs/\): un-ignore"):
@@ -193,7 +193,7 @@ def test_fault_injection_kills_resumes_and_compares(tmp_path, capsys):
 def test_fault_injection_detects_a_run_that_does_not_resume_exactly(tmp_path):
     """The comparison can fail: digests of different checkpoints differ."""
     fault_inject = _load('fault_inject')
-    from stdistill.checkpoint import save_checkpoint
+    from stdistill.training.checkpoint import save_checkpoint
     import torch
     model = torch.nn.Linear(3, 2)
     save_checkpoint(str(tmp_path / 'a'), model, {'epoch': 0, 'm': torch.zeros(2)})
@@ -207,7 +207,7 @@ def test_reproduction_never_deletes_what_is_not_a_run(tmp_path):
     """A folder where a run would go that holds anything else is refused, and kept; so is a file
     as --output."""
     reproduce = _load('reproduce_fashion_mnist')
-    from stdistill.errors import UserError
+    from stdistill.utils.errors import UserError
     teacher = tmp_path / 'runs' / 'teachers' / 'cnn'
     teacher.mkdir(parents=True)
     (teacher / 'config.yaml').write_text('model: resnet18\n')
@@ -239,7 +239,7 @@ def test_study_keeps_the_teachers_first_epoch_wherever_it_is(tmp_path):
     run, in previous/ once a resumed run saved its second epoch (a session that ended then),
     never a later epoch's; gone from both and not kept: refused in one line."""
     reproduce = _load('reproduce_fashion_mnist')
-    from stdistill.errors import UserError
+    from stdistill.utils.errors import UserError
     run, kept = tmp_path / 'cnn', tmp_path / 'cnn_epoch1.safetensors'
 
     def checkpoint(folder, epoch):
@@ -402,7 +402,7 @@ def _damage(results, case):
 def test_study_refuses_damaged_records_in_one_line(study, tmp_path, case, message):
     """A damaged record is named, never averaged in or a traceback; the tables are not rewritten."""
     reproduce, root, args = study
-    from stdistill.errors import UserError
+    from stdistill.utils.errors import UserError
     results = tmp_path / 'results'
     shutil.copytree(root / 'results', results)
     named = _damage(results, case)
@@ -416,7 +416,7 @@ def test_study_refuses_damaged_records_in_one_line(study, tmp_path, case, messag
 
 def test_study_refuses_bad_options_in_one_line(study, tmp_path):
     reproduce, root, args = study
-    from stdistill.errors import UserError
+    from stdistill.utils.errors import UserError
     page = tmp_path / 'page.md'
     page.write_text(f'{reproduce.END}\n{reproduce.BEGIN}\n')
     results = str(root / 'results')

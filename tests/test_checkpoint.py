@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import stdistill.losses
-from stdistill.checkpoint import (_seal, file_sha256, load_checkpoint, newest_valid_checkpoint, save_checkpoint,
+import stdistill.method.losses
+from stdistill.training.checkpoint import (_seal, file_sha256, load_checkpoint, newest_valid_checkpoint, save_checkpoint,
                                   verify_checkpoint)
-from stdistill.cli import main
-from stdistill.teachers import create_teacher
-from stdistill.builders import build_student
-from stdistill.train import train
+from stdistill.apps.cli import main
+from stdistill.method.teachers import create_teacher
+from stdistill.training.builders import build_student
+from stdistill.training.train import train
 from test_teachers import _Payload
 from test_train import TINY, read_jsonl, tiny_config
 
@@ -159,7 +159,7 @@ def test_malicious_pickle_is_refused(tmp_path, load, capsys):
 
 def _nan_on_calls(monkeypatch, calls):
     """Make the distillation loss NaN on the given calls (0-based; one call per step and teacher)."""
-    original = stdistill.losses.DistillationLoss.per_sample
+    original = stdistill.method.losses.DistillationLoss.per_sample
     count = {'n': 0}
 
     def per_sample(self, student_logits, teacher_logits):
@@ -167,7 +167,7 @@ def _nan_on_calls(monkeypatch, calls):
         count['n'] += 1
         return out * float('nan') if count['n'] - 1 in calls else out
 
-    monkeypatch.setattr(stdistill.losses.DistillationLoss, 'per_sample', per_sample)
+    monkeypatch.setattr(stdistill.method.losses.DistillationLoss, 'per_sample', per_sample)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import TrainConfig, load_config, save_config
 
 

@@ -2,7 +2,7 @@ import timm
 import torch
 from torchvision.ops import deform_conv2d
 
-from stdistill.cyclemlp import CycleFC, checkpoint_filter_fn, cycle_offsets
+from stdistill.models.cyclemlp import CycleFC, checkpoint_filter_fn, cycle_offsets
 
 
 def deform_cycle_fc(x_nchw: torch.Tensor, fc: CycleFC) -> torch.Tensor:

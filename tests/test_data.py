@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from stdistill.data import DEBIAN_FASHION_MNIST, FashionMNIST, read_idx
+from stdistill.data.fashion_mnist import DEBIAN_FASHION_MNIST, FashionMNIST, read_idx
 
 
 def test_real_fashion_mnist_from_debian_package():

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from stdistill.checkpoint import load_checkpoint
+from stdistill.training.checkpoint import load_checkpoint
 from stdistill.config import load_config
-from stdistill.distributed import weights_digest
-from stdistill.builders import build_student
+from stdistill.utils.distributed import weights_digest
+from stdistill.training.builders import build_student
 from test_train import TINY
 
 pytestmark = pytest.mark.slow  # 2-process torchrun runs
@@ -97,7 +97,7 @@ def _agree_on_skips(rank, store, results):
     import torch.distributed as dist
     import torch.nn as nn
 
-    from stdistill.engine import DistillObjective, train_one_epoch
+    from stdistill.training.engine import DistillObjective, train_one_epoch
 
     class _NoSchedule:
         def step_update(self, num_updates):

@@ -2,8 +2,8 @@ import pytest
 import timm
 import torch
 
-from stdistill.deit import DEIT_BASES, DeiTTokenStudent
-from stdistill.students import STDOutput
+from stdistill.models.deit import DEIT_BASES, DeiTTokenStudent
+from stdistill.models.students import STDOutput
 
 from conftest import tiny_backbone, tiny_input
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stdistill.cli import main
-from stdistill.export import load_run_student
+from stdistill.apps.cli import main
+from stdistill.apps.export import load_run_student
 from test_export import _images, folder, fashion  # noqa: F401 (fixtures: real Fashion-MNIST images in a folder)
 from test_user_faults import PLAIN, one_error_line
 
@@ -33,7 +33,7 @@ def auto_run(tmp_path_factory, folder):
 
 
 def _best_metrics(run):
-    from stdistill.export import recorded_metrics
+    from stdistill.apps.export import recorded_metrics
     return recorded_metrics(str(run / 'best'))
 
 
@@ -84,7 +84,7 @@ def test_each_head_exported_loads_in_timm_as_printed_and_predicts_as_stdistill_p
     ours = [[t['class'] for t in r['top']] for r in json.loads(capsys.readouterr().out)]
     assert timm_top5 == ours
     # and the export is the run's student predicting with that head, logit for logit
-    from stdistill.export import load_exported
+    from stdistill.apps.export import load_exported
     run, exported = load_run_student(str(auto_run), head=head), load_exported(str(out))
     batch = torch.stack([exported_transform(exported, p) for p in images])
     with torch.no_grad():
@@ -98,8 +98,8 @@ def test_each_head_exported_loads_in_timm_as_printed_and_predicts_as_stdistill_p
 
 
 def exported_transform(loaded, path):
-    from stdistill.builders import resolve_norm
-    from stdistill.loaders import build_transforms
+    from stdistill.training.builders import resolve_norm
+    from stdistill.data.loaders import build_transforms
     return build_transforms(loaded.cfg, *resolve_norm(loaded.cfg))[1](Image.open(path).convert('L'))
 
 
@@ -134,7 +134,7 @@ def test_a_token_student_loads_from_a_file_with_its_model_args(auto_run, tmp_pat
 def test_auto_chooses_on_the_holdout_records_the_choice_and_eval_uses_it(auto_run, capsys):
     metrics = _best_metrics(auto_run)
     held = {h: metrics[f'holdout_top1_{h}'] for h in HEADS}
-    from stdistill.students import choose_head
+    from stdistill.models.students import choose_head
     assert metrics['inference_head'] == choose_head(held) and metrics['holdout_images'] == 9
     assert metrics['val_top1'] == metrics[f'val_top1_{metrics["inference_head"]}']
     capsys.readouterr()
@@ -146,7 +146,7 @@ def test_auto_chooses_on_the_holdout_records_the_choice_and_eval_uses_it(auto_ru
 
 
 def test_choose_head_prefers_the_cheaper_head_on_a_tie():
-    from stdistill.students import choose_head
+    from stdistill.models.students import choose_head
     assert choose_head({'cls': 70.0, 'dist': 70.0, 'avg': 70.0}) == 'cls'
     assert choose_head({'cls': 60.0, 'dist': 71.0, 'avg': 71.0}) == 'avg'
     assert choose_head({'cls': 60.0, 'dist': 72.0, 'avg': 71.0}) == 'dist'
@@ -156,8 +156,8 @@ def test_the_holdout_leaves_the_training_images_of_a_run_without_one():
     """With train_samples + holdout within the split, the training subset is the one a run without
     a holdout trains on (so the study's auto rows train exactly as their avg rows); the two are
     disjoint; a split too small for both is one line."""
-    from stdistill.errors import UserError
-    from stdistill.loaders import split_holdout
+    from stdistill.utils.errors import UserError
+    from stdistill.data.loaders import split_holdout
     data = list(range(100))
     plain, none = split_holdout(data, 60, 0, seed=3)
     train, held = split_holdout(data, 60, 25, seed=3)
@@ -187,8 +187,8 @@ def test_head_choice_keys_are_refused_in_one_line(folder, tmp_path, capsys, over
 def test_cls_distill_teaches_the_class_head_from_the_teachers():
     """cls_distill adds alpha * tau^2 KL(teacher || class head), confidence weighted: the class head's
     gradient then depends on the teacher's logits; without it, it does not."""
-    from stdistill.losses import DistillationLoss
-    from stdistill.students import STDOutput
+    from stdistill.method.losses import DistillationLoss
+    from stdistill.models.students import STDOutput
     torch.manual_seed(0)
     logits = torch.randn(4, 5, requires_grad=True)
     out = STDOutput(logits, [torch.randn(4, 5)], [None], [None])
@@ -205,8 +205,8 @@ def test_cls_distill_teaches_the_class_head_from_the_teachers():
 
 
 def test_a_token_student_as_a_teacher_is_built_as_recorded_with_its_head(auto_run):
-    from stdistill.errors import UserError
-    from stdistill.teachers import create_teacher
+    from stdistill.utils.errors import UserError
+    from stdistill.method.teachers import create_teacher
     path = str(auto_run / 'best' / 'model.safetensors')
     teacher = create_teacher('std_mixer_t4_28', num_classes=3, checkpoint=path)
     run = load_run_student(str(auto_run))
@@ -288,7 +288,7 @@ def test_a_deit_token_student_exports_every_head_as_a_timm_model(folder, tmp_pat
     assert main(['train', *PLAIN, 'method=deit', 'teachers=[{model: resnet10t, pretrained: false}]', 'epochs=1',
                  f'data_dir={folder}', f'output={run}']) == 0
     import timm
-    from stdistill.export import load_exported
+    from stdistill.apps.export import load_exported
     batch = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     for head in HEADS:
         out = tmp_path / head

@@ -5,10 +5,10 @@ from datetime import timedelta
 import pytest
 import torch
 
-import stdistill.distributed as distributed
-from stdistill.checkpoint import rng_state, rng_state_fits
-from stdistill.distributed import DistInfo, init_distributed, resolve_device
-from stdistill.train import _restore_rng
+import stdistill.utils.distributed as distributed
+from stdistill.training.checkpoint import rng_state, rng_state_fits
+from stdistill.utils.distributed import DistInfo, init_distributed, resolve_device
+from stdistill.training.train import _restore_rng
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_a_state_saved_with_a_gpu_is_reseeded_on_the_cpu(capsys):
 
 
 def test_pinned_memory_only_for_cuda(tmp_path, monkeypatch):
-    import stdistill.train as train_module
+    import stdistill.training.train as train_module
     from test_train import tiny_config
     seen = []
     build = train_module.build_data

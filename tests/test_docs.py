@@ -44,8 +44,7 @@ def test_links_lead_somewhere(path):
 def test_python_reference_covers_every_module():
     with open(os.path.join(DOCS, 'python-api.md')) as f:
         documented = set(re.findall(r'^::: (\S+)$', f.read(), re.M))
-    modules = {'stdistill'} | {f'stdistill.{name[:-3]}' for name in os.listdir(os.path.join(ROOT, 'src', 'stdistill'))
-                               if name.endswith('.py') and name != '__init__.py'}
+    modules = {name for name, _ in _modules()}
     assert modules - documented == set(), 'docs/python-api.md lacks these modules'
 
 
@@ -53,9 +52,8 @@ def test_module_table_covers_every_module():
     """The table of docs/python-api.md says what each module is for: every module has a row."""
     with open(os.path.join(DOCS, 'python-api.md')) as f:
         rows = [line for line in f.read().splitlines() if line.startswith('| `stdistill.')]
-    named = set(re.findall(r'`(stdistill\.\w+)`', '\n'.join(row.split(' | ')[0] for row in rows)))
-    modules = {f'stdistill.{name[:-3]}' for name in os.listdir(os.path.join(ROOT, 'src', 'stdistill'))
-               if name.endswith('.py') and name != '__init__.py'}
+    named = set(re.findall(r'`(stdistill(?:\.\w+)+)`', '\n'.join(row.split(' | ')[0] for row in rows)))
+    modules = {name for name, folder in _modules() if name.count('.') == (2 if folder else 1)}
     assert modules - named == set(), 'the module table of docs/python-api.md lacks these modules'
 
 
@@ -74,37 +72,50 @@ def test_mkdocs_build_strict(tmp_path):
         assert key in page, key
 
 
-LAYERS = {  # docs/python-api.md, "What is in the package"
-    1: 'errors log hints methods config schedule accuracy disk locks distributed data images folders augment',
-    2: 'backbones cyclemlp tokens students deit mine',
-    3: 'teacher_input teachers losses task architecture checkpoint profiling catalog',
-    4: 'loaders builders engine store monitor train teacher_pass',
-    5: 'evaluation export heads fold predict quickstart cli __main__',
-}
+LAYERS = ['utils', '', 'models', 'data', 'method', 'training', 'apps']  # the folders, lowest first ('': the
+# package's own config.py and methods.py); docs/python-api.md, "What is in the package"
+ENTRY = ('stdistill', 'stdistill.__main__')  # `import stdistill` registers the models; `python -m stdistill`: the CLI
+
+
+def _modules():
+    """Every module of the package as (dotted name, folder), e.g. ('stdistill.method.task', 'method')."""
+    found = []
+    base = os.path.join(ROOT, 'src')
+    for dirpath, dirs, files in os.walk(os.path.join(base, 'stdistill')):
+        dirs[:] = [d for d in dirs if d != '__pycache__']
+        for name in files:
+            if name.endswith('.py'):
+                parts = os.path.relpath(os.path.join(dirpath, name[:-3]), base).split(os.sep)
+                found.append(('.'.join(parts[:-1] if parts[-1] == '__init__' else parts),
+                              parts[1] if len(parts) > 2 else ''))
+    return found
 
 
 def test_modules_import_only_their_layer_or_below():
-    """Every module is in a layer of the API page, and imports (at any depth of its code) only
-    modules of its own layer or below, never another module's private names."""
+    """Every module stands in a layer folder, and imports (at any depth of its code) only modules of
+    its own folder or the folders below it, never another module's private names."""
     import ast
-    layer = {name: k for k, names in LAYERS.items() for name in names.split()}
-    folder = os.path.join(ROOT, 'src', 'stdistill')
-    modules = {name[:-3] for name in os.listdir(folder) if name.endswith('.py') and name != '__init__.py'}
-    assert modules == set(layer), 'LAYERS and the package differ'
+    layer = {folder: k for k, folder in enumerate(LAYERS)}
+    modules = dict(_modules())
+    assert set(modules.values()) == set(LAYERS), 'LAYERS and the package folders differ'
     with open(os.path.join(DOCS, 'python-api.md')) as f:
         page = f.read()
-    for k, names in LAYERS.items():
-        assert all(f'`{n}`' in page for n in names.split() if n != '__main__'), k
+    assert all(f'`stdistill/{folder}/`' in page for folder in LAYERS if folder), 'python-api.md names every folder'
     upward, private = [], []
-    for name in sorted(modules):
-        with open(os.path.join(folder, f'{name}.py')) as f:
+    for name, folder in sorted(modules.items()):
+        path = os.path.join(ROOT, 'src', *name.split('.'))
+        path = os.path.join(path, '__init__.py') if os.path.isdir(path) else path + '.py'
+        with open(path) as f:
             tree = ast.parse(f.read())
+        package = name.split('.') if path.endswith('__init__.py') else name.split('.')[:-1]
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                targets = [node.module] if node.module else [a.name for a in node.names]
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = '.'.join(package[:len(package) - node.level + 1])
+                targets = [f'{base}.{node.module}'] if node.module else [f'{base}.{a.name}' for a in node.names]
                 for target in targets:
-                    if target in layer and layer[target] > layer[name]:
-                        upward.append(f'{name} (layer {layer[name]}) imports {target} (layer {layer[target]})')
+                    there = modules.get(target, target.split('.')[1] if target.count('.') > 1 else '')
+                    if layer[there] > (len(LAYERS) if name in ENTRY else layer[folder]):
+                        upward.append(f'{name} ({folder or "stdistill"}) imports {target} ({there})')
                 if node.module:
                     private += [f'{name} imports {node.module}.{a.name}' for a in node.names if a.name.startswith('_')]
     assert not upward and not private, upward + private

@@ -1,6 +1,6 @@
 """Bad input is one line and exit 2; a bug keeps its traceback and another exit status.
 
-`cli.main` turns only `stdistill.errors.UserError` into one line. A `ValueError` raised by a
+`cli.main` turns only `stdistill.utils.errors.UserError` into one line. A `ValueError` raised by a
 bug, ours or a library's, in the training step, in a library call the step makes, or in a
 data-loader worker, must reach the user whole so that it can be reported.
 """
@@ -11,19 +11,19 @@ import textwrap
 
 import pytest
 
-from stdistill.cli import main
-from stdistill.errors import UserError
+from stdistill.apps.cli import main
+from stdistill.utils.errors import UserError
 from test_train import TINY
 
 # (id, the code that plants the bug, what the traceback must pass through)
 INJECTIONS = [
-    ('our-step', 'import stdistill.task as m\n'
+    ('our-step', 'import stdistill.method.task as m\n'
                  'def broken(self, *a, **k): raise ValueError("injected bug")\n'
                  'm.STDTask.forward = broken', 'train_step'),
-    ('library-call', 'import stdistill.engine as m\n'
+    ('library-call', 'import stdistill.training.engine as m\n'
                      'def broken(*a, **k): raise ValueError("injected bug")\n'
                      'm.dispatch_clip_grad = broken', 'train_step'),
-    ('loader-worker', 'import stdistill.data as m\n'
+    ('loader-worker', 'import stdistill.data.fashion_mnist as m\n'
                       'def broken(self, i): raise ValueError("injected bug")\n'
                       'm.FashionMNIST.__getitem__ = broken', 'train_one_epoch'),
 ]
@@ -36,7 +36,7 @@ def test_bug_keeps_its_traceback(tmp_path, plant, through):
     script = textwrap.dedent(f'''
         import sys
         {plant.replace(chr(10), chr(10) + "        ")}
-        from stdistill.cli import main
+        from stdistill.apps.cli import main
         sys.exit(main({argv!r}))
     ''')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
@@ -50,7 +50,7 @@ def test_bug_keeps_its_traceback(tmp_path, plant, through):
 
 def test_bug_in_process_is_raised_not_printed(tmp_path, capsys):
     """In Python, cli.main lets the bug's ValueError out (not a UserError), and prints nothing."""
-    import stdistill.task as task_module
+    import stdistill.method.task as task_module
 
     def broken(self, *args, **kwargs):
         raise ValueError('injected bug')
@@ -86,7 +86,7 @@ def test_an_interrupted_run_prints_the_command_that_continues_it(tmp_path, capsy
     import re
     import shlex
 
-    import stdistill.train as train_module
+    import stdistill.training.train as train_module
 
     calls = []
     original = train_module.train_one_epoch

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from stdistill.cli import main
-from stdistill.export import load_exported, load_run_student
+from stdistill.apps.cli import main
+from stdistill.apps.export import load_exported, load_run_student
 from test_user_faults import PLAIN, one_error_line, write_split
 
 
 @pytest.fixture(scope='module')
 def fashion():
-    from stdistill.data import FashionMNIST
+    from stdistill.data.fashion_mnist import FashionMNIST
     return FashionMNIST(split='test')
 
 
@@ -60,7 +60,7 @@ def test_predict_agrees_with_eval_on_every_validation_image(std_run, folder, cap
         probabilities = [t['probability'] for t in r['top']]
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1, abs=1e-5)
     # batches of any size (the last one short) predict the same classes
-    from stdistill.predict import predict
+    from stdistill.apps.predict import predict
     chunked = predict(str(std_run), images, top_k=3, batch_size=7)
     assert len(images) % 7 and [[t['class'] for t in r['top']] for r in chunked] == \
         [[t['class'] for t in r['top']] for r in results]
@@ -81,8 +81,8 @@ def test_token_student_exports_with_its_heads_and_onnx_matches_on_real_images(st
     run, exported = load_run_student(str(std_run)), load_exported(str(out))
     assert run.classes == exported.classes == ['bag', 'top', 'trouser']
     # real validation images through the run's own evaluation transform
-    from stdistill.loaders import build_transforms
-    from stdistill.builders import resolve_norm
+    from stdistill.data.loaders import build_transforms
+    from stdistill.training.builders import resolve_norm
     transform = build_transforms(run.cfg, *resolve_norm(run.cfg))[1]
     batch = torch.stack([transform(Image.open(p).convert('L')) for p in _images(folder)])
     with torch.no_grad():
@@ -213,10 +213,10 @@ def test_damaged_exports_are_refused_in_one_line(std_run, folder, tmp_path, caps
 def test_a_best_checkpoint_kept_for_its_ema_says_so_without_ema(tmp_path):
     """best/ is kept for whichever of the student's and the EMA weights scored higher: taking the
     student's weights of a checkpoint kept for its EMA gets a note naming --ema."""
-    from stdistill.export import ema_hint
+    from stdistill.apps.export import ema_hint
     (tmp_path / 'best').mkdir()
     (tmp_path / 'last').mkdir()
-    from stdistill.checkpoint import split_tensors
+    from stdistill.training.checkpoint import split_tensors
 
     def state_json(state):  # what save_checkpoint writes: the state's skeleton under 'state' (it used to be
         return json.dumps({'state': split_tensors(state)[0]})  # read at the top level, so the note never came)
@@ -258,7 +258,7 @@ def test_an_export_stopped_by_sigterm_leaves_nothing(std_run, tmp_path):
 
 def test_an_ema_export_of_another_head_names_the_command_that_scores_it(std_run, tmp_path, capsys):
     """Each head's top-1 is recorded for the student's weights only: the export of the EMA's class head
-    says so, with the command that scores it, which runs as printed (stdistill.hints)."""
+    says so, with the command that scores it, which runs as printed (stdistill.utils.hints)."""
     import shlex
     capsys.readouterr()
     assert main(['export', str(std_run), str(tmp_path / 'ema_cls'), '--ema', '--head', 'cls']) == 0

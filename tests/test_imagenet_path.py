@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from stdistill.checkpoint import load_checkpoint
-from stdistill.cli import main
+from stdistill.training.checkpoint import load_checkpoint
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.data import FashionMNIST
-from stdistill.loaders import build_transforms
-from stdistill.distributed import cpu_bf16_native
-from stdistill.builders import build_student, resolve_norm
+from stdistill.data.fashion_mnist import FashionMNIST
+from stdistill.data.loaders import build_transforms
+from stdistill.utils.distributed import cpu_bf16_native
+from stdistill.training.builders import build_student, resolve_norm
 
 pytestmark = pytest.mark.slow  # 224-px recipes with teachers, minutes on 2 cores
 
@@ -111,7 +111,7 @@ def test_every_recipe_transform_takes_5000_random_images():
 
 
 def test_posterize_with_zero_bits_is_black_whatever_pillow_says():
-    from stdistill.augment import posterize
+    from stdistill.data.augment import posterize
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
     assert np.asarray(posterize(img, 0)).max() == 0
     assert np.array_equal(np.asarray(posterize(img, 8)), np.asarray(img))

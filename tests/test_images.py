@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from stdistill.images import to_model_mode
+from stdistill.data.images import to_model_mode
 
 # 16-bit ramp -> round(v / 65535 * 255): 128 and 129 sit either side of the rounding midpoint 128.5.
 RAMP16 = [0, 128, 129, 257, 1000, 32896, 65535]

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.distributed import DistInfo
-from stdistill.engine import prepare_batch
-from stdistill.loaders import build_data, build_mixup
-from stdistill.losses import DistillationLoss, LabelsTeacher
-from stdistill.schedule import scheduled_mixup
-from stdistill.builders import build_objective, student_contract
+from stdistill.utils.distributed import DistInfo
+from stdistill.training.engine import prepare_batch
+from stdistill.data.loaders import build_data, build_mixup
+from stdistill.method.losses import DistillationLoss, LabelsTeacher
+from stdistill.data.schedule import scheduled_mixup
+from stdistill.training.builders import build_objective, student_contract
 
 BASE = ['dataset=fashion-mnist', 'img_size=28', 'in_chans=1', 'batch_size=16', 'workers=0', 'train_samples=64',
         'val_samples=32', 'aa=null', 'reprob=0.0', 'repeated_aug=false', 'crop_pct=1.0', 'model=mixer_t4_28',
@@ -82,7 +82,7 @@ def test_confidence_weights_with_a_labels_teacher():
     """One-hot labels have entropy 0: beside a teacher of entropy H the labels weigh 1 / (1 + e^-H)."""
     labels = LabelsTeacher(3)(torch.tensor([0, 2]))
     loss = DistillationLoss(teacher_weighting='entropy')
-    from stdistill.students import STDOutput
+    from stdistill.models.students import STDOutput
     logits = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     out = STDOutput(torch.zeros(2, 3), [torch.zeros(2, 3), torch.zeros(2, 3)], [None, None], [None, None])
     terms = loss(out, torch.tensor([0, 2]), [labels, logits]).terms
@@ -119,7 +119,7 @@ def test_refusals_are_one_line(tmp_path, capsys, key, line):
 
 def test_mine_warmup_keeps_the_penalty_off_for_its_updates(monkeypatch, tmp_path):
     """mine_warmup_epochs=0.5 of 4 steps: the tokens get no penalty for updates 0 and 1, then do."""
-    from stdistill.mine import MIRegularizer
+    from stdistill.method.mine import MIRegularizer
     seen = []
     original = MIRegularizer.set_penalty
     monkeypatch.setattr(MIRegularizer, 'set_penalty', lambda self, on: (seen.append(on), original(self, on)))

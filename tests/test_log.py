@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from stdistill.config import load_config
-from stdistill.log import ALL_RANKS, setup_logging
-from stdistill.train import train
+from stdistill.utils.log import ALL_RANKS, setup_logging
+from stdistill.training.train import train
 from test_train import TINY
 
 
@@ -32,8 +32,8 @@ def test_console_output_as_printed(unconfigured, capsys, monkeypatch):
     setup_logging()
     setup_logging()  # once: a second call adds no second handler (no line written twice)
     assert len(unconfigured.handlers) == 1
-    logging.getLogger('stdistill.train').info('epoch 1/2: loss 0.5')
-    logging.getLogger('stdistill.loaders').warning('skipping unreadable image a.png (truncated)')
+    logging.getLogger('stdistill.training.train').info('epoch 1/2: loss 0.5')
+    logging.getLogger('stdistill.data.loaders').warning('skipping unreadable image a.png (truncated)')
     out, err = capsys.readouterr()
     assert out == 'epoch 1/2: loss 0.5\n'
     assert err == 'stdistill: warning: skipping unreadable image a.png (truncated)\n'
@@ -43,7 +43,7 @@ def test_rank_zero_alone(unconfigured, capsys, monkeypatch):
     no_root_handlers(monkeypatch)
     monkeypatch.setenv('RANK', '1')
     setup_logging()
-    logger = logging.getLogger('stdistill.train')
+    logger = logging.getLogger('stdistill.training.train')
     logger.info('epoch 1/2: loss 0.5')
     logger.warning('said by rank 0 alone')
     logger.warning('an image of this rank\'s shard', extra=ALL_RANKS)
@@ -83,7 +83,7 @@ def test_own_handler_on_the_stdistill_logger(unconfigured, capsys, monkeypatch):
     unconfigured.addHandler(mine)
     unconfigured.setLevel(logging.INFO)
     setup_logging()
-    logging.getLogger('stdistill.train').info('epoch 1/2: loss 0.5')
+    logging.getLogger('stdistill.training.train').info('epoch 1/2: loss 0.5')
     assert mine.messages == ['epoch 1/2: loss 0.5']
     assert capsys.readouterr().out == ''
 
@@ -91,6 +91,6 @@ def test_own_handler_on_the_stdistill_logger(unconfigured, capsys, monkeypatch):
 def test_the_command_line_installs_its_console_anyway(unconfigured, capsys, monkeypatch):
     no_root_handlers(monkeypatch, Keep())  # e.g. a root handler the environment set up
     setup_logging(force=True)
-    logging.getLogger('stdistill.cli').info('done: 1/1 epochs')
+    logging.getLogger('stdistill.apps.cli').info('done: 1/1 epochs')
     assert capsys.readouterr().out == 'done: 1/1 epochs\n'
     assert logging.getLogger().handlers[0].messages == []  # not printed twice

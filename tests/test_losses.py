@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
-from stdistill.losses import DistillationLoss, prediction_entropy, teacher_weights
-from stdistill.students import STDOutput
+from stdistill.method.losses import DistillationLoss, prediction_entropy, teacher_weights
+from stdistill.models.students import STDOutput
 
 
 def _output(logits, dist):

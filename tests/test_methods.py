@@ -3,11 +3,11 @@ builders and the task read it, and what they build follows it."""
 import pytest
 import torch
 
-from stdistill.builders import build_objective
+from stdistill.training.builders import build_objective
 from stdistill.config import METHODS as CONFIG_METHODS, load_config
-from stdistill.errors import UserError
-from stdistill.loaders import check_batch_size
-from stdistill.distributed import DistInfo
+from stdistill.utils.errors import UserError
+from stdistill.data.loaders import check_batch_size
+from stdistill.utils.distributed import DistInfo
 from stdistill.methods import METHODS, min_batch_size, uses_mine
 from test_train import TINY
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from stdistill.mine import MINE, MIRegularizer, random_derangement
+from stdistill.method.mine import MINE, MIRegularizer, random_derangement
 
 from conftest import tiny_input, tiny_student
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from stdistill.config import load_config
-from stdistill.data import FashionMNIST
-from stdistill.losses import DistillationLoss
-from stdistill.mine import MINE
-from stdistill.teachers import FrozenTeacher, create_teacher
-from stdistill.builders import student_contract
-from stdistill.train import train
+from stdistill.data.fashion_mnist import FashionMNIST
+from stdistill.method.losses import DistillationLoss
+from stdistill.method.mine import MINE
+from stdistill.method.teachers import FrozenTeacher, create_teacher
+from stdistill.training.builders import student_contract
+from stdistill.training.train import train
 from test_train import TINY
 
 TWO_TEACHERS = 'teachers=[{model: resnet10t, pretrained: false, token_position: 0}, {model: resnet18, pretrained: false}]'
@@ -54,7 +54,7 @@ def dtypes(monkeypatch):
     monkeypatch.setattr(DistillationLoss, 'forward', loss)
     monkeypatch.setattr(MINE, 'forward', mine)
     monkeypatch.setattr(FrozenTeacher, 'forward', teacher)
-    from stdistill.mine import StatisticsNetwork
+    from stdistill.method.mine import StatisticsNetwork
     original_init = StatisticsNetwork.__init__
 
     def init(self, *args, **kwargs):
@@ -67,7 +67,7 @@ def dtypes(monkeypatch):
 
 def _student_head_dtype(seen):
     """A forward hook on the student's class head: bf16 output under autocast, fp32 without."""
-    import stdistill.train as train_module
+    import stdistill.training.train as train_module
     build = train_module.build_student
 
     def wrapped(*args, **kwargs):
@@ -80,7 +80,7 @@ def _student_head_dtype(seen):
 
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_amp_on_the_cpu_trains_every_method_with_fp32_losses(tmp_path, method, dtypes, monkeypatch):
-    import stdistill.builders as builders  # where build_objective finds build_student
+    import stdistill.training.builders as builders  # where build_objective finds build_student
     monkeypatch.setattr(builders, 'build_student', _student_head_dtype(dtypes))
     out = tmp_path / method
     train(load_config(None, [*TINY, *METHODS[method], 'amp=true', f'output={out}']))
@@ -103,7 +103,7 @@ def test_amp_on_the_cpu_trains_every_method_with_fp32_losses(tmp_path, method, d
 
 
 def test_amp_false_is_fp32_everywhere(tmp_path, dtypes, monkeypatch):
-    import stdistill.builders as builders  # where build_objective finds build_student
+    import stdistill.training.builders as builders  # where build_objective finds build_student
     monkeypatch.setattr(builders, 'build_student', _student_head_dtype(dtypes))
     train(load_config(None, [*TINY, *METHODS['std'], 'amp=false', 'epochs=1', f'output={tmp_path / "run"}']))
     assert {o for _, o in dtypes['student_head']} == {torch.float32}

@@ -1,7 +1,7 @@
 import pytest
 
-from stdistill.cli import main
-from stdistill.profiling import PAPER_ROWS, PaperComparison, Profile, profile_model
+from stdistill.apps.cli import main
+from stdistill.apps.profiling import PAPER_ROWS, PaperComparison, Profile, profile_model
 
 
 def test_paper_table_every_row_within_tolerance(capsys):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from stdistill.config import load_config
-from stdistill.quickstart import plot_title, quickstart_configs, run_quickstart
+from stdistill.apps.quickstart import plot_title, quickstart_configs, run_quickstart
 
 
 def test_quickstart_writes_table_plot_and_results(tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_small_preset_is_smaller_than_the_default(tmp_path):
 
 
 def test_quickstart_never_replaces_runs_it_did_not_write(tmp_path, capsys):
-    from stdistill.cli import main
+    from stdistill.apps.cli import main
     (tmp_path / 'mine' / 'teacher').mkdir(parents=True)
     (tmp_path / 'mine' / 'teacher' / 'config.yaml').write_text('epochs: 3\n')
     assert main(['quickstart', '--small', '--output', str(tmp_path / 'mine')]) == 2

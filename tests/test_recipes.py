@@ -8,8 +8,8 @@ from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 
 from stdistill.config import config_from_dict, load_config
-from stdistill.quickstart import RECIPES
-from stdistill.builders import build_objective
+from stdistill.apps.quickstart import RECIPES
+from stdistill.training.builders import build_objective
 
 IMAGENET = sorted(glob.glob('recipes/imagenet/*.yaml'))
 

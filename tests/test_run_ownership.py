@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = os.path.join(ROOT, 'recipes', 'folder')
@@ -117,7 +117,7 @@ def test_two_trains_into_one_folder_one_is_refused_and_the_other_reports_its_own
     assert f'top-1 {top1} ' in out.out, (reported, out.out)  # the survivor's number is its folder's model
 
 
-HOLDER = ('import sys, time; from stdistill.locks import lock_folder; lock_folder(sys.argv[1], "the test"); '
+HOLDER = ('import sys, time; from stdistill.utils.locks import lock_folder; lock_folder(sys.argv[1], "the test"); '
           'print("held", flush=True); time.sleep(120)')
 
 
@@ -250,8 +250,8 @@ def test_a_student_used_as_a_teacher_is_built_with_its_recorded_model_kwargs(dig
     """The teacher entry names the model alone: the checkpoint's model_kwargs build it, and it
     predicts what the student predicted (before, its 2-block weights did not fit 6 blocks)."""
     from stdistill.config import load_config
-    from stdistill.teachers import create_teacher
-    from stdistill.builders import load_student_checkpoint
+    from stdistill.method.teachers import create_teacher
+    from stdistill.training.builders import load_student_checkpoint
     checkpoint = str(small_run / 'best' / 'model.safetensors')
     teacher = create_teacher('mixer_t4_32', 10, checkpoint=checkpoint)
     cfg = load_config(str(small_run / 'config.yaml'))
@@ -297,7 +297,7 @@ def test_the_printed_command_that_trains_a_store_backed_run_longer_runs_as_print
     """A store covers the epochs it was made for: the printed command adds teacher_outputs=null."""
     import re
 
-    from stdistill.hints import train_longer
+    from stdistill.utils.hints import train_longer
     store, run = tmp_path / 'store', tmp_path / 'from_store'
     teacher = f'teachers.0.checkpoint={teacher_run}/best/model.safetensors'
     assert main(['teacher-pass', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', '--output', str(store),
@@ -382,7 +382,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_run(digit
     argv = ['train', '--config', f'{R}/plain.yaml', *F(digits), 'epochs=1', f'output={run}']
     disk.fill()
     code, out = run_main(capsys, *argv)
-    refused(code, out.err, f'cannot write the run to {run}: No space left on device', 'run the command again')
+    refused(code, out.err, f'cannot write the run {run}: No space left on device', 'run the command again')
     assert disk.entries() == []  # no run folder, checkpoint, temporary folder or lock file
     disk.free()
     code, out = run_main(capsys, *argv)  # after freeing space, the same command trains
@@ -390,14 +390,14 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_run(digit
 
 
 def test_a_full_disk_at_a_later_checkpoint_keeps_the_last_one_and_says_resume(digits, disk, capsys):
-    from stdistill.checkpoint import verify_checkpoint
+    from stdistill.training.checkpoint import verify_checkpoint
     run = disk.path / 'run'
     assert main(['train', '--config', f'{R}/plain.yaml', *F(digits), 'epochs=2', f'output={run}',
                  '--stop-after', '1']) == 0
     before = sorted(os.listdir(run))
     disk.fill()
     code, out = run_main(capsys, 'train', '--resume', run)
-    refused(code, out.err, f'cannot write the run to {run}: No space left on device',
+    refused(code, out.err, f'cannot write the run {run}: No space left on device',
             f'continue with `stdistill train --resume {run}`')
     assert verify_checkpoint(str(run / 'last'))['epoch'] == 0  # epoch 1's checkpoint, whole
     assert sorted(os.listdir(run)) == before  # no temporary checkpoint folder left
@@ -417,7 +417,7 @@ def test_a_full_disk_between_best_and_last_leaves_no_run_that_cannot_resume(digi
     disk.fill(leave=size(sized / 'best') + (size(sized / 'last') - size(sized / 'best')) // 2)
     run = disk.path / 'run'
     code, out = run_main(capsys, *argv, f'output={run}')
-    refused(code, out.err, f'cannot write the run to {run}: No space left on device', 'run the command again')
+    refused(code, out.err, f'cannot write the run {run}: No space left on device', 'run the command again')
     assert disk.entries() == []
     disk.free()
     code, out = run_main(capsys, *argv, f'output={run}')
@@ -429,7 +429,7 @@ def test_a_full_disk_in_a_teacher_pass_is_one_line_and_leaves_no_store(digits, t
     disk.fill(leave=8 * 1024)  # the lock file and store.json fit, the first shard does not
     code, out = run_main(capsys, 'teacher-pass', '--config', f'{R}/std.yaml', *F(digits), 'epochs=1', '--output', store,
                          f'teachers.0.checkpoint={teacher_run}/best/model.safetensors')
-    refused(code, out.err, f'cannot write the teacher store to {store}: No space left on device')
+    refused(code, out.err, f'cannot write the teacher store {store}: No space left on device')
     assert disk.entries() == []
 
 

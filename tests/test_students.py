@@ -3,8 +3,8 @@ import timm
 import torch
 
 from stdistill import STDStudent, create_student
-from stdistill.backbones import token_dims
-from stdistill.students import STDOutput, STUDENT_BASES, combine_heads
+from stdistill.models.backbones import token_dims
+from stdistill.models.students import STDOutput, STUDENT_BASES, combine_heads
 
 from conftest import FAMILIES, TINY_BACKBONES, tiny_backbone, tiny_input, tiny_student
 

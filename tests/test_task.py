@@ -15,10 +15,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.task import DistillationTeacher, LogitDistillationTask, TokenDistillationTask, TrainingTask
 
 from conftest import tiny_backbone, tiny_input, tiny_student
-from stdistill.deit import DeiTTokenStudent
-from stdistill.losses import DistillationLoss
-from stdistill.mine import MIRegularizer
-from stdistill.task import STDTask
+from stdistill.models.deit import DeiTTokenStudent
+from stdistill.method.losses import DistillationLoss
+from stdistill.method.mine import MIRegularizer
+from stdistill.method.task import STDTask
 
 
 def mixer():

@@ -7,14 +7,14 @@ import torchvision.transforms.functional as TF
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.data import FashionMNIST
-from stdistill.loaders import FASHION_MNIST_NORM
-from stdistill.teacher_input import RECORD_KEY, InputContract, TeacherInput
-from stdistill.teachers import create_teacher, recorded_contract
-from stdistill.builders import build_objective, build_teachers, student_contract
-from stdistill.train import train
+from stdistill.data.fashion_mnist import FashionMNIST
+from stdistill.data.loaders import FASHION_MNIST_NORM
+from stdistill.method.teacher_input import RECORD_KEY, InputContract, TeacherInput
+from stdistill.method.teachers import create_teacher, recorded_contract
+from stdistill.training.builders import build_objective, build_teachers, student_contract
+from stdistill.training.train import train
 from test_train import TINY
 
 

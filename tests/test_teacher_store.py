@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.distributed import DistInfo
-from stdistill.engine import prepare_batch
-from stdistill.loaders import build_data, build_mixup
-from stdistill.losses import DistillationLoss, TeacherTargets, topk_soft_loss
-from stdistill.schedule import ScheduledDataset
-from stdistill.store import TeacherStore, outputs_spec, run_fingerprint
-from stdistill.builders import build_objective, student_contract
+from stdistill.utils.distributed import DistInfo
+from stdistill.training.engine import prepare_batch
+from stdistill.data.loaders import build_data, build_mixup
+from stdistill.method.losses import DistillationLoss, TeacherTargets, topk_soft_loss
+from stdistill.data.schedule import ScheduledDataset
+from stdistill.training.store import TeacherStore, outputs_spec, run_fingerprint
+from stdistill.training.builders import build_objective, student_contract
 
 # Two random teachers of two families, hard distillation, entropy weights, mixup and cutmix, MINE
 BASE = ['dataset=fashion-mnist', 'img_size=28', 'in_chans=1', 'batch_size=16', 'workers=0', 'train_samples=64',
@@ -176,7 +176,7 @@ def test_two_processes_replay_their_own_shards_bit_for_bit(two_stores, tmp_path)
 
 _KILLER = """
 import os, signal, sys
-import stdistill.store as store
+import stdistill.training.store as store
 flush, count = store.StoreWriter.flush, [0]
 def killing_flush(self):
     flush(self)
@@ -184,7 +184,7 @@ def killing_flush(self):
     if count[0] == 3:  # the third whole shard is written: die as the OOM killer would
         os.kill(os.getpid(), signal.SIGKILL)
 store.StoreWriter.flush = killing_flush
-from stdistill.cli import main
+from stdistill.apps.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -5,7 +5,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from stdistill.teachers import FrozenTeacher, create_teacher, load_weights
+from stdistill.method.teachers import FrozenTeacher, create_teacher, load_weights
 
 ARCH = 'resnet10t'  # a small timm ResNet: the teacher code is the same for resnet50 or swin
 

@@ -17,11 +17,11 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import random_seed
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.distributed import DistInfo
-from stdistill.loaders import build_data
-from stdistill.builders import build_objective, student_contract
+from stdistill.utils.distributed import DistInfo
+from stdistill.data.loaders import build_data
+from stdistill.training.builders import build_objective, student_contract
 from test_train import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.train import train
+from stdistill.training.train import train
 
 # A 2-block, 16-wide Mixer and a random ResNet teacher: seconds per epoch, every code path on.
 TINY = ['dataset=fashion-mnist', 'img_size=28', 'in_chans=1', 'batch_size=32', 'workers=0',

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from stdistill.cli import main
+from stdistill.apps.cli import main
 from stdistill.config import load_config
-from stdistill.data import FashionMNIST
-from stdistill.builders import build_student
+from stdistill.data.fashion_mnist import FashionMNIST
+from stdistill.training.builders import build_student
 from test_train import TINY, read_jsonl
 
 # A tiny plain student on 28x28 grayscale folders: no augmentation, so that an image's input is
@@ -395,7 +395,7 @@ def test_eval_ema_of_a_run_without_ema_is_refused(tmp_path, fashion, capsys):
 
 @pytest.mark.parametrize('use_ema', [False, True])
 def test_teacher_checkpoint_with_both_weights_loads_the_one_named(tmp_path, use_ema):
-    from stdistill.teachers import create_teacher
+    from stdistill.method.teachers import create_teacher
     raw, ema = (timm.create_model('resnet10t', num_classes=10) for _ in range(2))
     path = tmp_path / 'timm_train_checkpoint.pth.tar'
     torch.save({'epoch': 3, 'state_dict': raw.state_dict(), 'state_dict_ema': ema.state_dict()}, path)

@@ -4,8 +4,10 @@ Importing the package registers its models with timm (`std_*` and `deit_*` for e
 backbone, `cyclemlp_*`, `resmlp_b24_224` and the small students), so `timm.create_model` knows
 them, exports included (`local-dir:`).
 """
-from . import backbones, cyclemlp, deit  # noqa: F401  (register the models with timm)
-from .students import STDOutput, STDStudent, create_student
+from .models import backbones  # noqa: F401  (register the models with timm)
+from .models import cyclemlp  # noqa: F401  (register the models with timm)
+from .models import deit  # noqa: F401  (register the models with timm)
+from .models.students import STDOutput, STDStudent, create_student
 
-__version__ = '0.2.0'
+__version__ = '0.3.0'
 __all__ = ['STDStudent', 'STDOutput', 'create_student', '__version__']

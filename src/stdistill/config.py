@@ -18,13 +18,13 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .disk import write_atomic
-from .errors import UserError
-from .hints import command
+from .utils.disk import write_atomic
+from .utils.errors import UserError
+from .utils.hints import command
 from .methods import METHOD_NAMES, method_of
 
 __all__ = ['TrainConfig', 'TeacherSpec', 'load_config', 'apply_overrides', 'check_holdout', 'save_config', 'config_help', 'read_yaml', 'resume_changes',
@@ -527,16 +527,23 @@ RUNTIME_KEYS = ('workers', 'log_interval', 'progress', 'device', 'dist_timeout',
                 'teacher_outputs')
 
 
-def first_difference(name: str, old: Any, new: Any) -> tuple:
-    """(dotted key, old, new) of the first place two values differ (teachers.0.use_ema)."""
+def first_difference(name: str, old: Any, new: Any) -> Tuple[str, Any, Any]:
+    """(dotted key, old, new) of the first place two values differ, down through mappings and lists
+    of mappings (teachers.0.use_ema); a list of plain values is named whole (scale), and lists of
+    mappings of different lengths as 'KEY count' with the two lengths. `name` '' starts at the top
+    (model, teachers.0.checkpoint)."""
+    def key(k: Any) -> str:
+        return f'{name}.{k}' if name else str(k)
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            if old.get(key) != new.get(key):
-                return first_difference(f'{name}.{key}', old.get(key), new.get(key))
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for k in list(old) + [k for k in new if k not in old]:
+            if old.get(k) != new.get(k):
+                return first_difference(key(k), old.get(k), new.get(k))
+    if isinstance(old, list) and isinstance(new, list) and any(isinstance(v, dict) for v in old + new):
+        if len(old) != len(new):
+            return f'{name} count', len(old), len(new)
         for i, (a, b) in enumerate(zip(old, new)):
             if a != b:
-                return first_difference(f'{name}.{i}', a, b)
+                return first_difference(key(i), a, b)
     return name, old, new
 
 
