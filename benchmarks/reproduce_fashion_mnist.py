@@ -441,8 +441,7 @@ def teachers(args) -> Dict[str, Dict[str, Any]]:
                              label=f'{TEACHER[0]} after 1 epoch', top1=first['val_top1'], minutes=minutes_of([first]),
                              weights_sha256=file_sha256(epoch1))
     for name, doc in out.items():
-        os.makedirs(os.path.dirname(records[name]), exist_ok=True)
-    write_json(records[name], doc, sort_keys=True)
+        write_json(records[name], doc, sort_keys=True)  # folder: made above
     if args.commit:
         commit([folder], f'Study record: teachers {TEACHER[0]} ({out["cnn"]["top1"]:.2f}) and after 1 epoch '
                          f'({out["cnn_epoch1"]["top1"]:.2f})')

@@ -51,3 +51,9 @@ def tiny_input(family: str, batch: int = 4) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow files first: pytest -n hands out whole files (pyproject.toml), in this order, so the
+    minutes-long flows start at once on their own workers instead of last."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -74,6 +75,7 @@ def test_every_imagenet_recipe_trains_on_real_jpegs(imagenet_like, tmp_path, pat
     saved = load_config(str(out / 'config.yaml'))
     state = load_checkpoint(str(out / 'last'), build_student(saved, CLASSES, pretrained=False))
     assert state['num_updates'] == 2
+    shutil.rmtree(out)  # an ImageNet-size run's checkpoints take up to 2 GB: 20 recipes would fill a small disk
 
 
 def test_a_recipe_trains_compiled(imagenet_like, tmp_path):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import shell
 
 from stdistill.apps import cli
 from stdistill.utils.accuracy import at_chance, chance_note, format_top1, wilson_interval
@@ -43,8 +44,7 @@ class Shell:
         self.cwd, self.hints = cwd, {}
 
     def run(self, command: str, expect: int = 0):
-        result = subprocess.run(['bash', '-c', command], cwd=self.cwd, env=ENV, capture_output=True, text=True,
-                                timeout=900)
+        result = shell.run(command, self.cwd)  # stdistill commands in this process, as bash passes their words
         assert result.returncode == expect, f'{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}'
         for hint in HINT.findall(result.stdout + result.stderr):
             self.hints.setdefault(hint, command)
