@@ -53,7 +53,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The slow files first: pytest -n hands out whole files (pyproject.toml), in this order, so the
-    minutes-long flows start at once on their own workers instead of last."""
+    """The slow files first, and each file's tests on one worker (pyproject.toml: --dist loadgroup),
+    so that the runs a file trains once (module fixtures) are trained once; a file that sets
+    XDIST_SPREAD = True (independent tests, cheap fixtures) is shared between the workers. Workers
+    take the groups in this order: the minutes-long flows start at once, not last."""
     items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+    for item in items:
+        if not getattr(item.module, 'XDIST_SPREAD', False):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

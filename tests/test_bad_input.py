@@ -393,6 +393,11 @@ MATRIX = [
     ('eval: a damaged architecture record', _case_damaged_architecture, ['architecture recorded in', 'is damaged']),
     ('lock file that is a folder', _case_lock_file_is_a_folder, ['.out.lock is a folder where the lock file', 'remove it']),
     ('output a link to nothing', _case_output_link_to_nothing, ['is a link to', 'which does not exist']),
+    # every writer claims its folder through locks.check_folder: an empty name, a line break (the
+    # one-line refusal would be cut at it), before any work
+    ('output empty', lambda tmp, run: ['train', *TINY, "output=''"], ['the run: the folder is empty: give a folder']),
+    ('fold output empty', lambda tmp, run: ['fold', str(run), "output=''"], ['the fold: the folder is empty']),
+    ('output with a line break', lambda tmp, run: ['export', str(run), str(tmp / 'a\nb')], ['holds a line break']),
     ('teacher: a student checkpoint named as another model',
      lambda tmp, run: _train(f'teachers=[{{model: mixer_t4_32, checkpoint: {run}/best/model.safetensors}}]')(tmp, run),
      ['holds a mixer_t4_28, not a mixer_t4_32']),

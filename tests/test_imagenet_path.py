@@ -22,6 +22,7 @@ from stdistill.utils.distributed import cpu_bf16_native
 from stdistill.training.builders import build_student, resolve_norm
 
 pytestmark = pytest.mark.slow  # 224-px recipes with teachers, minutes on 2 cores
+XDIST_SPREAD = True  # every test trains its own run: pytest -n shares them between the workers (conftest.py)
 
 IMAGENET = sorted(glob.glob('recipes/imagenet/*.yaml'))
 CLASSES = 4

@@ -26,6 +26,7 @@ from ..training.checkpoint import MODEL_FILE, verify_checkpoint
 from ..config import TrainConfig, apply_overrides, config_from_dict, load_config
 from ..models.deit import deit_model_name
 from ..utils.errors import UserError
+from ..utils.locks import check_folder
 from ..methods import method_of
 from ..models.students import std_model_name
 from .teacher_pass import teacher_pass
@@ -69,6 +70,7 @@ def fold_config(run: str, overrides: Sequence[str] = (), which: str = 'best') ->
                   cls_distill=False, mine=False, mine_warmup_epochs=0, teacher_outputs=None,
                   output=f'{os.path.normpath(run)}_fold')
     folded = config_from_dict(apply_overrides(values, overrides))
+    check_folder(folded.output, 'the fold')  # before its teacher pass writes a store there
     inside = os.path.relpath(os.path.realpath(folded.output), os.path.realpath(run)).split(os.sep)[0]
     if inside != '..' and not os.path.isabs(inside):
         raise UserError(f'output {folded.output} is inside the run {run}: give the fold a folder of its own')

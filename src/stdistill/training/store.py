@@ -35,7 +35,7 @@ from torch.utils.data import Subset
 from .checkpoint import file_sha256, readable_as_umask
 from ..config import TrainConfig, first_difference
 from ..data.fashion_mnist import FashionMNIST
-from ..utils.disk import write_json
+from ..utils.disk import write_json, write_refusal
 from ..utils.errors import UserError
 from ..data.folders import FolderReader
 from ..data.loaders import data_seed_of
@@ -265,7 +265,7 @@ class StoreWriter:
                 if rank == 0:
                     write_json(path, doc)
             except OSError as e:
-                raise UserError(f'cannot write the store {folder}: {e.strerror or e}') from None
+                raise write_refusal('the teacher store', folder, e) from None
         self.shard_steps, self.steps_per_epoch = doc['shard_steps'], steps_per_epoch
         self.store = store_id(doc)
         for name in os.listdir(folder):  # this process's half-written shards of a killed pass

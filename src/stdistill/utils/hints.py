@@ -60,7 +60,8 @@ def train_longer(run: str, summary: dict) -> str:
     # a teacher-output store covers the epochs and batches it was made for: the new ones run the teachers online
     online = ['teacher_outputs=null'] if summary.get('teacher_outputs') else []
     store = ' (its teacher store covers only the batches it was made for)' if online else ''
-    made = f'It made {summary["num_updates"]} updates ({steps} an epoch'
+    updates = summary['num_updates']
+    made = f'It made {updates} update{"" if updates == 1 else "s"} ({steps} an epoch'
     if steps < FEW_UPDATES and summary.get('batch_size', 3) > 2:  # 2: BatchNorm, MINE
         # the loader lowers batch_size until an epoch gives FEW_UPDATES updates (loaders.fit_batch_size)
         epochs = max(summary['epochs'], -(-ENOUGH_UPDATES // FEW_UPDATES))

@@ -36,7 +36,7 @@ try:
 except ImportError:  # Windows: no POSIX locks; folders are not claimed there
     fcntl = None
 
-__all__ = ['FolderLock', 'lock_folder', 'lock_folder_on_main', 'lock_path']
+__all__ = ['FolderLock', 'check_folder', 'lock_folder', 'lock_folder_on_main', 'lock_path']
 
 _HELD: Set[str] = set()  # folders this process holds: POSIX locks do not exclude their own process
 
@@ -119,17 +119,22 @@ def _refused(what: str, folder: str, e: OSError) -> UserError:
     return write_refusal(what, folder, e, where=failed if os.path.abspath(failed) != os.path.abspath(folder) else '')
 
 
-def _check_path(folder: str, what: str) -> None:
-    """Refuse, in one line, a folder that cannot be made: one of its parts is a file, or a link to
-    nothing (os.makedirs would fail on either, after the command had done its work)."""
+def check_folder(folder: str, what: str) -> None:
+    """Refuse, in one line, a folder that cannot be made: no name, a name with a line break (no one
+    line could name it), one of its parts a file, or a link to nothing (os.makedirs would fail on
+    either, after the command had done its work)."""
+    if not str(folder).strip():
+        raise UserError(f'{what}: the folder is empty: give a folder')
+    if '\n' in str(folder) or '\r' in str(folder):
+        raise UserError(f'cannot write {what} {str(folder)!r}: its name holds a line break: choose another folder')
     path = os.path.abspath(folder)
     while True:
         if os.path.islink(path) and not os.path.exists(path):
             raise UserError(f'cannot write {what} {folder}: {path} is a link to {os.readlink(path)}, which does not '
-                            f'exist: create it, or use another folder')
+                            f'exist: create it, or choose another folder')
         if os.path.exists(path):
             if not os.path.isdir(path):
-                raise UserError(f'cannot write {what} {folder}: {path} is a file, not a folder: use another folder')
+                raise UserError(f'cannot write {what} {folder}: {path} is a file, not a folder: choose another folder')
             return
         parent = os.path.dirname(path)
         if parent == path:
@@ -163,7 +168,7 @@ def lock_folder(folder: str, what: str, wait: float = 10.0) -> FolderLock:
     and when its parent folder cannot be written (a read-only or full disk). A lock left by a
     process that has just ended is waited for up to `wait` seconds (the kernel releases it
     with the process's last thread)."""
-    _check_path(folder, what)
+    check_folder(folder, what)
     path = lock_path(folder)
     if path in _HELD:
         raise UserError(f'{folder} is already being written by this process: choose another folder')
