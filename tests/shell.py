@@ -4,8 +4,7 @@
 pass (shlex), `stdistill.apps.cli.main` on them, in `cwd`, with stdout and stderr captured and the
 exit status the console script would return. A process of its own would pay the import of torch
 and timm (seconds) for every command of a flow that runs dozens. Anything else (`python3 ...`,
-`apt-get ...`, a command with pipes or redirections), and any command when `subprocess=True`,
-runs in bash. tests/test_errors.py and tests/test_bad_input.py run the console script itself.
+`apt-get ...`, a command with pipes, redirections or what bash expands) runs in bash. tests/test_errors.py and tests/test_bad_input.py run the console script itself.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import subprocess
 import sys
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
-from typing import Mapping, Optional
+from typing import Optional
 
 from stdistill.apps.cli import main
 
@@ -30,26 +29,21 @@ def _in_process(command: str) -> Optional[list]:
     """The arguments after `stdistill` when `command` is a plain stdistill command line, else None."""
     if set(command) & EXPANDED:
         return None
-    try:
-        words = shlex.split(command, comments=True)
-    except ValueError:
-        return None
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)  # bash's words; operators apart
     lexer.whitespace_split = True
     try:
-        tokens = list(lexer)
-    except ValueError:
+        words = list(lexer)
+    except ValueError:  # an unclosed quote: bash's to report
         return None
-    plain = all(not set(t) <= OPERATORS for t in tokens)  # no operator: |, &&, >, ...
+    plain = all(not set(w) <= OPERATORS for w in words)  # no operator: |, &&, >, ...
     return words[1:] if words and words[0] == 'stdistill' and plain else None
 
 
-def run(command: str, cwd, timeout: float = 900, env: Optional[Mapping[str, str]] = None,
-        subprocess_: bool = False) -> subprocess.CompletedProcess:
+def run(command: str, cwd, timeout: float = 900) -> subprocess.CompletedProcess:
     """`command` as bash would run it in `cwd`: returncode, stdout, stderr (text)."""
-    argv = None if subprocess_ or env is not None else _in_process(command)
+    argv = _in_process(command)
     if argv is None:
-        return subprocess.run(['bash', '-c', command], cwd=cwd, env=dict(env or ENV), capture_output=True, text=True,
+        return subprocess.run(['bash', '-c', command], cwd=cwd, env=ENV, capture_output=True, text=True,
                               timeout=timeout)
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
     os.chdir(cwd)

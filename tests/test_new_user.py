@@ -23,7 +23,6 @@ from stdistill.apps.quickstart import results_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HINT = re.compile(r'`([^`\n]+)`')
-ENV = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
 
 
 @pytest.fixture(scope='module')
@@ -51,7 +50,7 @@ class Shell:
         return result
 
     def python(self, code: str, args=()) -> str:
-        result = subprocess.run([sys.executable, '-c', code, *args], cwd=self.cwd, env=ENV, capture_output=True,
+        result = subprocess.run([sys.executable, '-c', code, *args], cwd=self.cwd, env=shell.ENV, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, f'{code}\n{result.stderr[-3000:]}'
         return result.stdout

@@ -41,7 +41,7 @@ def test_readme_holds_the_walkthrough_of_the_manual():
 def test_your_own_data_section_runs_as_written(tmp_path):
     for name in ('recipes', 'examples'):  # the commands use paths relative to a checkout
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+    env = shell.ENV  # the installed `stdistill` first on PATH
     commands, outputs = walkthrough_commands(), []
     for command in commands:
         result = shell.run(command, tmp_path)  # stdistill commands in this process, the others in bash

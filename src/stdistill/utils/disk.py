@@ -51,10 +51,10 @@ def write_refusal(what: str, folder: str, e: BaseException, then: str = '', wher
     another folder, and run the command again'. A WriteRefused for a refused write (write_failure);
     a plain UserError for another OSError (a name the file system refuses, say). `where`: the path
     that failed, when it is not `folder`."""
-    code = _errno(e)
-    reason = os.strerror(code) if code in REFUSED_WRITES else (getattr(e, 'strerror', None) or str(e).split('\n')[0])
-    fix = f'{FIXES[code]}, or choose another folder' if code in FIXES else 'choose another folder'
-    kind = WriteRefused if code in REFUSED_WRITES else UserError
+    code, refused = _errno(e), write_failure(e)
+    reason = refused or getattr(e, 'strerror', None) or str(e).split('\n')[0]
+    fix = f'{FIXES[code]}, or choose another folder' if refused else 'choose another folder'
+    kind = WriteRefused if refused else UserError
     return kind(f'cannot write {what} {folder}: {reason}{f" ({where})" if where else ""}: {fix}'
                 f'{f", and {then}" if then else ""}')
 

@@ -56,11 +56,11 @@ def train_longer(run: str, summary: dict) -> str:
     resume = ['stdistill', 'train', *option('--resume', run or '.')]
     if summary['epochs_done'] < summary['epochs']:
         return f'It has done {summary["epochs_done"]} of its {summary["epochs"]} epochs: finish it, {command(*resume)}'
-    steps = max(1, summary['num_updates'] // max(1, summary['epochs_done']))
+    updates = summary['num_updates']
+    steps = max(1, updates // max(1, summary['epochs_done']))
     # a teacher-output store covers the epochs and batches it was made for: the new ones run the teachers online
     online = ['teacher_outputs=null'] if summary.get('teacher_outputs') else []
     store = ' (its teacher store covers only the batches it was made for)' if online else ''
-    updates = summary['num_updates']
     made = f'It made {updates} update{"" if updates == 1 else "s"} ({steps} an epoch'
     if steps < FEW_UPDATES and summary.get('batch_size', 3) > 2:  # 2: BatchNorm, MINE
         # the loader lowers batch_size until an epoch gives FEW_UPDATES updates (loaders.fit_batch_size)
