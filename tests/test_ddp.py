@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo): both ranks end with identical weights, rank 0 writes."""
+"""torchrun with 2 CPU processes (gloo): both ranks end with identical weights, rank 0 writes, and a
+resume is bitwise on both."""
 import json
 import os
 import subprocess
@@ -16,31 +17,6 @@ from test_train import TINY
 pytestmark = pytest.mark.slow  # 2-process torchrun runs
 
 
-def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
-    out = tmp_path / 'ddp'
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           '-m', 'stdistill', 'train', *TINY, 'device=cpu', 'epochs=2', f'output={out}']
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(out / 'summary.json') as f:
-        summary = json.load(f)
-    digests = summary['weights_sha256_per_rank']
-    assert summary['world_size'] == 2 and len(digests) == 2 and digests[0] == digests[1]
-    # the digest is of the weights that were saved, and training moved them away from the initial ones
-    cfg = load_config(str(out / 'config.yaml'))
-    student = build_student(cfg, cfg.num_classes, pretrained=False)
-    initial = weights_digest(student)
-    state = load_checkpoint(str(out / 'last'), student)
-    assert weights_digest(student) == digests[0] != initial
-    # each rank trained on its own half of the data: 128 images / 2 ranks / batch 32 = 2 steps an epoch
-    assert state['num_updates'] == 4
-    with open(out / 'log.jsonl') as f:
-        rows = [json.loads(line) for line in f]
-    assert len(rows) == 2 and rows[-1]['val_images'] == 96
-    assert result.stdout.count('done:') == 1  # said by rank 0, not once a process
-
-
 def _torchrun(*args):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
@@ -55,6 +31,24 @@ def _summary(run):
         return json.load(f)
 
 
+def _ranks_identical_and_trained(out, result):
+    """Both ranks end with the weights rank 0 saved, moved from the initial ones, each rank on its
+    own half of the data; rank 0 alone reports."""
+    summary = _summary(out)
+    digests = summary['weights_sha256_per_rank']
+    assert summary['world_size'] == 2 and len(digests) == 2 and digests[0] == digests[1]
+    cfg = load_config(str(out / 'config.yaml'))
+    student = build_student(cfg, cfg.num_classes, pretrained=False)
+    initial = weights_digest(student)
+    state = load_checkpoint(str(out / 'last'), student)
+    assert weights_digest(student) == digests[0] != initial
+    assert state['num_updates'] == 4  # 128 images / 2 ranks / batch 32 = 2 steps an epoch
+    with open(out / 'log.jsonl') as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 2 and rows[-1]['val_images'] == 96
+    assert result.stdout.count('done:') == 1  # said by rank 0, not once a process
+
+
 def test_two_process_resume_is_bitwise_on_both_ranks(tmp_path):
     """Each rank saves and restores its own random states (mixup, drop path, random erasing, MINE's
     derangements differ by rank), and MINE's moving average is the global batch's on every rank:
@@ -62,7 +56,8 @@ def test_two_process_resume_is_bitwise_on_both_ranks(tmp_path):
     straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
     common = [*TINY, 'device=cpu', 'workers=1', 'epochs=2', 'amp=true',
               'teachers=[{model: resnet10t, pretrained: false, token_position: 0}, {model: resnet18, pretrained: false}]']
-    _torchrun(*common, f'output={straight}')
+    result = _torchrun(*common, f'output={straight}')
+    _ranks_identical_and_trained(straight, result)
     _torchrun(*common, f'output={stopped}', '--stop-after', '1')
     assert _summary(stopped)['epochs_done'] == 1
     _torchrun('--resume', str(stopped))

@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import shell
 from stdistill.apps.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -307,7 +308,7 @@ def test_the_printed_command_that_trains_a_store_backed_run_longer_runs_as_print
     hint = train_longer(str(run), json.loads((run / 'summary.json').read_text()))
     printed = re.search(r'`([^`]*)`', hint).group(1)
     assert printed.endswith('teacher_outputs=null')
-    done = subprocess.run(printed, shell=True, capture_output=True, text=True, env=ENV, timeout=600)
+    done = shell.run(printed, ROOT)  # as bash passes its words, in this process
     assert done.returncode == 0, done.stderr
 
 

@@ -43,16 +43,18 @@ class HeadRow(NamedTuple):
     needs_stdistill: bool          # timm knows the architecture only after `import stdistill`
 
 
-def latency_ratios(models: List[nn.Module], input_size: tuple, budget_s: float = 0.5) -> List[float]:
+def latency_ratios(models: List[nn.Module], input_size: tuple, budget_s: float = 0.5,
+                   warm_up: bool = True) -> List[float]:
     """CPU time of one forward pass through each model, as a multiple of the first's: each model's
     fastest pass over rounds that time every model in turn, every other round in reverse order
     (the fastest, as timeit reports: what other work on the machine adds is never negative). The
     batch grows from 1 to 32 images while a round stays under about 10 ms (small models, whose
     single image is too short to time), the rounds from 3 to 200 while they fit in budget_s
-    seconds (an ImageNet-size model takes a few seconds in all). fp32, inference mode."""
+    seconds (an ImageNet-size model takes a few seconds in all). fp32, inference mode. warm_up=False:
+    the caller has run each model on one image already (first calls allocate)."""
     with torch.inference_mode():
         one = torch.zeros(1, *input_size)
-        for model in models:  # warm-up: first calls allocate
+        for model in models if warm_up else ():
             model(one)
         start = time.perf_counter()
         for model in models:
@@ -111,14 +113,15 @@ def head_table(run: str, which: str = 'best', ema: bool = False) -> List[HeadRow
     plain = models[0] if not tokens or hasattr(loaded.model, 'token_pairs') else \
         _plain_backbone(cfg, len(loaded.classes))
     timed = models if plain is models[0] else [plain, *models]
-    ratios = latency_ratios(timed, size)[len(timed) - len(models):]
+    macs = [count_macs(m, size) for m in models]  # one image through each: also the timing's warm-up
+    ratios = latency_ratios(timed, size, warm_up=plain is not models[0])[len(timed) - len(models):]
     out = []
-    for head, m, ratio in zip(heads, models, ratios):
+    for head, m, ratio, mac in zip(heads, models, ratios, macs):
         # each head is scored for the student's weights; their EMA, for the run's head alone
         top1 = row.get('ema_top1' if ema else 'val_top1') if not tokens else None if ema else row.get(f'val_top1_{head}')
         arch = (getattr(m, 'pretrained_cfg', None) or {}).get('architecture', cfg.model)
         out.append(HeadRow(head, top1, wilson_interval(top1, images) if top1 is not None and images else None, images,
-                           sum(p.numel() for p in m.parameters()) / 1e6, count_macs(m, size) / 1e9, ratio, arch,
+                           sum(p.numel() for p in m.parameters()) / 1e6, mac / 1e9, ratio, arch,
                            timm_needs_stdistill(arch)))
     return out
 

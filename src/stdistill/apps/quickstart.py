@@ -9,8 +9,8 @@ with the same data, epochs and seed for both students, then prints a table, writ
 `comparison.png` and `results.json` ({"rows": [{"name", "model", "params_m", "top1", ...}]}).
 
 The recipes are `recipes/fashion_mnist/{teacher,plain,std}.yaml`; the quickstart sets the
-data size, epochs and folders on top of them (PRESETS; `--small`: a few minutes even on a busy
-machine, on fewer images; `--long`: all 60k images, more epochs).
+data size, epochs and folders on top of them (PRESETS; the default: about 5 minutes on 2 idle cores;
+`--small`: about 2, on fewer images; `--long`: all 60k images, more epochs).
 
 A quickstart run again with the same preset keeps the stages it finished and resumes the one a
 kill interrupted (from its last checkpoint); a stage whose config changed starts again
@@ -59,7 +59,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 PRESETS = {
     'small': {'teacher': dict(train_samples=10000, epochs=2, val_samples=2000),
               'student': dict(train_samples=6000, epochs=3, val_samples=2000)},
-    'default': {'teacher': dict(train_samples=30000, epochs=3), 'student': dict(train_samples=12000, epochs=4)},
+    # about 5 minutes on 2 idle cores (benchmarks/quickstart_time.py); the students' 8,000 images x 3
+    # epochs leave the plain one short of its plateau, where a teacher has the most to add
+    'default': {'teacher': dict(train_samples=15000, epochs=2), 'student': dict(train_samples=8000, epochs=3)},
     'long': {'teacher': dict(train_samples=0, epochs=6), 'student': dict(train_samples=0, epochs=8)},
 }
 
