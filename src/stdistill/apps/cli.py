@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs = sub.add_parser('quickstart', help='teacher, plain student and STD student on Fashion-MNIST, compared')
     qs.add_argument('--output', default='runs/quickstart', help='folder for the three runs, table, plot and results.json')
     qs.add_argument('--long', action='store_true', help='more data and epochs: slower, better figures')
-    qs.add_argument('--small', action='store_true', help='fewer images and epochs, scored on 2,000 test images: about 2 minutes on 2 idle cores '
+    qs.add_argument('--small', action='store_true', help='fewer images and epochs, scored on 2,000 test images: about 3 minutes on 2 idle cores '
                                                            '(benchmarks/quickstart_time.py --small)')
     qs.add_argument('--restart', action='store_true', help='start every stage again (default: keep finished ones, '
                                                            'resume an interrupted one)')

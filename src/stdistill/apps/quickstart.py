@@ -10,7 +10,7 @@ with the same data, epochs and seed for both students, then prints a table, writ
 
 The recipes are `recipes/fashion_mnist/{teacher,plain,std}.yaml`; the quickstart sets the
 data size, epochs and folders on top of them (PRESETS; the default: about 5 minutes on 2 idle cores;
-`--small`: about 2, on fewer images; `--long`: all 60k images, more epochs).
+`--small`: about 3, on fewer images and 2,000 test images; `--long`: all 60k images, more epochs).
 
 A quickstart run again with the same preset keeps the stages it finished and resumes the one a
 kill interrupted (from its last checkpoint); a stage whose config changed starts again
